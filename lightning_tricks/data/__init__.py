@@ -1,0 +1,3 @@
+"""Lightning layer for the `data` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Lightning layer for the `finetune` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Pure-PyTorch cores for the `data` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Pure-PyTorch cores for the `optim` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Pure-PyTorch cores for the `repro` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Lightning layer for the `inference` area."""
+
+__all__: list[str] = []

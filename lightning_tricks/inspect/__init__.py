@@ -1,0 +1,3 @@
+"""Lightning layer for the `inspect` area."""
+
+__all__: list[str] = []

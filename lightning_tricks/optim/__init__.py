@@ -1,0 +1,3 @@
+"""Lightning layer for the `optim` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Lightning layer for the `perf` area."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Lightning layer for the `repro` area."""
+
+__all__: list[str] = []
