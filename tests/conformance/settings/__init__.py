@@ -2,16 +2,16 @@
 
 Every public Callback, LightningModule mixin, plugin and datamodule exported in
 ``lightning_tricks.__all__`` needs an entry in ``SETTINGS`` (one file per area, merged
-here); an export without one fails the suite. Every other exported class must be
+here; one file per team); an export without one fails the suite. Every other exported class must be
 listed in ``NOT_COMPONENTS`` with the reason it is not a component.
 """
 
 from __future__ import annotations
 
-from tests.conformance.settings import data, finetune, inference, inspect, optim, perf, repro
+from tests.conformance.settings import finetune, inference, inspect, optim, perfmem, perfspeed, repro, weights
 from tests.conformance.spec import Spec
 
-_AREAS = (finetune, optim, inference, inspect, perf, data, repro)
+_AREAS = (finetune, weights, repro, optim, inference, inspect, perfmem, perfspeed)
 
 SETTINGS: dict[str, list[Spec]] = {}
 NOT_COMPONENTS: dict[str, str] = {"LightningMixin": "abstract marker base class of all mixins"}

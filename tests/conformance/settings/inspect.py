@@ -1,4 +1,4 @@
-"""Conformance settings for the `inspect` area: export name -> Spec (or a list of Specs)."""
+"""Conformance settings of the `inspect` team: export name -> Spec (or a list of Specs)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from tests.conformance.spec import Spec  # noqa: F401
 
 SETTINGS: dict = {}
 
-# Exported classes of this area that are not components, with the reason.
+# Exported classes of this team that are not components, with the reason.
 NOT_COMPONENTS: dict[str, str] = {}
 
-# Valid constructor kwargs for exported classes of this area that take objects
+# Valid constructor kwargs for exported classes of this team that take objects
 # (a model, a dataset): name -> zero-argument callable returning kwargs.
 CONSTRUCT_ARGS: dict = {}
