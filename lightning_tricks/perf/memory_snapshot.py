@@ -138,8 +138,9 @@ class MemorySnapshot(L.Callback):
                 path = self._name(step, suffix)
                 self.files += F.dump_memory_snapshot(path.with_name(path.name + ".pickle"), self.html)
             elif self._profiler is not None:
-                self._profiler.stop()
-                self.files += F.dump_cpu_memory_profile(self._profiler, self._name(step, suffix), self.html)
+                prof, self._profiler = self._profiler, None
+                prof.stop()
+                self.files += F.dump_cpu_memory_profile(prof, self._name(step, suffix), self.html)
         except Exception as err:
             warnings.warn(f"MemorySnapshot could not write the snapshot of step {step}: {err!r}")
         finally:
