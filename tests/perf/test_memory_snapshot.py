@@ -104,8 +104,12 @@ class FakeCuda:
         monkeypatch.setattr(layer, "_on_cuda", lambda pl_module: True)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", self.record)
-        monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda *a, **k: {"segments": [], "n": len(self.calls)})
-        monkeypatch.setattr(torch._C, "_cuda_attach_out_of_memory_observer", self.observers.append, raising=False)
+        monkeypatch.setattr(
+            torch.cuda.memory, "_snapshot", lambda *a, **k: {"segments": [], "n": len(self.calls)}
+        )
+        monkeypatch.setattr(
+            torch._C, "_cuda_attach_out_of_memory_observer", self.observers.append, raising=False
+        )
 
     def record(self, enabled="all", **kwargs):
         self.calls.append((enabled, kwargs))
