@@ -188,8 +188,8 @@ def dump_cpu_memory_profile(
         >>> prof = start_cpu_memory_profile()
         >>> y = torch.randn(64, 64).relu().sum()
         >>> prof.stop()
-        >>> [p.suffix for p in dump_cpu_memory_profile(prof, tempfile.mkdtemp() + "/mem")]
-        ['.txt', '.pickle', '.html']
+        >>> " ".join(p.suffix for p in dump_cpu_memory_profile(prof, tempfile.mkdtemp() + "/mem"))
+        '.txt .pickle .html'
     """
     check_bool("html", html)
     check_int("row_limit", row_limit, minimum=1)

@@ -95,7 +95,8 @@ class SyncReport:
         >>> report = SyncReport()
         >>> with detect_syncs(report):
         ...     n = torch.ones(3).sum().item()
-        >>> report.total, report.findings[0]["kind"]
+        >>> first = report.findings[0]
+        >>> report.total, first.get("kind")
         (1, 'sync')
     """
 
