@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     # inference
     # inspect
     # perf
+    "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
+    "SyncDetector": "lightning_tricks.perf.sync_detector",
     # data
     # repro
 }
@@ -36,6 +38,8 @@ __all__ = [
     # inference
     # inspect
     # perf
+    "MemorySnapshot",
+    "SyncDetector",
     # data
     # repro
 ]

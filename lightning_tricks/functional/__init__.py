@@ -9,14 +9,19 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
-
 # optim
-
 # inference
-
 # inspect
-
 # perf
+from lightning_tricks.functional.perf.memory_snapshot import (
+    MemoryWindow,
+    dump_cpu_memory_profile,
+    dump_memory_snapshot,
+    start_cpu_memory_profile,
+    start_memory_recording,
+    stop_memory_recording,
+)
+from lightning_tricks.functional.perf.sync_detect import SyncDetectedError, SyncReport, detect_syncs
 
 # data
 
@@ -31,6 +36,15 @@ __all__ = [
     # inference
     # inspect
     # perf
+    "MemoryWindow",
+    "SyncDetectedError",
+    "SyncReport",
+    "detect_syncs",
+    "dump_cpu_memory_profile",
+    "dump_memory_snapshot",
+    "start_cpu_memory_profile",
+    "start_memory_recording",
+    "stop_memory_recording",
     # data
     # repro
 ]
