@@ -348,6 +348,10 @@ def init_weights(
                     do(prefix + pn, p, how_weight(), apply)
                 elif pn.endswith("bias") and zero_bias:
                     do(prefix + pn, p, "zeros", nn.init.zeros_)
+            pad = getattr(m, "padding_idx", None)
+            if isinstance(m, nn.Embedding) and pad is not None and prefix + "weight" in report.initialized:
+                with torch.no_grad():
+                    m.weight[pad].zero_()  # keep the padding row at zero, as nn.Embedding does
         elif init_norm and isinstance(m, _NORMS):
             if own.get("weight") is not None:
                 do(prefix + "weight", own["weight"], "ones", nn.init.ones_)

@@ -174,3 +174,9 @@ def test_bad_input_names_the_argument():
         init_weights(net, generator=0)
     with pytest.raises(TypeError, match="`module`"):
         init_weights({"w": torch.ones(2)})
+
+
+def test_embedding_padding_row_stays_zero():
+    emb = nn.Embedding(10, 8, padding_idx=0)
+    init_weights(emb, "normal", std=1.0, generator=gen())
+    assert torch.all(emb.weight[0] == 0) and emb.weight[1:].abs().sum() > 0
