@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     # base
     "LightningMixin": "lightning_tricks._base",
     # finetune
+    "ExportWeights": "lightning_tricks.finetune.export_weights",
+    "WeightInit": "lightning_tricks.finetune.weight_init",
     # optim
     # inference
     # inspect
@@ -34,6 +36,8 @@ __all__ = [
     # base
     "LightningMixin",
     # finetune
+    "ExportWeights",
+    "WeightInit",
     # optim
     # inference
     # inspect

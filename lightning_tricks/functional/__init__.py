@@ -9,6 +9,15 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
+from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
+from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
+from lightning_tricks.functional.finetune.weights_io import (
+    LoadReport,
+    load_weights,
+    read_weights,
+    save_weights,
+)
+
 # optim
 # inference
 # inspect
@@ -32,6 +41,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     # finetune
+    "InitReport",
+    "LoadReport",
+    "find_head",
+    "init_weights",
+    "load_weights",
+    "read_weights",
+    "replace_head",
+    "save_weights",
+    "strip_head",
     # optim
     # inference
     # inspect

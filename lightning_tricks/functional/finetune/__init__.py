@@ -1,3 +1,25 @@
 """Pure-PyTorch cores for the `finetune` area."""
 
+from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
+from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
+from lightning_tricks.functional.finetune.weights_io import (
+    LoadReport,
+    load_weights,
+    read_weights,
+    save_weights,
+)
+
 __all__: list[str] = []
+
+# weights team: heads, weight initialisation, weights I/O
+__all__ += [
+    "InitReport",
+    "LoadReport",
+    "find_head",
+    "init_weights",
+    "load_weights",
+    "read_weights",
+    "replace_head",
+    "save_weights",
+    "strip_head",
+]

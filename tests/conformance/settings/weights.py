@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from tests.conformance.spec import Spec  # noqa: F401
+from tests.conformance.spec import Spec
 
-SETTINGS: dict = {}
+SETTINGS: dict = {
+    # Re-initialises the backbone (kaiming, BatchNorm to 1/0) and leaves the head as built.
+    "WeightInit": [
+        Spec(init_args={"scheme": "kaiming_normal", "include": ["backbone"], "mode": "fan_out"}, id="cnn"),
+        Spec(
+            init_args={"scheme": "trunc_normal", "std": 0.02, "exclude": ["backbone.embed"]},
+            arch="blocks",
+            id="blocks",
+        ),
+    ],
+    # Writes the final weights of the backbone as safetensors into the log dir.
+    "ExportWeights": Spec(init_args={"filename": "backbone.safetensors", "submodule": "backbone"}),
+}
 
 # Exported classes of this team that are not components, with the reason.
 NOT_COMPONENTS: dict[str, str] = {}

@@ -1,0 +1,123 @@
+"""``ExportWeights``: write the final or best weights as ``.safetensors`` at the end of fit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_tricks.functional._checks import check_choice, check_str
+from lightning_tricks.functional.finetune.weights_io import read_weights, save_weights
+
+__all__ = ["ExportWeights"]
+
+
+class ExportWeights(Callback):
+    """At the end of ``fit``, write the model's weights to a ``.safetensors`` file.
+
+    The file holds tensors only (loadable without unpickling, by any framework that
+    reads safetensors) and is written on global rank 0, atomically. With
+    ``source="best"`` the weights come from the ``ModelCheckpoint``'s best checkpoint
+    (read weights-only) rather than the last step; if no best checkpoint exists when
+    fit ends, the final weights are written with a warning.
+
+    Args:
+        dirpath: output folder; ``None`` for the trainer's log dir.
+        filename: file name, ending in ``.safetensors``.
+        source: ``"final"`` (the weights at the end of fit) or ``"best"``.
+        submodule: export only this attribute of the LightningModule (e.g. ``"model"``),
+            with its prefix removed; ``None`` for the whole module.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: a bad value.
+        MisconfigurationException: in ``setup``, ``source="best"`` without a
+            ``ModelCheckpoint``, or ``submodule`` naming no attribute.
+
+    Example:
+        >>> import tempfile
+        >>> from safetensors.torch import load_file
+        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> d = tempfile.mkdtemp()
+        >>> cb = ExportWeights(dirpath=d, submodule="head")
+        >>> cpu_trainer(max_epochs=1, callbacks=[cb]).fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule())
+        >>> sorted(load_file(f"{d}/weights.safetensors"))
+        ['bias', 'weight']
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "weights.safetensors",
+        source: Literal["final", "best"] = "final",
+        submodule: str | None = None,
+    ) -> None:
+        if dirpath is not None:
+            check_str("dirpath", dirpath)
+        check_str("filename", filename)
+        if not filename.endswith(".safetensors") or os.sep in filename or filename == ".safetensors":
+            raise ValueError(f"`filename` must be a file name ending in '.safetensors'; got {filename!r}")
+        check_choice("source", source, ("final", "best"))
+        if submodule is not None:
+            check_str("submodule", submodule)
+        self.dirpath = dirpath
+        self.filename = filename
+        self.source = source
+        self.submodule = submodule
+        self.last_path: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.submodule is not None:
+            try:
+                pl_module.get_submodule(self.submodule)
+            except AttributeError:
+                names = ", ".join(n for n, _ in pl_module.named_children())
+                raise MisconfigurationException(
+                    f"`submodule` names no submodule {self.submodule!r} of {type(pl_module).__name__}; "
+                    f"available: {names}"
+                ) from None
+        if self.source == "best" and trainer.checkpoint_callback is None:
+            raise MisconfigurationException(
+                "`source='best'` needs a ModelCheckpoint callback (and `enable_checkpointing=True`); "
+                "use source='final' or add one"
+            )
+
+    def _state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, str]:
+        if self.source == "best":
+            ckpt = trainer.checkpoint_callback
+            best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+            if best and Path(best).is_file():
+                state = read_weights(best)
+                if self.submodule is None:
+                    return state, f"best:{Path(best).name}"
+                p = self.submodule + "."
+                return {
+                    k[len(p) :]: v for k, v in state.items() if k.startswith(p)
+                }, f"best:{Path(best).name}"
+            rank_zero_warn(
+                "ExportWeights(source='best'): no best checkpoint was saved; exporting the final weights"
+            )
+        module = pl_module if self.submodule is None else pl_module.get_submodule(self.submodule)
+        return module.state_dict(), "final"
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dirpath = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
+        path = Path(dirpath) / self.filename
+        if trainer.is_global_zero:
+            state, origin = self._state(trainer, pl_module)
+            metadata = {
+                "source": origin,
+                "epoch": str(trainer.current_epoch),
+                "global_step": str(trainer.global_step),
+            }
+            save_weights(state, path, metadata=metadata)
+            rank_zero_info(f"ExportWeights: wrote {len(state)} tensors ({origin}) to {path}")
+        self.last_path = str(path)
+        trainer.strategy.barrier("ExportWeights")

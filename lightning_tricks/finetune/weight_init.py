@@ -1,0 +1,144 @@
+"""``WeightInit``: initialise the model's weights with a named scheme before training."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_tricks.functional._checks import check_bool, check_optional_int
+from lightning_tricks.functional.finetune.weight_init import InitReport, check_init_options, init_weights
+
+__all__ = ["WeightInit"]
+
+log = logging.getLogger(__name__)
+
+
+class WeightInit(Callback):
+    """Initialise the LightningModule's weights in ``setup``, before DDP wraps the model.
+
+    Runs :func:`~lightning_tricks.functional.init_weights` once per ``fit`` with a
+    private generator seeded from ``seed`` (the global random state is untouched, and
+    every rank draws the same numbers; with ``seed=None`` rank 0 draws a seed and
+    broadcasts it). Tensors filled by :func:`~lightning_tricks.functional.load_weights`
+    are left alone, so a pretrained backbone keeps its weights and only the rest (e.g.
+    a new head) is initialised. It never re-initialises a model it already initialised
+    (a second ``fit`` of the same module), nor when ``trainer.ckpt_path`` is set; with
+    ``trainer.fit(ckpt_path=...)`` Lightning restores the checkpoint's weights after
+    ``setup``, replacing the initialisation, so a resumed run continues from the
+    checkpoint exactly. The report is logged on rank 0 and kept in :attr:`report`.
+
+    Args:
+        scheme: ``"normal"``, ``"uniform"``, ``"xavier_normal"``, ``"xavier_uniform"``,
+            ``"kaiming_normal"``, ``"kaiming_uniform"``, ``"orthogonal"`` or ``"trunc_normal"``.
+        include: module-name globs to initialise (e.g. ``["head"]``); ``None`` for all.
+        exclude: module-name globs to leave alone.
+        types: layer class names that get ``scheme``; ``None`` for the usual ones
+            (Linear, Conv, Embedding, MultiheadAttention).
+        mode: kaiming ``"fan_in"`` or ``"fan_out"``.
+        nonlinearity: kaiming gain's nonlinearity (``"relu"``, ``"leaky_relu"``, ``"tanh"``, ...).
+        negative_slope: leaky-ReLU slope for kaiming.
+        gain: xavier/orthogonal gain.
+        std: standard deviation of ``normal``/``trunc_normal``.
+        bound: half-width of ``uniform``.
+        init_norm: normalisation layers to weight 1, bias 0.
+        zero_bias: biases of the selected layers to 0.
+        zero_init_last_bn: zero the last BatchNorm weight of each residual block.
+        skip_pretrained: leave tensors loaded with ``load_weights`` alone.
+        seed: seed of the initialisation; ``None`` to draw one on rank 0 and broadcast it.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range; in ``setup``, globs that match no module.
+
+    Example:
+        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> cb = WeightInit("trunc_normal", include=["head"], std=0.01)
+        >>> trainer = cpu_trainer(max_epochs=1, callbacks=[cb])
+        >>> trainer.fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule())
+        >>> sorted(cb.report.initialized)
+        ['head.bias', 'head.weight']
+    """
+
+    def __init__(
+        self,
+        scheme: Literal[
+            "normal",
+            "uniform",
+            "xavier_normal",
+            "xavier_uniform",
+            "kaiming_normal",
+            "kaiming_uniform",
+            "orthogonal",
+            "trunc_normal",
+        ] = "kaiming_normal",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        mode: Literal["fan_in", "fan_out"] = "fan_in",
+        nonlinearity: str = "relu",
+        negative_slope: float = 0.0,
+        gain: float = 1.0,
+        std: float = 0.02,
+        bound: float = 0.05,
+        init_norm: bool = True,
+        zero_bias: bool = True,
+        zero_init_last_bn: bool = False,
+        skip_pretrained: bool = True,
+        seed: int | None = 0,
+    ) -> None:
+        self.options = check_init_options(
+            scheme=scheme,
+            include=include,
+            exclude=exclude,
+            types=types,
+            mode=mode,
+            nonlinearity=nonlinearity,
+            negative_slope=negative_slope,
+            gain=gain,
+            std=std,
+            bound=bound,
+            init_norm=init_norm,
+            zero_bias=zero_bias,
+            zero_init_last_bn=zero_init_last_bn,
+        )
+        self.skip_pretrained = check_bool("skip_pretrained", skip_pretrained)
+        self.seed = check_optional_int("seed", seed, minimum=0)
+        self.report: InitReport | None = None
+        self._done: Any = None  # weakref to the last module initialised
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_done"] = None
+        return state
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.ckpt_path:
+            rank_zero_info(f"WeightInit: resuming from {trainer.ckpt_path}; weights are not re-initialised")
+            return
+        if self._done is not None and self._done() is pl_module:
+            rank_zero_info("WeightInit: this module was already initialised by this callback; left as is")
+            return
+        seed = self.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if trainer.is_global_zero else 0
+        seed = trainer.strategy.broadcast(seed, src=0)
+        generator = torch.Generator().manual_seed(seed)
+        opts = dict(self.options)
+        self.report = init_weights(
+            pl_module, **opts, skip_pretrained=self.skip_pretrained, generator=generator
+        )
+        self._done = weakref.ref(pl_module)
+        rank_zero_info(f"WeightInit ({opts['scheme']}, seed {seed}): {self.report}")
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.report is not None:
+            rank_zero_info("WeightInit: resuming from a checkpoint; its weights replace the initialisation")

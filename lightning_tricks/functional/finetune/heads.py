@@ -1,0 +1,203 @@
+"""Find, replace and strip the classifier head of a model.
+
+Fine-tuning on a new label set needs a new last layer with the right number of
+outputs; feature extraction needs the model without it. Slicing ``model.children()``
+into an ``nn.Sequential`` breaks every model whose ``forward`` is not a plain chain
+(pooling in ``forward``, residual connections, several inputs), so these functions
+swap the head *in place*, at the attribute where it lives.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lightning_tricks.functional._checks import check_int
+
+__all__ = ["find_head", "replace_head", "strip_head"]
+
+
+def _check_module(name: str, value: object) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"`{name}` must be a torch.nn.Module; got {type(value).__name__}")
+    return value
+
+
+def _children_names(module: nn.Module) -> str:
+    names = [n for n, _ in module.named_children()]
+    return ", ".join(names) if names else "(none)"
+
+
+def _resolve(model: nn.Module, attr: str) -> nn.Module:
+    if not isinstance(attr, str) or not attr:
+        raise TypeError(f"`attr` must be a non-empty dotted submodule name or None; got {attr!r}")
+    module = model
+    walked: list[str] = []
+    for part in attr.split("."):
+        child = module._modules.get(part)
+        if child is None:
+            where = ".".join(walked) or type(model).__name__
+            raise ValueError(
+                f"`attr` names no submodule {attr!r}: {where} has no child {part!r}; "
+                f"available: {_children_names(module)}"
+            )
+        module = child
+        walked.append(part)
+    return module
+
+
+def _last_linear(module: nn.Module) -> str | None:
+    """Dotted name (relative to ``module``) of its last registered ``nn.Linear``."""
+    found = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear) and not isinstance(
+            sub, nn.modules.linear.NonDynamicallyQuantizableLinear
+        ):
+            found = name
+    return found
+
+
+def find_head(model: nn.Module, attr: str | None = None) -> str:
+    """Return the dotted name of the model's last classifier layer.
+
+    With ``attr`` given, the head is that submodule; if it is a container (an
+    ``nn.Sequential`` such as ``pool -> flatten -> linear``, or a head module with a
+    norm and an ``fc``), the last ``nn.Linear`` inside it. Without ``attr``: the module
+    returned by a timm-style ``model.get_classifier()`` if the model has one, else the
+    last registered ``nn.Linear`` of the model (attention projections excluded).
+
+    Args:
+        model: the network.
+        attr: dotted name of the head, e.g. ``"head"`` or ``"classifier.fc"``; ``None`` to search.
+
+    Returns:
+        The dotted name of the layer, relative to ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a module, or ``attr`` is not a string.
+        ValueError: ``attr`` names no submodule, or no classifier layer can be found.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Dropout(), nn.Linear(8, 3)))
+        >>> find_head(net)
+        '2.1'
+        >>> find_head(net, attr="2")
+        '2.1'
+    """
+    _check_module("model", model)
+    if attr is not None:
+        target = _resolve(model, attr)
+        if isinstance(target, nn.Linear) or not list(target.children()):
+            return attr
+        inner = _last_linear(target)
+        if inner is None:
+            raise ValueError(
+                f"`attr` {attr!r} names a {type(target).__name__} that contains no nn.Linear; "
+                f"name the layer to replace itself (its children: {_children_names(target)})"
+            )
+        return f"{attr}.{inner}"
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Module):
+            for name, sub in model.named_modules():
+                if sub is head and name:
+                    return name
+    name = _last_linear(model)
+    if not name:
+        raise ValueError(
+            f"could not find a classifier head in {type(model).__name__}: it has no nn.Linear submodule "
+            f"and no get_classifier(); pass `attr` naming the head (top-level children: "
+            f"{_children_names(model)})"
+        )
+    return name
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent._modules[child]
+    parent._modules[child] = new
+    return old
+
+
+def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) -> nn.Module:
+    """Replace the classifier layer by a fresh ``nn.Linear`` with ``num_outputs`` outputs.
+
+    The new layer has the old one's ``in_features``, bias setting, device and dtype,
+    and PyTorch's default initialisation (see :func:`init_weights` for others). The
+    model is changed in place; a timm-style integer ``model.num_classes`` is updated.
+
+    Args:
+        model: the network.
+        num_outputs: number of outputs of the new layer (classes), at least 1.
+        attr: dotted name of the head; ``None`` to find it with :func:`find_head`.
+
+    Returns:
+        The old head layer (for example to reuse some of its rows).
+
+    Raises:
+        TypeError: bad argument types.
+        ValueError: ``num_outputs < 1``, or no head can be found, or the head is not an
+            ``nn.Linear`` (so its input size is unknown).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> old = replace_head(net, 10)
+        >>> old.out_features, net(torch.zeros(2, 4)).shape
+        (3, torch.Size([2, 10]))
+    """
+    _check_module("model", model)
+    num_outputs = check_int("num_outputs", num_outputs, minimum=1)
+    name = find_head(model, attr)
+    old = model.get_submodule(name)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(
+            f"the head {name!r} is a {type(old).__name__}, not an nn.Linear, so its input size is "
+            f"unknown; pass `attr` naming the final nn.Linear layer"
+        )
+    weight = old.weight
+    new = nn.Linear(
+        old.in_features, num_outputs, bias=old.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    new.train(old.training)
+    _swap(model, name, new)
+    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
+        model.num_classes = num_outputs
+    return old
+
+
+def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
+    """Turn a classifier into a feature extractor: replace the head by ``nn.Identity``.
+
+    Only the final layer is swapped, in place, so the model's own ``forward`` (pooling,
+    residual paths, extra inputs) keeps working and now returns the features that fed
+    the head. A timm-style integer ``model.num_classes`` is set to 0.
+
+    Args:
+        model: the network.
+        attr: dotted name of the head; ``None`` to find it with :func:`find_head`.
+
+    Returns:
+        The removed head.
+
+    Raises:
+        TypeError: bad argument types.
+        ValueError: no head can be found.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> head = strip_head(net)
+        >>> net(torch.zeros(2, 4)).shape
+        torch.Size([2, 8])
+    """
+    _check_module("model", model)
+    name = find_head(model, attr)
+    old = _swap(model, name, nn.Identity())
+    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
+        model.num_classes = 0
+    return old

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import builtins
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from lightning_tricks.functional import LoadReport, load_weights, read_weights, save_weights
+from tests.helpers import SmallCNN, make_mlp
+
+
+def same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
+def test_roundtrip_including_buffers(tmp_path, suffix):
+    src = SmallCNN()
+    src.backbone[0][1].running_mean.normal_()
+    src.backbone[0][1].num_batches_tracked.fill_(7)
+    path = save_weights(src, tmp_path / f"w{suffix}")
+    dst = SmallCNN()
+    report = load_weights(dst, path, strict=True)
+    assert report.ok and same(src, dst)
+    assert not list(tmp_path.glob(".*tmp"))  # no leftovers of the atomic write
+
+
+def test_safetensors_file_is_standard_and_found_by_content(tmp_path):
+    src = make_mlp()
+    path = save_weights(src, tmp_path / "w.safetensors", metadata={"note": "hi"})
+    assert load_file(str(path)).keys() == src.state_dict().keys()
+    renamed = shutil.copy(path, tmp_path / "w.bin")
+    dst = make_mlp()
+    assert load_weights(dst, renamed).ok and same(src, dst)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.out = nn.Linear(4, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+
+def test_tied_weights_with_safetensors(tmp_path):
+    src = Tied()
+    path = save_weights(src, tmp_path / "tied.safetensors")  # safetensors refuses shared storage itself
+    assert len(load_file(str(path))) == 1
+    dst = Tied()
+    report = load_weights(dst, path, strict=True)
+    assert report.ok and report.loaded == ["emb.weight", "out.weight"]
+    assert torch.equal(dst.emb.weight, src.emb.weight) and dst.out.weight is dst.emb.weight
+    untied = nn.ModuleDict({"emb": nn.Embedding(10, 4), "out": nn.Linear(4, 10, bias=False)})
+    assert load_weights(untied, path, strict=True).ok  # the alias restores the second name
+    assert torch.equal(untied["out"].weight, src.emb.weight)
+
+
+def test_views_of_one_storage_are_saved_as_copies(tmp_path):
+    base = torch.arange(6.0)
+    path = save_weights({"a": base[:3], "b": base[3:], "c": base.view(2, 3).T}, tmp_path / "v.safetensors")
+    out = read_weights(path)
+    assert torch.equal(out["b"], torch.tensor([3.0, 4.0, 5.0])) and torch.equal(out["c"], base.view(2, 3).T)
+
+
+def test_replaced_head_loads_everything_else_and_reports(tmp_path):
+    src = SmallCNN(num_classes=4)
+    path = save_weights(src, tmp_path / "w.pt")
+    dst = SmallCNN(num_classes=10)
+    head_before = dst.head[2].weight.clone()
+    report = load_weights(dst, path)
+    assert report.mismatched == {"head.2.weight": ((4, 16), (10, 16)), "head.2.bias": ((4,), (10,))}
+    assert not report.missing and not report.unexpected
+    assert torch.equal(dst.head[2].weight, head_before)
+    assert torch.equal(dst.backbone[0][0].weight, src.backbone[0][0].weight)
+    assert "shape-mismatched 2" in str(report)
+
+
+def test_strict_load_raises_before_changing_anything(tmp_path):
+    path = save_weights(SmallCNN(num_classes=4), tmp_path / "w.pt")
+    dst = SmallCNN(num_classes=10)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`strict=True`.*head.2.weight"):
+        load_weights(dst, path, strict=True)
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
+
+
+def test_prefixes_are_detected_both_ways(tmp_path):
+    net = make_mlp()
+    wrapped = {f"model.{k}": v for k, v in net.state_dict().items()}
+    ckpt = {
+        "epoch": 3,
+        "state_dict": {**wrapped, "criterion.weight": torch.ones(4)},
+        "hyper_parameters": {"lr": 0.1},
+    }
+    torch.save(ckpt, tmp_path / "fake.ckpt")
+    dst = make_mlp()
+    report = load_weights(dst, tmp_path / "fake.ckpt")
+    assert (
+        report.prefix == "strip 'model.'" and report.unexpected == ["criterion.weight"] and not report.missing
+    )
+    assert same(net, dst)
+    holder = nn.Module()
+    holder.net = make_mlp()
+    report = load_weights(holder, save_weights(net, tmp_path / "plain.safetensors"))
+    assert report.prefix == "add 'net.'" and report.ok and same(net, holder.net)
+    with pytest.raises(ValueError, match="no key"):
+        load_weights(make_mlp(), tmp_path / "fake.ckpt", prefix="")
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_malicious_pickle_is_refused(tmp_path, writer):
+    marker = tmp_path / "pwned.txt"
+    payload = {"state_dict": {"w": torch.ones(2)}, "evil": Evil(marker)}
+    path = tmp_path / "evil.ckpt"
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    # the payload really is malicious: a plain unpickle runs it
+    if writer == "pickle":
+        pickle.loads(path.read_bytes())
+        assert marker.exists()
+        marker.unlink()
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_weights(nn.Linear(2, 1), path)
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_weights(path)
+    assert not marker.exists()
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"`path` must end in .safetensors"):
+        save_weights(make_mlp(), tmp_path / "w.txt")
+    with pytest.raises(TypeError, match="`obj`"):
+        save_weights({"w": [1, 2]}, tmp_path / "w.pt")
+    with pytest.raises(TypeError, match="`path`"):
+        save_weights(make_mlp(), 3)
+    with pytest.raises(ValueError, match="`metadata`"):
+        save_weights(make_mlp(), tmp_path / "w.pt", metadata={"a": "b"})
+    with pytest.raises(FileNotFoundError, match="`path`"):
+        load_weights(make_mlp(), tmp_path / "missing.pt")
+    path = save_weights(make_mlp(), tmp_path / "w.pt")
+    with pytest.raises(TypeError, match="`strict`"):
+        load_weights(make_mlp(), path, strict="yes")
+    with pytest.raises(TypeError, match="`model`"):
+        load_weights({}, path)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a state dict"):
+        read_weights(tmp_path / "list.pt")
+    assert isinstance(LoadReport(), LoadReport) and LoadReport().ok
