@@ -20,6 +20,12 @@ _EXPORTS: dict[str, str] = {
     # finetune
     # optim
     # inference
+    "FeatureExtractor": "lightning_tricks.functional.inference.features",
+    "FeaturePredict": "lightning_tricks.inference.feature_predict",
+    "PredictionWriter": "lightning_tricks.inference.prediction_writer",
+    "TTAEvaluation": "lightning_tricks.inference.tta_evaluation",
+    "TTAPredict": "lightning_tricks.inference.tta_predict",
+    "load_predictions": "lightning_tricks.inference.prediction_writer",
     # inspect
     # perf
     # data
@@ -34,6 +40,12 @@ __all__ = [
     # finetune
     # optim
     # inference
+    "FeatureExtractor",
+    "FeaturePredict",
+    "PredictionWriter",
+    "TTAEvaluation",
+    "TTAPredict",
+    "load_predictions",
     # inspect
     # perf
     # data

@@ -9,10 +9,17 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
-
 # optim
-
 # inference
+from lightning_tricks.functional.inference import (
+    FeatureExtractor,
+    View,
+    extract_features,
+    merge_outputs,
+    parse_view,
+    parse_views,
+    tta_predict,
+)
 
 # inspect
 
@@ -29,6 +36,13 @@ __all__ = [
     # finetune
     # optim
     # inference
+    "FeatureExtractor",
+    "View",
+    "extract_features",
+    "merge_outputs",
+    "parse_view",
+    "parse_views",
+    "tta_predict",
     # inspect
     # perf
     # data
