@@ -18,7 +18,7 @@ class IndexedModel(ClassifierModule):
     """Predicts its input's label and sample id, so that order and uniqueness can be checked."""
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        x, y, ids = batch
+        x, _y, ids = batch
         return {"logits": self(x), "ids": ids}
 
 

@@ -118,7 +118,7 @@ def test_crops_on_dense_outputs_raise_clearly():
 def test_crops_for_classification_and_precropped_input():
     model = SmallCNN().eval()
     x = torch.randn(3, 3, 8, 8)
-    out, per_view = tta_predict(model, x, ["ten_crop:6"], "mean", return_views=True)
+    _out, per_view = tta_predict(model, x, ["ten_crop:6"], "mean", return_views=True)
     assert per_view.shape == (11, 3, 4)
     with torch.no_grad():
         crops = parse_view("ten_crop:6").apply(x).reshape(10, 3, 3, 6, 6)
