@@ -263,8 +263,8 @@ def parse_views(views: str | View | Sequence[str | View]) -> list[View]:
         TypeError: for entries of the wrong type.
 
     Example:
-        >>> [v.name for v in parse_views(["identity", "hflip", "rot90+vflip"])]
-        ['identity', 'hflip', 'rot90+vflip']
+        >>> ", ".join(v.name for v in parse_views(["identity", "hflip", "rot90+vflip"]))
+        'identity, hflip, rot90+vflip'
     """
     if isinstance(views, str | View):
         views = [views]
