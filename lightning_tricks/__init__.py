@@ -22,6 +22,12 @@ _EXPORTS: dict[str, str] = {
     "WeightInit": "lightning_tricks.finetune.weight_init",
     # optim
     # inference
+    "FeatureExtractor": "lightning_tricks.functional.inference.features",
+    "FeaturePredict": "lightning_tricks.inference.feature_predict",
+    "PredictionWriter": "lightning_tricks.inference.prediction_writer",
+    "TTAEvaluation": "lightning_tricks.inference.tta_evaluation",
+    "TTAPredict": "lightning_tricks.inference.tta_predict",
+    "load_predictions": "lightning_tricks.inference.prediction_writer",
     # inspect
     # perf
     "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
@@ -40,6 +46,12 @@ __all__ = [
     "WeightInit",
     # optim
     # inference
+    "FeatureExtractor",
+    "FeaturePredict",
+    "PredictionWriter",
+    "TTAEvaluation",
+    "TTAPredict",
+    "load_predictions",
     # inspect
     # perf
     "MemorySnapshot",

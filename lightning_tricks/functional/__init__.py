@@ -20,6 +20,18 @@ from lightning_tricks.functional.finetune.weights_io import (
 
 # optim
 # inference
+# optim
+# inference
+from lightning_tricks.functional.inference import (
+    FeatureExtractor,
+    View,
+    extract_features,
+    merge_outputs,
+    parse_view,
+    parse_views,
+    tta_predict,
+)
+
 # inspect
 # perf
 from lightning_tricks.functional.perf.memory_snapshot import (
@@ -52,6 +64,13 @@ __all__ = [
     "strip_head",
     # optim
     # inference
+    "FeatureExtractor",
+    "View",
+    "extract_features",
+    "merge_outputs",
+    "parse_view",
+    "parse_views",
+    "tta_predict",
     # inspect
     # perf
     "MemoryWindow",

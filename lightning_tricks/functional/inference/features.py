@@ -1,0 +1,159 @@
+"""Named intermediate outputs of any model through forward hooks (no FX tracing needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_tricks.functional._checks import check_bool, check_str_sequence
+
+__all__ = ["FeatureExtractor", "extract_features"]
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the last requested layer to end the forward pass early."""
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    out = {}
+    for name in layers:
+        if name not in modules:
+            names = [n for n in modules if n]
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise ValueError(
+                f"`layers` names no submodule {name!r} of {type(model).__name__};{hint} available: {shown}"
+            )
+        out[name] = modules[name]
+    return out
+
+
+class FeatureExtractor:
+    """Capture the outputs of named submodules with forward hooks.
+
+    Works on any model, including those ``torch.fx`` cannot trace (data-dependent
+    control flow), because it only relies on ``register_forward_hook``. Use it as a
+    context manager around your own forward call (hooks live only inside the ``with``
+    block), or call it to run a forward pass and get the features back.
+
+    If a module runs several times in one forward pass, the output of its last call is
+    kept. With ``stop_early=True`` the forward pass is stopped (by an exception raised in
+    a hook and caught by the extractor) as soon as every requested layer has produced an
+    output, so layers after them cost nothing; the model's own output is then not
+    available.
+
+    Args:
+        model: the model whose submodules to capture.
+        layers: names from ``model.named_modules()``, e.g. ``"backbone.1"``.
+        stop_early: stop the forward pass once every requested layer has run (only
+            when called, see :meth:`__call__`).
+        detach: store ``output.detach()`` rather than the output (keeps no graph).
+
+    Raises:
+        ValueError: if a name is not a submodule (the message suggests near matches).
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> feats = FeatureExtractor(model, ["0", "1"], stop_early=True)(torch.randn(3, 4))
+        >>> {k: tuple(v.shape) for k, v in feats.items()}
+        {'0': (3, 8), '1': (3, 8)}
+        >>> with FeatureExtractor(model, ["1"]) as fx:
+        ...     out = model(torch.randn(3, 4))
+        >>> fx.features["1"].shape, len(model[1]._forward_hooks)
+        (torch.Size([3, 8]), 0)
+    """
+
+    def __init__(
+        self, model: nn.Module, layers: str | Sequence[str], stop_early: bool = False, detach: bool = True
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+        self.layers = check_str_sequence("layers", layers)
+        self.stop_early = check_bool("stop_early", stop_early)
+        self.detach = check_bool("detach", detach)
+        self.model = model
+        self._modules = _resolve_layers(model, self.layers)
+        self._handles: list[Any] = []
+        self._stopping = False
+        self.features: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self.detach:
+                output = output.detach() if isinstance(output, torch.Tensor) else output
+            self.features[name] = output
+            if self._stopping and len(self.features) == len(self.layers):
+                raise _StopForward
+
+        return hook
+
+    def __enter__(self) -> FeatureExtractor:
+        if self._handles:
+            raise RuntimeError("FeatureExtractor is already active; it cannot be entered twice")
+        self.features = {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self._modules.items()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._stopping = False
+
+    def remove(self) -> None:
+        """Remove the hooks (same as leaving the ``with`` block)."""
+        self.__exit__(None, None, None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run ``model(*args, **kwargs)`` and return ``{layer: output}`` in the order of ``layers``.
+
+        With ``detach=False`` hooks keep the graph, so features can be back-propagated.
+        """
+        with self:
+            self._stopping = self.stop_early
+            with contextlib.suppress(_StopForward):
+                self.model(*args, **kwargs)
+            missing = [n for n in self.layers if n not in self.features]
+            if missing:
+                raise RuntimeError(
+                    f"layers {missing} did not run in the forward pass of {type(self.model).__name__}"
+                )
+            return {n: self.features[n] for n in self.layers}
+
+
+def extract_features(
+    model: nn.Module, x: Any, layers: str | Sequence[str], stop_early: bool = True, detach: bool = True
+) -> dict[str, torch.Tensor]:
+    """Outputs of the named submodules of ``model`` for input ``x`` (functional form).
+
+    Args:
+        model: the model.
+        x: the input of ``model``.
+        layers: names from ``model.named_modules()``.
+        stop_early: stop the forward pass once every requested layer has run.
+        detach: detach the captured outputs.
+
+    Returns:
+        ``{layer: output}``, in the order of ``layers``.
+
+    Raises:
+        ValueError: if a name is not a submodule (with near matches suggested).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> extract_features(model, torch.randn(2, 4), ["1"])["1"].shape
+        torch.Size([2, 8])
+    """
+    return FeatureExtractor(model, layers, stop_early=stop_early, detach=detach)(x)

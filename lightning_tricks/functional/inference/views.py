@@ -1,0 +1,280 @@
+"""Test-time augmentation views: flips, rotations, rescales and crops, composable.
+
+A view maps a batch ``(B, C, H, W)`` to ``n * B`` augmented images, stacked view-major
+(``n`` is 1 for flips, rotations and rescales, 5 or 10 for crops). For dense outputs
+(segmentation masks of the input's spatial size) a view can be *inverted*: the inverse
+maps the model's output on the augmented images back to the original geometry.
+
+Views are written as strings (for YAML / the CLI) or built as objects::
+
+    "identity", "hflip", "vflip", "rot90", "rot180", "rot270",
+    "scale:0.9", "five_crop:6", "ten_crop:6x5", "hflip+rot90"
+
+``a+b`` applies ``a`` first, then ``b``; its inverse undoes ``b`` first, then ``a``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["View", "parse_view", "parse_views"]
+
+VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "scale", "five_crop", "ten_crop")
+
+
+class View:
+    """One test-time view (or a composition of several).
+
+    Args:
+        name: the canonical string of this view, e.g. ``"rot90"`` or ``"scale:0.9"``.
+
+    Example:
+        >>> import torch
+        >>> v = parse_view("hflip+rot90")
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> torch.equal(v.invert(v.apply(x), x.shape[-2:]), x)
+        True
+        >>> parse_view("five_crop:1").apply(x).shape
+        torch.Size([5, 1, 1, 1])
+    """
+
+    #: number of augmented images made from each input image
+    n: int = 1
+    #: whether :meth:`invert` exists (dense outputs can be merged)
+    invertible: bool = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment ``x`` of shape ``(B, C, H, W)`` into ``(n * B, C, H', W')``, view-major."""
+        raise NotImplementedError
+
+    def invert(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Map dense outputs ``(n * B, K, H', W')`` back to the geometry of the input (``size`` = H, W)."""
+        raise ValueError(
+            f"view {self.name!r} is not invertible, so it cannot be used with dense outputs "
+            "(outputs with the input's spatial size, e.g. segmentation masks); invertible views: "
+            "identity, hflip, vflip, rot90, rot180, rot270, scale:<f> and compositions of them"
+        )
+
+    def __repr__(self) -> str:
+        return f"View({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, View) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class _Identity(View):
+    def apply(self, x):
+        return x
+
+    def invert(self, y, size):
+        return y
+
+
+class _Flip(View):
+    def __init__(self, name: str, dim: int) -> None:
+        super().__init__(name)
+        self.dim = dim
+
+    def apply(self, x):
+        return x.flip(self.dim)
+
+    def invert(self, y, size):
+        return y.flip(self.dim)
+
+
+class _Rot(View):
+    def __init__(self, k: int) -> None:
+        super().__init__(f"rot{90 * k}")
+        self.k = k
+
+    def apply(self, x):
+        return torch.rot90(x, self.k, dims=(-2, -1))
+
+    def invert(self, y, size):
+        return torch.rot90(y, -self.k, dims=(-2, -1))
+
+
+class _Scale(View):
+    """Bilinear rescale by ``factor``; the inverse resizes dense outputs back (bilinear)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__(f"scale:{factor:g}")
+        self.factor = factor
+
+    def apply(self, x):
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * self.factor)), max(1, round(w * self.factor)))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def invert(self, y, size):
+        return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class _Crops(View):
+    """Four corner crops and the centre crop (torchvision order), plus their h-flips for ten."""
+
+    invertible = False
+
+    def __init__(self, size: tuple[int, int], ten: bool) -> None:
+        h, w = size
+        super().__init__(f"{'ten' if ten else 'five'}_crop:{h}x{w}")
+        self.size, self.ten = size, ten
+        self.n = 10 if ten else 5
+
+    def apply(self, x):
+        h, w = self.size
+        H, W = x.shape[-2:]
+        if h > H or w > W:
+            raise ValueError(f"view {self.name!r}: crop size {h}x{w} is larger than the input {H}x{W}")
+        top, left = (H - h) // 2, (W - w) // 2
+        crops = [
+            x[..., :h, :w],
+            x[..., :h, W - w :],
+            x[..., H - h :, :w],
+            x[..., H - h :, W - w :],
+            x[..., top : top + h, left : left + w],
+        ]
+        if self.ten:
+            crops += [c.flip(-1) for c in crops]
+        return torch.cat(crops, dim=0)
+
+
+class _Compose(View):
+    def __init__(self, parts: Sequence[View]) -> None:
+        super().__init__("+".join(p.name for p in parts))
+        self.parts = tuple(parts)
+        self.n = 1
+        for p in parts:
+            self.n *= p.n
+        self.invertible = all(p.invertible for p in parts)
+
+    def apply(self, x):
+        for p in self.parts:
+            x = p.apply(x)
+        return x
+
+    def invert(self, y, size):
+        if not self.invertible:
+            bad = next(p for p in self.parts if not p.invertible)
+            bad.invert(y, size)  # raises the explanatory error
+        # Sizes seen by each part, so that rescales undo to the right intermediate size.
+        sizes = [tuple(size)]
+        probe = torch.empty(1, 1, *size, device="meta")
+        for p in self.parts[:-1]:
+            probe = p.apply(probe)
+            sizes.append(tuple(probe.shape[-2:]))
+        for p, s in zip(reversed(self.parts), reversed(sizes)):
+            y = p.invert(y, s)
+        return y
+
+
+def _parse_size(text: str, spec: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2) or any(v < 1 for v in vals):
+        raise ValueError(
+            f"view {spec!r}: crop size must be '<int>' or '<h>x<w>' with ints >= 1; got {text!r}"
+        )
+    return (vals[0], vals[-1])
+
+
+def _parse_one(part: str, spec: str) -> View:
+    name, _, arg = part.strip().partition(":")
+    name = name.strip().lower()
+    if name in ("identity", "hflip", "vflip", "rot90", "rot180", "rot270") and arg:
+        raise ValueError(f"view {spec!r}: {name!r} takes no argument; got {arg!r}")
+    if name == "identity":
+        return _Identity("identity")
+    if name == "hflip":
+        return _Flip("hflip", -1)
+    if name == "vflip":
+        return _Flip("vflip", -2)
+    if name in ("rot90", "rot180", "rot270"):
+        return _Rot(int(name[3:]) // 90)
+    if name == "scale":
+        try:
+            factor = float(arg)
+        except ValueError:
+            factor = float("nan")
+        if not factor > 0 or factor == float("inf"):
+            raise ValueError(f"view {spec!r}: 'scale:<factor>' needs a finite factor > 0; got {arg!r}")
+        return _Scale(factor)
+    if name in ("five_crop", "ten_crop"):
+        if not arg:
+            raise ValueError(f"view {spec!r}: {name!r} needs a crop size, e.g. '{name}:6' or '{name}:6x5'")
+        return _Crops(_parse_size(arg, spec), ten=name == "ten_crop")
+    raise ValueError(
+        f"`views` entry {spec!r} names an unknown view {name!r}; allowed: {', '.join(VIEW_NAMES)}"
+    )
+
+
+def parse_view(spec: str | View) -> View:
+    """Build a :class:`View` from its string form (``View`` objects pass through).
+
+    Args:
+        spec: e.g. ``"hflip"``, ``"rot270"``, ``"scale:1.25"``, ``"ten_crop:6"``,
+            ``"five_crop:6x5"`` or a composition such as ``"vflip+rot90"``.
+
+    Returns:
+        The view.
+
+    Raises:
+        ValueError: for an unknown name or a bad argument.
+        TypeError: if ``spec`` is neither a string nor a :class:`View`.
+
+    Example:
+        >>> parse_view("hflip+scale:0.5").name
+        'hflip+scale:0.5'
+        >>> parse_view("ten_crop:6").n
+        10
+    """
+    if isinstance(spec, View):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"`views` entries must be non-empty strings or View objects; got {spec!r}")
+    parts = [_parse_one(p, spec) for p in spec.split("+")]
+    parts = [p for p in parts if not isinstance(p, _Identity)] or parts[:1]
+    return parts[0] if len(parts) == 1 else _Compose(parts)
+
+
+def parse_views(views: str | View | Sequence[str | View]) -> list[View]:
+    """Parse one view or a sequence of views; duplicates are an error.
+
+    Args:
+        views: a view or a non-empty sequence of views (strings or :class:`View`).
+
+    Returns:
+        The views, in order.
+
+    Raises:
+        ValueError: if the sequence is empty, has duplicates or an invalid entry.
+        TypeError: for entries of the wrong type.
+
+    Example:
+        >>> ", ".join(v.name for v in parse_views(["identity", "hflip", "rot90+vflip"]))
+        'identity, hflip, rot90+vflip'
+    """
+    if isinstance(views, str | View):
+        views = [views]
+    if not isinstance(views, Sequence) or isinstance(views, bytes):
+        raise TypeError(f"`views` must be a view or a sequence of views; got {views!r}")
+    if len(views) == 0:
+        raise ValueError(f"`views` must name at least one view; got {views!r}")
+    out = [parse_view(v) for v in views]
+    names = [v.name for v in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"`views` repeats {', '.join(dup)}; got {list(names)}")
+    return out

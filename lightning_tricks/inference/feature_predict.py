@@ -1,0 +1,89 @@
+"""FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_tricks._base import LightningMixin
+from lightning_tricks.functional.inference.features import FeatureExtractor
+from lightning_tricks.inference.tta_predict import batch_input
+
+__all__ = ["FeaturePredict"]
+
+
+class FeaturePredict(LightningMixin):
+    """A ``predict_step`` that returns ``{layer: output}`` for the layers you name.
+
+    The intermediate outputs are captured with forward hooks by
+    :class:`~lightning_tricks.functional.FeatureExtractor` (so models ``torch.fx`` cannot
+    trace work too); hooks exist only during each ``predict_step``. ``trainer.predict``
+    then returns (or a :class:`~lightning_tricks.PredictionWriter` writes) one dict of
+    tensors per batch. Training, validation and testing are untouched.
+
+    Class attributes:
+
+    * ``feature_layers`` (``()``): names from ``self.named_modules()``, e.g.
+      ``("backbone.0", "head")``; checked when prediction starts.
+    * ``feature_stop_early`` (``True``): stop the forward pass once every requested layer
+      has run, so later layers cost nothing.
+    * ``feature_include_output`` (``False``): also return the model's output under the
+      key ``"output"`` (the forward pass then runs to the end).
+
+    Example:
+        >>> import lightning as L, torch
+        >>> class Net(FeaturePredict, L.LightningModule):
+        ...     feature_layers = ("body",)
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body, self.out = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+        ...     def forward(self, x):
+        ...         return self.out(self.body(x))
+        >>> net = Net()
+        >>> net.on_predict_start()
+        >>> {k: tuple(v.shape) for k, v in net.predict_step((torch.randn(3, 4),), 0).items()}
+        {'body': (3, 8)}
+    """
+
+    feature_layers: Sequence[str] = ()
+    feature_stop_early: bool = True
+    feature_include_output: bool = False
+
+    def _feature_extractor(self) -> FeatureExtractor:
+        name = type(self).__name__
+        layers = self.feature_layers
+        if isinstance(layers, str):
+            layers = (layers,)
+        if not layers:
+            raise ValueError(f"{name}.feature_layers names no layer; set it to names from named_modules()")
+        for attr in ("feature_stop_early", "feature_include_output"):
+            if not isinstance(getattr(self, attr), bool):
+                raise TypeError(f"{name}.{attr} must be a bool; got {getattr(self, attr)!r}")
+        try:
+            return FeatureExtractor(
+                self,  # type: ignore[arg-type]
+                layers,
+                stop_early=self.feature_stop_early and not self.feature_include_output,
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{name}.feature_layers: {err}") from None
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()  # type: ignore[misc]
+        self._feature_extractor()  # fail before the first batch if a name is wrong
+
+    def feature_input(self, batch: Any) -> torch.Tensor:
+        """The model input in ``batch`` (override for dict batches)."""
+        return batch_input(batch, type(self).__name__)
+
+    def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{layer: output}`` for ``feature_layers`` (plus ``"output"`` if requested)."""
+        fx = self._feature_extractor()
+        x = self.feature_input(batch)
+        if not self.feature_include_output:
+            return fx(x)
+        with fx:
+            out = self(x)  # type: ignore[operator]
+        return {**{n: fx.features[n] for n in fx.layers}, "output": out}

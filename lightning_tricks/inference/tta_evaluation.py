@@ -1,0 +1,216 @@
+"""TTAEvaluation: measure what test-time augmentation gains on the validation/test set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_int,
+    check_str_sequence,
+)
+from lightning_tricks.functional.inference.tta import MERGE_MODES, merge_outputs, tta_predict
+from lightning_tricks.functional.inference.views import parse_views
+
+__all__ = ["TTAEvaluation"]
+
+METRICS = ("accuracy", "f1", "precision", "recall")
+
+
+class TTAEvaluation(Callback):
+    """Compute a metric with and without TTA on the same validation/test batches and log both.
+
+    On each evaluated batch the identity view and the TTA views run in one forward pass
+    (see :func:`~lightning_tricks.functional.tta_predict`); the identity output is the
+    plain prediction. At the end of the epoch it logs, for ``stage`` = ``val`` or ``test``:
+
+    * ``{stage}_{metric}_plain`` and ``{stage}_{metric}_tta``, and their difference
+      ``{stage}_{metric}_tta_gain``;
+    * ``{stage}_tta_correct_to_wrong`` and ``{stage}_tta_wrong_to_correct``: fractions of
+      samples (pixels, for dense outputs) whose argmax prediction TTA turned from right to
+      wrong and from wrong to right.
+
+    Metrics are torchmetrics objects (multiclass, macro average except accuracy), so their
+    states are synchronised across DDP ranks before the values are logged. The callback
+    never changes training: no gradients, no weight or RNG changes. It costs one extra
+    forward pass per view on evaluated batches only.
+
+    Args:
+        views: TTA views as strings, see :func:`~lightning_tricks.functional.parse_view`.
+        merge: how TTA merges the views (see :func:`~lightning_tricks.functional.merge_outputs`).
+        metric: ``"accuracy"``, ``"f1"``, ``"precision"`` or ``"recall"``.
+        num_classes: number of classes; ``None`` reads it from the logits' dimension 1.
+        include_identity: whether the TTA prediction includes the identity view.
+        chunk_size: most images per forward pass.
+        on_validation: evaluate during validation.
+        on_test: evaluate during testing.
+        every_n_epochs: evaluate validation every this many epochs.
+        input_index: position of the input in a tuple/list batch.
+        target_index: position of the target in a tuple/list batch.
+
+    Raises:
+        ValueError: for arguments out of range.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> cb = TTAEvaluation(views=["hflip", "vflip"], merge="mean_softmax")
+        >>> cb.views, cb.metric
+        (('hflip', 'vflip'), 'accuracy')
+    """
+
+    def __init__(
+        self,
+        views: Sequence[str] = ("hflip",),
+        merge: Literal[
+            "mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"
+        ] = ("mean"),
+        metric: Literal["accuracy", "f1", "precision", "recall"] = "accuracy",
+        num_classes: int | None = None,
+        include_identity: bool = True,
+        chunk_size: int | None = None,
+        on_validation: bool = True,
+        on_test: bool = True,
+        every_n_epochs: int = 1,
+        input_index: int = 0,
+        target_index: int = 1,
+    ) -> None:
+        self.views = check_str_sequence("views", views)
+        try:
+            parse_views(self.views)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"`views`: {err}") from None
+        self.merge = check_choice("merge", merge, MERGE_MODES)
+        self.metric = check_choice("metric", metric, METRICS)
+        self.num_classes = check_optional_int("num_classes", num_classes, minimum=2)
+        self.include_identity = check_bool("include_identity", include_identity)
+        self.chunk_size = check_optional_int("chunk_size", chunk_size, minimum=1)
+        self.on_validation = check_bool("on_validation", on_validation)
+        self.on_test = check_bool("on_test", on_test)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
+        self.input_index = check_int("input_index", input_index, minimum=0)
+        self.target_index = check_int("target_index", target_index, minimum=0)
+        if self.input_index == self.target_index:
+            raise ValueError(f"`input_index` and `target_index` must differ; both are {input_index}")
+        self._metrics: dict[str, dict[str, Any]] = {}
+
+    # -------------------------------------------------------------------------------- helpers
+    def _build(self, num_classes: int, device: torch.device) -> dict[str, Any]:
+        from torchmetrics import MeanMetric
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassPrecision,
+            MulticlassRecall,
+        )
+
+        cls = {
+            "accuracy": MulticlassAccuracy,
+            "f1": MulticlassF1Score,
+            "precision": MulticlassPrecision,
+            "recall": MulticlassRecall,
+        }[self.metric]
+        average = "micro" if self.metric == "accuracy" else "macro"
+        return {
+            "plain": cls(num_classes=num_classes, average=average).to(device),
+            "tta": cls(num_classes=num_classes, average=average).to(device),
+            "c2w": MeanMetric().to(device),
+            "w2c": MeanMetric().to(device),
+        }
+
+    def _active(self, trainer: L.Trainer, stage: str) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if stage == "val":
+            return self.on_validation and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return self.on_test
+
+    def _update(self, pl_module: L.LightningModule, batch: Any, stage: str) -> None:
+        if not isinstance(batch, list | tuple) or len(batch) <= max(self.input_index, self.target_index):
+            raise TypeError(
+                f"TTAEvaluation needs tuple/list batches with the input at `input_index`={self.input_index} and "
+                f"the target at `target_index`={self.target_index}; got {type(batch).__name__}"
+            )
+        x, y = batch[self.input_index], batch[self.target_index]
+        views = ["identity", *[v for v in self.views if v != "identity"]]
+        _, per_view = tta_predict(
+            pl_module, x, views, "mean", self.chunk_size, include_identity=True, return_views=True
+        )
+        per_view = per_view.float()
+        plain = per_view[0]
+        tta = merge_outputs(per_view if self.include_identity else per_view[1:], self.merge)
+        if stage not in self._metrics:
+            k = self.num_classes or plain.shape[1]
+            if plain.ndim < 2 or k < 2:
+                raise ValueError(
+                    f"TTAEvaluation needs class logits (B, K, ...) with K >= 2; got shape {tuple(plain.shape)}"
+                )
+            self._metrics[stage] = self._build(k, plain.device)
+        m = self._metrics[stage]
+        y = y.to(plain.device)
+        m["plain"].update(plain, y)
+        m["tta"].update(tta, y)
+        ok_plain, ok_tta = plain.argmax(1) == y, tta.argmax(1) == y
+        m["c2w"].update((ok_plain & ~ok_tta).float().flatten())
+        m["w2c"].update((~ok_plain & ok_tta).float().flatten())
+
+    def _log(self, pl_module: L.LightningModule, stage: str) -> None:
+        m = self._metrics.pop(stage, None)
+        if m is None:
+            return
+        values = {k: metric.compute() for k, metric in m.items()}  # synced across ranks
+        name = f"{stage}_{self.metric}"
+        logs = {
+            f"{name}_plain": values["plain"],
+            f"{name}_tta": values["tta"],
+            f"{name}_tta_gain": values["tta"] - values["plain"],
+            f"{stage}_tta_correct_to_wrong": values["c2w"],
+            f"{stage}_tta_wrong_to_correct": values["w2c"],
+        }
+        for key, value in logs.items():
+            # identical on every rank already: the mean over ranks changes nothing
+            pl_module.log(key, value.float(), on_epoch=True, sync_dist=True)
+
+    # ---------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._metrics = {}
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._active(trainer, "val"):
+            self._update(pl_module, batch, "val")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer, "val"):
+            self._log(pl_module, "val")
+        self._metrics.pop("val", None)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._active(trainer, "test"):
+            self._update(pl_module, batch, "test")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer, "test"):
+            self._log(pl_module, "test")
+        self._metrics.pop("test", None)
