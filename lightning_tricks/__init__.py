@@ -18,7 +18,10 @@ _EXPORTS: dict[str, str] = {
     # base
     "LightningMixin": "lightning_tricks._base",
     # finetune
+    "FreezeBackbone": "lightning_tricks.finetune.freeze_backbone",
+    "log_parameter_counts": "lightning_tricks.finetune.freeze_backbone",
     # optim
+    "NoBiasDecay": "lightning_tricks.optim.no_bias_decay",
     # inference
     # inspect
     # perf
@@ -32,7 +35,10 @@ __all__ = [
     # base
     "LightningMixin",
     # finetune
+    "FreezeBackbone",
+    "log_parameter_counts",
     # optim
+    "NoBiasDecay",
     # inference
     # inspect
     # perf
