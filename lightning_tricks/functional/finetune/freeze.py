@@ -25,12 +25,22 @@ def _available(model: nn.Module, limit: int = 40) -> str:
     return ", ".join(names[:limit]) + more or "(no submodules)"
 
 
+def _glob(parts: list[str], pattern: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob(parts[1:], pattern[1:])
+
+
 def select_modules(model: nn.Module, names: str | Sequence[str] = "backbone") -> dict[str, nn.Module]:
     """Resolve attribute paths (``"backbone.blocks"``) or globs (``"encoder.layer.*"``).
 
     Args:
         model: the root module.
-        names: one name/pattern or several; globs match the names of ``named_modules()``.
+        names: one name/pattern or several; globs match the names of ``named_modules()``
+            one dotted segment at a time (``*`` stays within a segment, ``**`` spans any
+            number of segments).
 
     Returns:
         Selected modules by qualified name, in ``named_modules()`` order for globs.
@@ -50,7 +60,8 @@ def select_modules(model: nn.Module, names: str | Sequence[str] = "backbone") ->
     selected: dict[str, nn.Module] = {}
     for name in names:
         if _GLOB_CHARS & set(name):
-            hits = {n: m for n, m in model.named_modules() if n and fnmatch.fnmatchcase(n, name)}
+            pattern = name.split(".")
+            hits = {n: m for n, m in model.named_modules() if n and _glob(n.split("."), pattern)}
         else:
             try:
                 hits = {name: model.get_submodule(name)}
