@@ -21,7 +21,9 @@ def test_select_by_path_and_glob_and_unknown_names():
     assert list(select_modules(net, "backbone.blocks.*")) == [f"backbone.blocks.{i}" for i in range(3)]
     assert list(select_modules(net, ["head", "backbone.embed"])) == ["head", "backbone.embed"]
     assert list(select_modules(net, "**.norm1")) == [f"backbone.blocks.{i}.norm1" for i in range(3)]
-    with pytest.raises(ValueError, match=r"'backbone.blokcs'; available: backbone, backbone.embed, backbone.blocks, head"):
+    with pytest.raises(
+        ValueError, match=r"'backbone.blokcs'; available: backbone, backbone.embed, backbone.blocks, head"
+    ):
         select_modules(net, "backbone.blokcs")
     with pytest.raises(ValueError, match="'nothing\\*'"):
         select_modules(net, "nothing*")
