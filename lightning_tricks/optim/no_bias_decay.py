@@ -66,7 +66,7 @@ class NoBiasDecay(LightningMixin):
         ...     def configure_optimizers(self):
         ...         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.05)
         >>> opt = Model().configure_optimizers()
-        >>> [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+        >>> print([(len(g["params"]), g["weight_decay"]) for g in opt.param_groups])
         [(2, 0.05), (4, 0.0)]
     """
 
@@ -102,7 +102,7 @@ class NoBiasDecay(LightningMixin):
             ...         self.fc = torch.nn.Linear(3, 2)
             ...     def configure_optimizers(self):
             ...         return torch.optim.SGD(self.parameter_groups(1e-4), lr=0.1)
-            >>> [len(g["params"]) for g in Model().configure_optimizers().param_groups]
+            >>> print([len(g["params"]) for g in Model().configure_optimizers().param_groups])
             [1, 1]
         """
         return no_bias_decay_groups(self, weight_decay, **self._no_decay_options())  # type: ignore[arg-type]
@@ -128,7 +128,7 @@ class NoBiasDecay(LightningMixin):
             ...         self.fc = torch.nn.Linear(3, 2)
             >>> m = Model()
             >>> parts = m.split_param_group({"params": list(m.parameters()), "weight_decay": 0.1})
-            >>> [p["weight_decay"] for p in parts]
+            >>> print([p["weight_decay"] for p in parts])
             [0.1, 0.0]
         """
         return split_by_weight_decay(group, self, **self._no_decay_options())  # type: ignore[arg-type]

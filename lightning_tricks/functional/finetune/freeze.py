@@ -98,7 +98,7 @@ def batchnorm_eval(modules: Sequence[nn.Module]) -> list[nn.Module]:
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        >>> [bn.training for bn in batchnorm_eval([net])]
+        >>> print([bn.training for bn in batchnorm_eval([net])])
         [False]
     """
     bns = [m for module in modules for m in module.modules() if isinstance(m, _BatchNorm)]
@@ -168,7 +168,7 @@ def unfreeze_modules(model: nn.Module, names: str | Sequence[str] = "backbone") 
         >>> net = nn.Module()
         >>> net.backbone, net.head = nn.Linear(4, 4), nn.Linear(4, 2)
         >>> _ = freeze_modules(net)
-        >>> [tuple(p.shape) for p in unfreeze_modules(net)]
+        >>> print([tuple(p.shape) for p in unfreeze_modules(net)])
         [(4, 4), (4,)]
     """
     modules = list(select_modules(model, names).values())
@@ -202,7 +202,7 @@ def unfreeze_units(modules: Sequence[nn.Module]) -> list[nn.Module]:
     Example:
         >>> from torch import nn
         >>> body = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-        >>> [type(u).__name__ for u in unfreeze_units([body])]
+        >>> print([type(u).__name__ for u in unfreeze_units([body])])
         ['Linear', 'ReLU', 'Linear']
     """
     if isinstance(modules, nn.Module) or not isinstance(modules, Sequence):

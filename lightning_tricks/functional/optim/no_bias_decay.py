@@ -128,7 +128,7 @@ def no_bias_decay_groups(
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
         >>> groups = no_bias_decay_groups(net, 0.05)
-        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        >>> print([(len(g["params"]), g["weight_decay"]) for g in groups])
         [(4, 0.0), (2, 0.05)]
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
@@ -176,7 +176,7 @@ def split_by_weight_decay(
         >>> net = nn.Linear(3, 2)
         >>> parts = split_by_weight_decay({"params": list(net.parameters()), "lr": 0.1,
         ...                                "weight_decay": 0.01}, net)
-        >>> [(len(p["params"]), p["lr"], p["weight_decay"]) for p in parts]
+        >>> print([(len(p["params"]), p["lr"], p["weight_decay"]) for p in parts])
         [(1, 0.1, 0.01), (1, 0.1, 0.0)]
     """
     if not isinstance(group, dict) or "params" not in group:

@@ -145,7 +145,7 @@ def add_param_groups(
         >>> add_param_groups(opt, [{"params": b.parameters(), "lr": 0.01}], [sched])
         [1]
         >>> sched.step()
-        >>> [round(g["lr"], 4) for g in opt.param_groups]
+        >>> print([round(g["lr"], 4) for g in opt.param_groups])
         [0.025, 0.005]
     """
     if (
@@ -211,7 +211,7 @@ def split_param_groups(
         ...     return [{**g, "params": [p for p in g["params"] if p.ndim > 1]},
         ...             {**g, "params": [p for p in g["params"] if p.ndim <= 1], "weight_decay": 0.0}]
         >>> split_param_groups(opt, by_ndim)
-        >>> [(len(g["params"]), g["weight_decay"], g["lr"]) for g in opt.param_groups]
+        >>> print([(len(g["params"]), g["weight_decay"], g["lr"]) for g in opt.param_groups])
         [(1, 0.05, 0.1), (1, 0.0, 0.1)]
     """
     schedulers = _check_schedulers(optimizer, schedulers)
