@@ -20,7 +20,10 @@ _EXPORTS: dict[str, str] = {
     # finetune
     "ExportWeights": "lightning_tricks.finetune.export_weights",
     "WeightInit": "lightning_tricks.finetune.weight_init",
+    "FreezeBackbone": "lightning_tricks.finetune.freeze_backbone",
+    "log_parameter_counts": "lightning_tricks.finetune.freeze_backbone",
     # optim
+    "NoBiasDecay": "lightning_tricks.optim.no_bias_decay",
     # inference
     "FeatureExtractor": "lightning_tricks.functional.inference.features",
     "FeaturePredict": "lightning_tricks.inference.feature_predict",
@@ -44,7 +47,10 @@ __all__ = [
     # finetune
     "ExportWeights",
     "WeightInit",
+    "FreezeBackbone",
+    "log_parameter_counts",
     # optim
+    "NoBiasDecay",
     # inference
     "FeatureExtractor",
     "FeaturePredict",

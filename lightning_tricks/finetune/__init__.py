@@ -7,3 +7,9 @@ __all__: list[str] = []
 
 # weights team
 __all__ += ["ExportWeights", "WeightInit"]
+from lightning_tricks.finetune.freeze_backbone import FreezeBackbone, log_parameter_counts
+
+__all__: list[str] = [
+    "FreezeBackbone",
+    "log_parameter_counts",
+]

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, atomic_write_text
 
+# optim
+from lightning_tricks.functional.finetune.freeze import (
+    batchnorm_eval,
+    freeze_modules,
+    select_modules,
+    unfreeze_modules,
+    unfreeze_units,
+)
+
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
 from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
+from lightning_tricks.functional.finetune.params import count_parameters
 from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
 from lightning_tricks.functional.finetune.weights_io import (
     LoadReport,
@@ -18,7 +28,6 @@ from lightning_tricks.functional.finetune.weights_io import (
     save_weights,
 )
 
-# optim
 # inference
 # optim
 # inference
@@ -31,6 +40,14 @@ from lightning_tricks.functional.inference import (
     parse_views,
     tta_predict,
 )
+
+# optim
+from lightning_tricks.functional.optim.no_bias_decay import (
+    no_bias_decay_groups,
+    no_weight_decay_names,
+    split_by_weight_decay,
+)
+from lightning_tricks.functional.optim.param_groups import add_param_groups, split_param_groups
 
 # inspect
 # perf
@@ -62,7 +79,18 @@ __all__ = [
     "replace_head",
     "save_weights",
     "strip_head",
+    "batchnorm_eval",
+    "count_parameters",
+    "freeze_modules",
+    "select_modules",
+    "unfreeze_modules",
+    "unfreeze_units",
     # optim
+    "add_param_groups",
+    "no_bias_decay_groups",
+    "no_weight_decay_names",
+    "split_by_weight_decay",
+    "split_param_groups",
     # inference
     "FeatureExtractor",
     "View",

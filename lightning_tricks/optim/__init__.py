@@ -1,3 +1,7 @@
 """Lightning layer for the `optim` area."""
 
-__all__: list[str] = []
+from lightning_tricks.optim.no_bias_decay import NoBiasDecay
+
+__all__: list[str] = [
+    "NoBiasDecay",
+]

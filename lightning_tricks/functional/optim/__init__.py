@@ -1,3 +1,16 @@
 """Pure-PyTorch cores for the `optim` area."""
 
-__all__: list[str] = []
+from lightning_tricks.functional.optim.no_bias_decay import (
+    no_bias_decay_groups,
+    no_weight_decay_names,
+    split_by_weight_decay,
+)
+from lightning_tricks.functional.optim.param_groups import add_param_groups, split_param_groups
+
+__all__: list[str] = [
+    "add_param_groups",
+    "no_bias_decay_groups",
+    "no_weight_decay_names",
+    "split_by_weight_decay",
+    "split_param_groups",
+]
