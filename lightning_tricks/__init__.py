@@ -19,18 +19,18 @@ _EXPORTS: dict[str, str] = {
     "LightningMixin": "lightning_tricks._base",
     # finetune
     "ExportWeights": "lightning_tricks.finetune.export_weights",
-    "WeightInit": "lightning_tricks.finetune.weight_init",
     "FreezeBackbone": "lightning_tricks.finetune.freeze_backbone",
     "log_parameter_counts": "lightning_tricks.finetune.freeze_backbone",
+    "WeightInit": "lightning_tricks.finetune.weight_init",
     # optim
     "NoBiasDecay": "lightning_tricks.optim.no_bias_decay",
     # inference
     "FeatureExtractor": "lightning_tricks.functional.inference.features",
     "FeaturePredict": "lightning_tricks.inference.feature_predict",
+    "load_predictions": "lightning_tricks.inference.prediction_writer",
     "PredictionWriter": "lightning_tricks.inference.prediction_writer",
     "TTAEvaluation": "lightning_tricks.inference.tta_evaluation",
     "TTAPredict": "lightning_tricks.inference.tta_predict",
-    "load_predictions": "lightning_tricks.inference.prediction_writer",
     # inspect
     # perf
     "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
@@ -46,18 +46,18 @@ __all__ = [
     "LightningMixin",
     # finetune
     "ExportWeights",
-    "WeightInit",
     "FreezeBackbone",
     "log_parameter_counts",
+    "WeightInit",
     # optim
     "NoBiasDecay",
     # inference
     "FeatureExtractor",
     "FeaturePredict",
+    "load_predictions",
     "PredictionWriter",
     "TTAEvaluation",
     "TTAPredict",
-    "load_predictions",
     # inspect
     # perf
     "MemorySnapshot",
@@ -85,3 +85,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks import functional
     from lightning_tricks._base import LightningMixin
+    from lightning_tricks.finetune.export_weights import ExportWeights
+    from lightning_tricks.finetune.freeze_backbone import FreezeBackbone, log_parameter_counts
+    from lightning_tricks.finetune.weight_init import WeightInit
+    from lightning_tricks.functional.inference.features import FeatureExtractor
+    from lightning_tricks.inference.feature_predict import FeaturePredict
+    from lightning_tricks.inference.prediction_writer import PredictionWriter, load_predictions
+    from lightning_tricks.inference.tta_evaluation import TTAEvaluation
+    from lightning_tricks.inference.tta_predict import TTAPredict
+    from lightning_tricks.optim.no_bias_decay import NoBiasDecay
+    from lightning_tricks.perf.memory_snapshot import MemorySnapshot
+    from lightning_tricks.perf.sync_detector import SyncDetector

@@ -1,6 +1,14 @@
 """Pure-PyTorch cores for the `finetune` area."""
 
+from lightning_tricks.functional.finetune.freeze import (
+    batchnorm_eval,
+    freeze_modules,
+    select_modules,
+    unfreeze_modules,
+    unfreeze_units,
+)
 from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
+from lightning_tricks.functional.finetune.params import count_parameters
 from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
 from lightning_tricks.functional.finetune.weights_io import (
     LoadReport,
@@ -9,33 +17,20 @@ from lightning_tricks.functional.finetune.weights_io import (
     save_weights,
 )
 
-__all__: list[str] = []
-
-# weights team: heads, weight initialisation, weights I/O
-__all__ += [
+__all__: list[str] = [
     "InitReport",
     "LoadReport",
+    "batchnorm_eval",
+    "count_parameters",
     "find_head",
+    "freeze_modules",
     "init_weights",
     "load_weights",
     "read_weights",
     "replace_head",
     "save_weights",
-    "strip_head",
-from lightning_tricks.functional.finetune.freeze import (
-    batchnorm_eval,
-    freeze_modules,
-    select_modules,
-    unfreeze_modules,
-    unfreeze_units,
-)
-from lightning_tricks.functional.finetune.params import count_parameters
-
-__all__: list[str] = [
-    "batchnorm_eval",
-    "count_parameters",
-    "freeze_modules",
     "select_modules",
+    "strip_head",
     "unfreeze_modules",
     "unfreeze_units",
 ]
