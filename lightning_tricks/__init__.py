@@ -23,7 +23,10 @@ _EXPORTS: dict[str, str] = {
     # inspect
     # perf
     # data
+    "SplitDataModule": "lightning_tricks.data.split_datamodule",
     # repro
+    "ReproducibilityCheck": "lightning_tricks.repro.reproducibility_check",
+    "freeze_seeds": "lightning_tricks.functional.repro.seeds",
 }
 
 __all__ = [
@@ -37,7 +40,10 @@ __all__ = [
     # inspect
     # perf
     # data
+    "SplitDataModule",
     # repro
+    "ReproducibilityCheck",
+    "freeze_seeds",
 ]
 
 
