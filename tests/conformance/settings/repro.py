@@ -20,8 +20,7 @@ def _split_datamodule():
 
 SETTINGS: dict = {
     # Checksums parameters and BatchNorm buffers every epoch; the records live in the
-    # checkpoint, so the resume check also exercises the fill-in of the epoch that
-    # ModelCheckpoint saved before the callback's on_train_epoch_end.
+    # checkpoint (tests/repro covers checkpoints saved before the epoch was recorded).
     "ReproducibilityCheck": Spec(init_args={"path": "checksums.json", "buffers": True}),
     # Shuffled training split (per-epoch seeded order; DistributedSampler under DDP).
     "SplitDataModule": Spec(
