@@ -100,9 +100,10 @@ def split_indices(
 ) -> list[list[int]]:
     """Index lists of disjoint random splits of ``range(n)``, reproducible from ``seed``.
 
-    With ``labels``, every split keeps the class proportions of the whole (to within
-    one sample per class): the samples of each class are shuffled and spread evenly
-    over one ordering, which is then cut into consecutive pieces.
+    With ``labels``, every split keeps the class proportions of the whole: the splits
+    are filled smallest first, each taking from every class its share of what is left
+    (largest-remainder rounding), so with two splits each class is within one sample
+    of its exact share in both, and within two with three splits.
 
     Args:
         n: number of samples.
@@ -142,19 +143,39 @@ def split_indices(
                 by_class.setdefault(key, []).append(i)
         except TypeError:
             raise TypeError("`labels` must hold hashable class labels (ints, strings)") from None
-        position = torch.empty(n, dtype=torch.float64)
-        for members in by_class.values():
-            m = len(members)
-            shuffled = torch.tensor(members)[torch.randperm(m, generator=g)]
-            offset = torch.rand((), generator=g, dtype=torch.float64)
-            position[shuffled] = (torch.arange(m, dtype=torch.float64) + offset) / m
-        tie_break = torch.randperm(n, generator=g)  # random order among equal positions
-        order = tie_break[torch.argsort(position[tie_break], stable=True)].tolist()
+        return _stratified(by_class, counts, n, g)
     out, start = [], 0
     for count in counts:
         out.append(sorted(order[start : start + count]))
         start += count
     return out
+
+
+def _stratified(
+    by_class: dict[Any, list[int]], counts: list[int], n: int, g: torch.Generator
+) -> list[list[int]]:
+    """Allocate each class to the splits in proportion (largest remainder), smallest split first."""
+    pools = [
+        [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
+        for members in by_class.values()
+    ]
+    sizes = [*counts, n - sum(counts)]  # the last entry: samples no split asked for
+    order = [*sorted(range(len(counts)), key=lambda s: (sizes[s], s)), len(counts)]
+    out: list[list[int]] = [[] for _ in sizes]
+    for s in order:
+        remaining = sum(len(p) for p in pools)
+        if remaining == 0 or sizes[s] == 0:
+            continue
+        target = [sizes[s] * len(p) / remaining for p in pools]
+        take = [math.floor(t) for t in target]
+        tie = torch.rand(len(pools), generator=g).tolist()
+        by_remainder = sorted(range(len(pools)), key=lambda c: (take[c] - target[c], tie[c]))
+        for c in by_remainder[: sizes[s] - sum(take)]:
+            take[c] += 1
+        for c, k in enumerate(take):
+            out[s].extend(pools[c][:k])
+            pools[c] = pools[c][k:]
+    return [sorted(part) for part in out[: len(counts)]]
 
 
 def _dataset_labels(dataset: Any, labels: Any) -> Any:
