@@ -78,8 +78,8 @@ class SplitDataModule(L.LightningDataModule):
         >>> ds = TensorDataset(torch.randn(20, 3), torch.arange(20) % 2)
         >>> dm = SplitDataModule(ds, val=0.2, test=0.1, labels=1, batch_size=4, num_workers=0)
         >>> dm.setup("fit")
-        >>> [len(s) for s in (dm.train_set, dm.val_set, dm.test_set)]
-        [14, 4, 2]
+        >>> tuple(len(s) for s in (dm.train_set, dm.val_set, dm.test_set))
+        (14, 4, 2)
         >>> next(iter(dm.train_dataloader()))[0].shape
         torch.Size([4, 3])
     """
