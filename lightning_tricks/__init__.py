@@ -36,7 +36,9 @@ _EXPORTS: dict[str, str] = {
     "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
     "SyncDetector": "lightning_tricks.perf.sync_detector",
     # data
+    "SplitDataModule": "lightning_tricks.data.split_datamodule",
     # repro
+    "ReproducibilityCheck": "lightning_tricks.repro.reproducibility_check",
 }
 
 __all__ = [
@@ -63,7 +65,9 @@ __all__ = [
     "MemorySnapshot",
     "SyncDetector",
     # data
+    "SplitDataModule",
     # repro
+    "ReproducibilityCheck",
 ]
 
 
@@ -85,6 +89,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks import functional
     from lightning_tricks._base import LightningMixin
+    from lightning_tricks.data.split_datamodule import SplitDataModule
     from lightning_tricks.finetune.export_weights import ExportWeights
     from lightning_tricks.finetune.freeze_backbone import FreezeBackbone, log_parameter_counts
     from lightning_tricks.finetune.weight_init import WeightInit
@@ -96,3 +101,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks.optim.no_bias_decay import NoBiasDecay
     from lightning_tricks.perf.memory_snapshot import MemorySnapshot
     from lightning_tricks.perf.sync_detector import SyncDetector
+    from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck

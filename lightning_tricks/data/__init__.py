@@ -1,3 +1,5 @@
 """Lightning layer for the `data` area."""
 
-__all__: list[str] = []
+from lightning_tricks.data.split_datamodule import SplitDataModule
+
+__all__: list[str] = ["SplitDataModule"]

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, atomic_write_text
 
+# data
+from lightning_tricks.functional.data import (
+    SeededShuffleSampler,
+    resolve_split_sizes,
+    split_dataset,
+    split_indices,
+)
+
 # finetune
 from lightning_tricks.functional.finetune import (
     InitReport,
@@ -60,6 +68,18 @@ from lightning_tricks.functional.perf import (
     stop_memory_recording,
 )
 
+# repro
+from lightning_tricks.functional.repro import (
+    Divergence,
+    SeedRecord,
+    first_divergence,
+    freeze_seeds,
+    load_checksums,
+    save_checksums,
+    seed_worker,
+    tensor_checksums,
+)
+
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
@@ -106,5 +126,17 @@ __all__ = [
     "SyncDetectedError",
     "SyncReport",
     # data
+    "resolve_split_sizes",
+    "SeededShuffleSampler",
+    "split_dataset",
+    "split_indices",
     # repro
+    "Divergence",
+    "first_divergence",
+    "freeze_seeds",
+    "load_checksums",
+    "save_checksums",
+    "seed_worker",
+    "SeedRecord",
+    "tensor_checksums",
 ]

@@ -1,3 +1,5 @@
 """Lightning layer for the `repro` area."""
 
-__all__: list[str] = []
+from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck
+
+__all__: list[str] = ["ReproducibilityCheck"]

@@ -1,3 +1,10 @@
 """Pure-PyTorch cores for the `data` area."""
 
-__all__: list[str] = []
+from lightning_tricks.functional.data.splits import (
+    SeededShuffleSampler,
+    resolve_split_sizes,
+    split_dataset,
+    split_indices,
+)
+
+__all__: list[str] = ["SeededShuffleSampler", "resolve_split_sizes", "split_dataset", "split_indices"]
