@@ -19,6 +19,9 @@ _EXPORTS: dict[str, str] = {
     "LightningMixin": "lightning_tricks._base",
     # finetune
     # optim
+    "AdaptiveGradientClipping": "lightning_tricks.optim.gradient_clipping",
+    "AutoClip": "lightning_tricks.optim.gradient_clipping",
+    "TargetBatchSize": "lightning_tricks.optim.target_batch_size",
     # inference
     # inspect
     # perf
@@ -33,6 +36,9 @@ __all__ = [
     "LightningMixin",
     # finetune
     # optim
+    "AdaptiveGradientClipping",
+    "AutoClip",
+    "TargetBatchSize",
     # inference
     # inspect
     # perf

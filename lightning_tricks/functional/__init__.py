@@ -9,8 +9,15 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
-
 # optim
+from lightning_tricks.functional.optim import (
+    AutoClipper,
+    ClipResult,
+    WindowMean,
+    accumulation_steps,
+    adaptive_clip_grad_,
+    unitwise_norm,
+)
 
 # inference
 
@@ -28,6 +35,12 @@ __all__ = [
     "atomic_write_text",
     # finetune
     # optim
+    "AutoClipper",
+    "ClipResult",
+    "WindowMean",
+    "accumulation_steps",
+    "adaptive_clip_grad_",
+    "unitwise_norm",
     # inference
     # inspect
     # perf
