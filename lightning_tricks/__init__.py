@@ -23,7 +23,10 @@ _EXPORTS: dict[str, str] = {
     "log_parameter_counts": "lightning_tricks.finetune.freeze_backbone",
     "WeightInit": "lightning_tricks.finetune.weight_init",
     # optim
+    "AdaptiveGradientClipping": "lightning_tricks.optim.gradient_clipping",
+    "AutoClip": "lightning_tricks.optim.gradient_clipping",
     "NoBiasDecay": "lightning_tricks.optim.no_bias_decay",
+    "TargetBatchSize": "lightning_tricks.optim.target_batch_size",
     # inference
     "FeatureExtractor": "lightning_tricks.functional.inference.features",
     "FeaturePredict": "lightning_tricks.inference.feature_predict",
@@ -52,7 +55,10 @@ __all__ = [
     "log_parameter_counts",
     "WeightInit",
     # optim
+    "AdaptiveGradientClipping",
+    "AutoClip",
     "NoBiasDecay",
+    "TargetBatchSize",
     # inference
     "FeatureExtractor",
     "FeaturePredict",
@@ -98,7 +104,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks.inference.prediction_writer import PredictionWriter, load_predictions
     from lightning_tricks.inference.tta_evaluation import TTAEvaluation
     from lightning_tricks.inference.tta_predict import TTAPredict
+    from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping, AutoClip
     from lightning_tricks.optim.no_bias_decay import NoBiasDecay
+    from lightning_tricks.optim.target_batch_size import TargetBatchSize
     from lightning_tricks.perf.memory_snapshot import MemorySnapshot
     from lightning_tricks.perf.sync_detector import SyncDetector
     from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck

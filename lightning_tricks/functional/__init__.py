@@ -48,11 +48,17 @@ from lightning_tricks.functional.inference import (
 
 # optim
 from lightning_tricks.functional.optim import (
+    AutoClipper,
+    ClipResult,
+    WindowMean,
+    accumulation_steps,
+    adaptive_clip_grad_,
     add_param_groups,
     no_bias_decay_groups,
     no_weight_decay_names,
     split_by_weight_decay,
     split_param_groups,
+    unitwise_norm,
 )
 
 # perf
@@ -101,11 +107,17 @@ __all__ = [
     "unfreeze_modules",
     "unfreeze_units",
     # optim
+    "accumulation_steps",
+    "adaptive_clip_grad_",
     "add_param_groups",
+    "AutoClipper",
+    "ClipResult",
     "no_bias_decay_groups",
     "no_weight_decay_names",
     "split_by_weight_decay",
     "split_param_groups",
+    "unitwise_norm",
+    "WindowMean",
     # inference
     "extract_features",
     "FeatureExtractor",

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from tests.conformance.spec import Spec  # noqa: F401
+from tests.conformance.spec import Spec
 
-SETTINGS: dict = {}
+SETTINGS: dict = {
+    # clip_factor small enough that units are clipped on most steps
+    "AdaptiveGradientClipping": Spec(init_args={"clip_factor": 0.01, "skip_classifier": True}),
+    # percentile 10 with a full history: every step after the first few is clipped, and the
+    # history (in the checkpoint) decides the weights, so resume parity tests it
+    "AutoClip": [
+        Spec(init_args={"percentile": 10.0}, id="full_history"),
+        Spec(init_args={"percentile": 25.0, "history_size": 3}, arch="mlp", id="ring"),
+    ],
+    # 48 samples / batch 16 = 3 batches per epoch, accumulation 2: windows of 2 and 1
+    # (under 2-process DDP: 16 x 2 = 32, accumulation 1)
+    "TargetBatchSize": Spec(init_args={"global_batch_size": 32}, data_args={"n_train": 48}),
+}
 
 # Exported classes of this team that are not components, with the reason.
 NOT_COMPONENTS: dict[str, str] = {}

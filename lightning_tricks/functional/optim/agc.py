@@ -1,0 +1,120 @@
+"""Adaptive gradient clipping (AGC) of Brock et al. 2021, "High-Performance Large-Scale Image
+Recognition Without Normalization" (https://arxiv.org/abs/2102.06171).
+
+Each *unit* (one output row of a weight: dims 1.. of a tensor with ``ndim > 1``, or the
+whole tensor for biases and gains) has its gradient rescaled so that
+``||G_i|| <= clip_factor * max(||W_i||, eps)``. The formula is that of the NFNet reference
+and of timm's ``adaptive_clip_grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from lightning_tricks.functional._checks import check_number
+from lightning_tricks.functional.optim._clip import ClipResult
+
+__all__ = ["adaptive_clip_grad_", "unitwise_norm"]
+
+
+def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
+    """Norm of every unit of ``x``: over all dims but the first, or of the whole tensor if ``ndim <= 1``.
+
+    Args:
+        x: a weight or gradient tensor.
+        norm_type: the order of the norm (``2.0``, ``1.0``, ``inf``...).
+
+    Returns:
+        A tensor broadcastable against ``x``: shape ``(x.shape[0], 1, ...)``, or 0-d.
+
+    Example:
+        >>> import torch
+        >>> unitwise_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]])).flatten().tolist()
+        [5.0, 1.0]
+    """
+    if x.ndim <= 1:
+        return torch.linalg.vector_norm(x, norm_type)
+    return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def _check_norm_type(norm_type: float) -> float:
+    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
+        raise TypeError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
+    if math.isnan(norm_type) or norm_type <= 0:
+        raise ValueError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
+    return float(norm_type)
+
+
+@torch.no_grad()
+def adaptive_clip_grad_(
+    parameters: torch.Tensor | Iterable[torch.Tensor],
+    clip_factor: float = 0.01,
+    eps: float = 1e-3,
+    norm_type: float = 2.0,
+) -> ClipResult:
+    """Clip the gradients of ``parameters`` in place, unit by unit, relative to the weights.
+
+    For every unit ``i``, ``max_norm = max(||W_i||, eps) * clip_factor``; where
+    ``||G_i|| >= max_norm`` the gradient becomes ``G_i * max_norm / max(||G_i||, 1e-6)``.
+    Call it on *unscaled* gradients (after ``GradScaler.unscale_``) and, under DDP, after
+    the gradients were reduced. Nothing is copied to the host.
+
+    Args:
+        parameters: tensors (or one tensor) whose ``.grad`` is clipped; those without a
+            gradient are ignored. NFNets leave the final classifier out.
+        clip_factor: the clipping threshold λ (0.01 for batch size 4096 in the paper,
+            larger for smaller batches).
+        eps: lower bound of the weight norm, so that zero-initialised weights can move.
+        norm_type: order of the unit-wise norms.
+
+    Returns:
+        A :class:`ClipResult`: the total gradient norm before and after (computed from
+        the unit norms) and whether any unit was clipped.
+
+    Raises:
+        ValueError: if ``clip_factor``/``eps`` are not numbers > 0 or ``norm_type`` <= 0.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(2, 3))
+        >>> w.grad = torch.tensor([[1.0, 0.0, 0.0], [0.001, 0.0, 0.0]])
+        >>> res = adaptive_clip_grad_([w], clip_factor=0.1)
+        >>> [round(v, 4) for v in w.grad[:, 0].tolist()]  # row 0 clipped to 0.1 * sqrt(3)
+        [0.1732, 0.001]
+        >>> bool(res.clipped)
+        True
+    """
+    clip_factor = check_number("clip_factor", clip_factor, minimum=0.0, exclusive_minimum=True)
+    eps = check_number("eps", eps, minimum=0.0, exclusive_minimum=True)
+    norm_type = _check_norm_type(norm_type)
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        zero = torch.zeros(())
+        return ClipResult(zero, zero.clone(), torch.zeros((), dtype=torch.bool))
+    before, after, clipped = [], [], []
+    for p in params:
+        grad = p.grad.detach()
+        max_norm = unitwise_norm(p.detach(), norm_type).clamp(min=eps).mul_(clip_factor)
+        grad_norm = unitwise_norm(grad, norm_type)
+        keep = grad_norm < max_norm
+        scale = torch.where(keep, torch.ones_like(grad_norm), max_norm / grad_norm.clamp(min=1e-6))
+        grad.copy_(grad * scale)
+        new_norm = grad_norm * scale
+        if math.isinf(norm_type):
+            before.append(grad_norm.float().amax())
+            after.append(new_norm.float().amax())
+        else:
+            before.append(grad_norm.float().pow(norm_type).sum())
+            after.append(new_norm.float().pow(norm_type).sum())
+        clipped.append((~keep).any())
+    if math.isinf(norm_type):
+        norm_before, norm_after = torch.stack(before).amax(), torch.stack(after).amax()
+    else:
+        power = 1.0 / norm_type
+        norm_before, norm_after = torch.stack(before).sum().pow(power), torch.stack(after).sum().pow(power)
+    return ClipResult(norm_before, norm_after, torch.stack(clipped).any())

@@ -1,0 +1,181 @@
+"""AutoClip of Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
+Separation Networks" (https://arxiv.org/abs/2007.14469): clip the total gradient norm to a
+percentile of the norms seen so far in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from lightning_tricks.functional._checks import check_number, check_optional_int
+from lightning_tricks.functional.optim._clip import ClipResult, grads_of, total_norm
+
+__all__ = ["AutoClipper"]
+
+_INITIAL_CAPACITY = 1024
+
+
+class AutoClipper:
+    """Clips gradients to the ``percentile``-th percentile of the history of gradient norms.
+
+    Every call records the total gradient norm (before clipping), then, if the norm
+    exceeds the percentile of all recorded norms (the current one included, as in the
+    paper), scales the gradients down to that norm (``threshold / (norm + 1e-6)``, like
+    ``torch.nn.utils.clip_grad_norm_``).
+    Non-finite norms (a step that ``GradScaler`` will skip) are neither recorded nor
+    clipped, so they cannot poison the history. Everything stays on the gradients'
+    device: no call synchronises with the host. The history is in :meth:`state_dict`.
+
+    Args:
+        percentile: the percentile (0-100) of past norms to clip to; the paper's best
+            value is 10.
+        history_size: keep only the last ``history_size`` norms; ``None`` keeps all
+            (the paper's choice; the percentile then sorts the whole history each step).
+        norm_type: order of the total gradient norm.
+
+    Raises:
+        ValueError: if ``percentile`` is outside [0, 100], ``history_size`` < 1, or
+            ``norm_type`` <= 0.
+
+    Example:
+        >>> import torch
+        >>> clipper = AutoClipper(percentile=50)
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> for g in ([3.0, 4.0], [0.6, 0.8], [6.0, 8.0]):  # norms 5, 1, 10
+        ...     w.grad = torch.tensor(g)
+        ...     res = clipper.clip_([w])
+        >>> round(float(res.norm_after), 4)  # median of (5, 1, 10)
+        5.0
+        >>> clipper.history().tolist()
+        [5.0, 1.0, 10.0]
+    """
+
+    def __init__(self, percentile: float = 10.0, history_size: int | None = None, norm_type: float = 2.0):
+        from lightning_tricks.functional.optim.agc import _check_norm_type
+
+        self.percentile = check_number("percentile", percentile, minimum=0.0, maximum=100.0)
+        self.history_size = check_optional_int("history_size", history_size, minimum=1)
+        self.norm_type = _check_norm_type(norm_type)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history."""
+        self._buffer: torch.Tensor | None = None  # NaN = empty slot
+        self._n_valid: torch.Tensor | None = None  # number of finite norms ever recorded (device)
+        self._n_calls = 0  # host-side upper bound of _n_valid
+        self.last_threshold: torch.Tensor | None = None  # percentile used by the last call
+
+    def _ensure_capacity(self, device: torch.device) -> torch.Tensor:
+        if self.history_size is not None:
+            needed = self.history_size
+        else:
+            needed = max(_INITIAL_CAPACITY, self._n_calls + 1)
+        buf = self._buffer
+        if buf is None:
+            cap = needed if self.history_size is not None else _INITIAL_CAPACITY
+            buf = torch.full((cap,), float("nan"), device=device)
+            self._n_valid = torch.zeros((), dtype=torch.long, device=device)
+        elif buf.device != device:
+            buf = buf.to(device)
+            self._n_valid = self._n_valid.to(device)
+        if buf.numel() < needed:  # unbounded history: double the capacity
+            grown = torch.full((max(needed, 2 * buf.numel()),), float("nan"), device=device)
+            grown[: buf.numel()] = buf
+            buf = grown
+        self._buffer = buf
+        return buf
+
+    @torch.no_grad()
+    def clip_(self, parameters: torch.Tensor | Iterable[torch.Tensor]) -> ClipResult:
+        """Record the gradient norm of ``parameters`` and clip their gradients in place.
+
+        Args:
+            parameters: tensors (or one tensor) whose ``.grad`` is clipped.
+
+        Returns:
+            A :class:`ClipResult`; ``norm_after`` is the norm the gradients were clipped to.
+
+        Example:
+            >>> import torch
+            >>> w = torch.nn.Parameter(torch.zeros(2))
+            >>> w.grad = torch.tensor([3.0, 4.0])
+            >>> float(AutoClipper().clip_([w]).norm_before)
+            5.0
+        """
+        grads = grads_of(parameters)
+        if not grads:
+            zero = torch.zeros(())
+            return ClipResult(zero, zero.clone(), torch.zeros((), dtype=torch.bool))
+        norm = total_norm(grads, self.norm_type)
+        buf = self._ensure_capacity(norm.device)
+        finite = torch.isfinite(norm)
+        idx = self._n_valid % buf.numel() if self.history_size is not None else self._n_valid
+        idx = idx.reshape(1)
+        buf.index_put_((idx,), torch.where(finite, norm, buf.index_select(0, idx)[0]).reshape(1))
+        self._n_valid += finite.long()
+        self._n_calls += 1
+        threshold = torch.nanquantile(buf, self.percentile / 100.0)
+        self.last_threshold = threshold
+        clipped = finite & (norm > threshold)  # False while the threshold is NaN (empty history)
+        coef = torch.where(clipped, threshold / (norm + 1e-6), torch.ones_like(norm))
+        for device_grads in _by_device(grads).values():
+            torch._foreach_mul_(device_grads, coef.to(device_grads[0].device))
+        return ClipResult(norm, norm * coef, clipped)
+
+    def history(self) -> torch.Tensor:
+        """The recorded gradient norms, oldest first (a copy; syncs with the host).
+
+        Example:
+            >>> AutoClipper().history().tolist()
+            []
+        """
+        if self._buffer is None:
+            return torch.zeros(0)
+        n = int(self._n_valid)
+        if self.history_size is None or n <= self.history_size:
+            return self._buffer[:n].clone()
+        start = n % self.history_size
+        return torch.cat([self._buffer[start:], self._buffer[:start]])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history, to be saved with a checkpoint.
+
+        Example:
+            >>> sorted(AutoClipper().state_dict())
+            ['buffer', 'n_calls', 'n_valid']
+        """
+        return {
+            "buffer": None if self._buffer is None else self._buffer.detach().cpu().clone(),
+            "n_valid": 0 if self._n_valid is None else int(self._n_valid),
+            "n_calls": self._n_calls,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the history saved by :meth:`state_dict` (an empty dict resets it).
+
+        Example:
+            >>> a, b = AutoClipper(), AutoClipper()
+            >>> b.load_state_dict(a.state_dict())
+        """
+        self.reset()
+        buffer = state.get("buffer")
+        if buffer is None:
+            return
+        buffer = torch.as_tensor(buffer, dtype=torch.float32).clone()
+        if self.history_size is not None and buffer.numel() != self.history_size:
+            raise ValueError(
+                f"`history_size` is {self.history_size} but the saved history holds {buffer.numel()} slots"
+            )
+        self._buffer = buffer
+        self._n_valid = torch.tensor(int(state.get("n_valid", 0)), dtype=torch.long)
+        self._n_calls = int(state.get("n_calls", state.get("n_valid", 0)))
+
+
+def _by_device(grads: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
+    out: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        out.setdefault(g.device, []).append(g)
+    return out

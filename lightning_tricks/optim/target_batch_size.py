@@ -1,0 +1,172 @@
+"""Reach a target global batch size with gradient accumulation, and log the true loss per step."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import GradientAccumulationScheduler
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader
+
+from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
+from lightning_tricks.functional.optim.accumulation import WindowMean, accumulation_steps
+
+__all__ = ["TargetBatchSize"]
+
+
+def _loader_batch_size(loader: Any) -> int | None:
+    if not isinstance(loader, DataLoader):
+        return None
+    if loader.batch_size is not None:
+        return int(loader.batch_size)
+    size = getattr(loader.batch_sampler, "batch_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def _batch_weight(batch: Any) -> float:
+    from lightning.pytorch.utilities.data import extract_batch_size
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(extract_batch_size(batch))
+        except Exception:  # a batch Lightning cannot measure counts as one
+            return 1.0
+
+
+class TargetBatchSize(Callback):
+    """Set gradient accumulation so that ``batch_size x world_size x accumulation == global_batch_size``.
+
+    At ``setup`` it reads the per-device batch size from the train ``DataLoader`` (or
+    takes ``per_device_batch_size``) and sets ``trainer.accumulate_grad_batches``,
+    before the optimizers and schedulers are configured (so
+    ``trainer.estimated_stepping_batches`` is right). It logs ``effective_batch_size``
+    once at the start of training and, on logging steps, ``actual_loss``: the mean loss
+    over the samples of the optimizer step that just ran, averaged over ranks.
+
+    Lightning hands callbacks ``loss / accumulate_grad_batches`` and divides the last,
+    shorter window of an epoch by the full count too, so neither its per-batch value nor
+    a sum over the window is the step's loss; ``actual_loss`` undoes the division and
+    averages over the batches that were really in the window (weighted by their size).
+    Between logging steps it costs two device additions per batch and no host sync.
+
+    Args:
+        global_batch_size: samples per optimizer step, over all processes.
+        per_device_batch_size: the per-process batch size, when it cannot be read from
+            the train ``DataLoader`` (e.g. an ``IterableDataset`` that batches itself).
+        log_actual_loss: log ``actual_loss``.
+
+    Raises:
+        ValueError: for a bad argument, or (in ``setup``) if ``global_batch_size`` is not a
+            multiple of ``batch_size x world_size``.
+        MisconfigurationException: if ``Trainer(accumulate_grad_batches=...)`` or a
+            ``GradientAccumulationScheduler`` sets a different accumulation, or the model
+            uses manual optimization.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[TargetBatchSize(global_batch_size=256)], logger=False)
+    """
+
+    def __init__(
+        self,
+        global_batch_size: int,
+        per_device_batch_size: int | None = None,
+        log_actual_loss: bool = True,
+    ) -> None:
+        self.global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
+        self.per_device_batch_size = check_optional_int(
+            "per_device_batch_size", per_device_batch_size, minimum=1
+        )
+        self.log_actual_loss = check_bool("log_actual_loss", log_actual_loss)
+        self.accumulate_grad_batches: int | None = None
+        self._window = WindowMean()
+        self._stepped = False
+        self._batch_size_seen: int | None = None
+
+    def _batch_size(self, trainer: pl.Trainer) -> int:
+        if self.per_device_batch_size is not None:
+            return self.per_device_batch_size
+        source = trainer.fit_loop._data_source
+        size = _loader_batch_size(source.dataloader()) if source.is_defined() else None
+        if size is None:
+            raise MisconfigurationException(
+                "`TargetBatchSize` could not read the batch size of the train dataloader (it needs a"
+                " torch DataLoader with `batch_size` or a `batch_sampler` with `batch_size`); pass"
+                " `per_device_batch_size`"
+            )
+        return size
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                "`TargetBatchSize` sets `accumulate_grad_batches`, which needs automatic optimization;"
+                f" {type(pl_module).__name__}.automatic_optimization is False"
+            )
+        if any(isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks):
+            raise MisconfigurationException(
+                "`TargetBatchSize` and `GradientAccumulationScheduler` both set the accumulation; remove one"
+            )
+        batch_size = self._batch_size(trainer)
+        accumulate = accumulation_steps(self.global_batch_size, batch_size, trainer.world_size)
+        if trainer.accumulate_grad_batches not in (1, accumulate):
+            raise MisconfigurationException(
+                f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` conflicts with"
+                f" `TargetBatchSize(global_batch_size={self.global_batch_size})`, which needs"
+                f" {accumulate} (= {self.global_batch_size} / ({batch_size} x {trainer.world_size}));"
+                " remove `accumulate_grad_batches` from the Trainer"
+            )
+        trainer.accumulate_grad_batches = accumulate
+        self.accumulate_grad_batches = accumulate
+        self._batch_size_seen = batch_size
+        self._window.reset()
+        self._stepped = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        actual = _loader_batch_size(trainer.train_dataloader)
+        if self.per_device_batch_size is None and actual is not None and actual != self._batch_size_seen:
+            raise MisconfigurationException(
+                f"`TargetBatchSize`: the train dataloader's batch size changed from {self._batch_size_seen}"
+                f" at setup to {actual}; pass `per_device_batch_size`"
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"effective_batch_size": float(self.global_batch_size)}, step=trainer.global_step
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window.reset()  # Lightning's windows never cross an epoch boundary
+        self._stepped = False
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self._stepped = True
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.log_actual_loss:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            # Lightning divided the loss by the accumulation count; undo it
+            self._window.update(loss.detach() * trainer.accumulate_grad_batches, _batch_weight(batch))
+        if not self._stepped:
+            return
+        self._stepped = False
+        if (
+            trainer._logger_connector.should_update_logs or trainer.fast_dev_run
+        ) and self._window.num_updates:
+            sums = self._window.sums()
+            if trainer.world_size > 1:
+                sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            pl_module.log("actual_loss", sums[0] / sums[1], on_step=True, on_epoch=False, batch_size=1)
+        self._window.reset()
