@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     # data
     "SplitDataModule": "lightning_tricks.data.split_datamodule",
     # repro
+    "freeze_seeds": "lightning_tricks.functional.repro.seeds",
     "ReproducibilityCheck": "lightning_tricks.repro.reproducibility_check",
 }
 
@@ -73,6 +74,7 @@ __all__ = [
     # data
     "SplitDataModule",
     # repro
+    "freeze_seeds",
     "ReproducibilityCheck",
 ]
 
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks.finetune.freeze_backbone import FreezeBackbone, log_parameter_counts
     from lightning_tricks.finetune.weight_init import WeightInit
     from lightning_tricks.functional.inference.features import FeatureExtractor
+    from lightning_tricks.functional.repro.seeds import freeze_seeds
     from lightning_tricks.inference.feature_predict import FeaturePredict
     from lightning_tricks.inference.prediction_writer import PredictionWriter, load_predictions
     from lightning_tricks.inference.tta_evaluation import TTAEvaluation

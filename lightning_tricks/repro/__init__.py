@@ -1,5 +1,6 @@
 """Lightning layer for the `repro` area."""
 
+from lightning_tricks.functional.repro.seeds import freeze_seeds
 from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck
 
-__all__: list[str] = ["ReproducibilityCheck"]
+__all__: list[str] = ["ReproducibilityCheck", "freeze_seeds"]
