@@ -21,6 +21,13 @@ _EXPORTS: dict[str, str] = {
     # optim
     # inference
     # inspect
+    "ActivationVisualizer": "lightning_tricks.inspect.activation_visualizer",
+    "AliasingError": "lightning_tricks.inspect.aliasing_guard",
+    "AliasingGuard": "lightning_tricks.inspect.aliasing_guard",
+    "GradientMonitor": "lightning_tricks.inspect.gradient_monitor",
+    "NonFiniteGradientError": "lightning_tricks.inspect.gradient_monitor",
+    "RetainedGraphError": "lightning_tricks.inspect.retained_graph_guard",
+    "RetainedGraphGuard": "lightning_tricks.inspect.retained_graph_guard",
     # perf
     # data
     # repro
@@ -35,6 +42,13 @@ __all__ = [
     # optim
     # inference
     # inspect
+    "ActivationVisualizer",
+    "AliasingError",
+    "AliasingGuard",
+    "GradientMonitor",
+    "NonFiniteGradientError",
+    "RetainedGraphError",
+    "RetainedGraphGuard",
     # perf
     # data
     # repro

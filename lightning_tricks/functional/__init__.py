@@ -15,6 +15,28 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 # inference
 
 # inspect
+# isort: off
+from lightning_tricks.functional.inspect import (
+    IntermediateGrads,
+    RetainedGraph,
+    activation_histogram,
+    activation_stats,
+    capture_activations,
+    dataset_storages,
+    encode_png,
+    feature_map_grid,
+    find_aliased_tensors,
+    find_retained_graphs,
+    first_nonfinite,
+    graph_saved_bytes,
+    histogram_image,
+    layer_grad_norms,
+    select_layers,
+    tensor_leaves,
+    to_uint8_image,
+    write_png,
+)
+# isort: on
 
 # perf
 
@@ -30,6 +52,24 @@ __all__ = [
     # optim
     # inference
     # inspect
+    "IntermediateGrads",
+    "RetainedGraph",
+    "activation_histogram",
+    "activation_stats",
+    "capture_activations",
+    "dataset_storages",
+    "encode_png",
+    "feature_map_grid",
+    "find_aliased_tensors",
+    "find_retained_graphs",
+    "first_nonfinite",
+    "graph_saved_bytes",
+    "histogram_image",
+    "layer_grad_norms",
+    "select_layers",
+    "tensor_leaves",
+    "to_uint8_image",
+    "write_png",
     # perf
     # data
     # repro
