@@ -110,6 +110,7 @@ class ActivationVisualizer(Callback):
         self._layer_names: list[str] = []
         self._captured_step: int | None = None
         self._told_where = False
+        self._out_dir = Path("activations")
 
     @property
     def state_key(self) -> str:
@@ -142,6 +143,10 @@ class ActivationVisualizer(Callback):
         self._layer_names = select_layers(pl_module, self.layers, self.max_layers)
         if not self._layer_names:
             rank_zero_warn("ActivationVisualizer: the model has no Conv2d or Linear layer; pass `layers`.")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # `trainer.log_dir` is a collective under DDP: resolve it here, on every rank
+        self._out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "activations"
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -225,7 +230,7 @@ class ActivationVisualizer(Callback):
             self._write_files(trainer, acts, names, epoch, step)
 
     def _write_files(self, trainer: L.Trainer, acts: dict, names: list[str], epoch: int, step: int) -> None:
-        root = Path(trainer.log_dir or trainer.default_root_dir) / "activations"
+        root = self._out_dir
         for n in names:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", n)
             write_png(
