@@ -85,7 +85,7 @@ def test_capture_is_side_effect_free():
 def test_stats_and_images():
     a = torch.zeros(2, 3, 4, 4)
     a[:, 0] = 1.0  # channel 0 alive, channels 1 and 2 dead
-    mean, std, near_zero, dead = activation_stats(a).tolist()
+    mean, _std, near_zero, dead = activation_stats(a).tolist()
     assert mean == pytest.approx(1 / 3) and near_zero == pytest.approx(2 / 3) and dead == pytest.approx(2 / 3)
     grid = feature_map_grid(torch.randn(1, 4, 5, 5), max_channels=4)
     assert grid.shape == (1, 11, 11) and grid.min() >= 0 and grid.max() <= 1
@@ -106,7 +106,7 @@ def _fit(tmp_path, logger, epochs=2, **kwargs):
 
 def test_tensorboard_images_histograms_scalars(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    trainer, model, cb = _fit(tmp_path, logger, epochs=3, every_n_epochs=1, max_channels=4)
+    _, model, cb = _fit(tmp_path, logger, epochs=3, every_n_epochs=1, max_channels=4)
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
