@@ -31,6 +31,10 @@ class RetainedGraph:
         num_nodes: autograd nodes reachable from them (bounded).
         saved_bytes: bytes of tensors saved for backward that are still alive, plus the
             tensors themselves (parameters excluded).
+
+    Example:
+        >>> RetainedGraph("self.losses", 2, 10, 4096).path
+        'self.losses'
     """
 
     path: str
