@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,7 +104,10 @@ def _first_tensor(output: object) -> torch.Tensor | None:
 
 
 def capture_activations(
-    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str], forward_context=None
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[str],
+    forward_context: Callable[[], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``model(inputs)`` in eval mode without gradients and return the named layers' outputs.
 
@@ -174,8 +178,8 @@ def activation_stats(activation: torch.Tensor, near_zero: float = 1e-3) -> torch
         A float tensor of 4 values, in the order ``mean, std, near_zero_fraction, dead_fraction``.
 
     Example:
-        >>> [round(v, 3) for v in activation_stats(torch.tensor([[0.0, 2.0], [0.0, 4.0]])).tolist()]
-        [1.5, 1.915, 0.5, 0.5]
+        >>> tuple(round(v, 3) for v in activation_stats(torch.tensor([[0.0, 2.0], [0.0, 4.0]])).tolist())
+        (1.5, 1.915, 0.5, 0.5)
     """
     near_zero = check_number("near_zero", near_zero, minimum=0.0)
     a = activation.detach().float()

@@ -61,8 +61,9 @@ def tensor_leaves(obj: Any, prefix: str = "batch", max_depth: int = 4) -> list[t
     """Every tensor in a nested list/tuple/dict, with its path.
 
     Example:
-        >>> [p for p, _ in tensor_leaves((torch.zeros(1), {"y": torch.ones(1)}))]
-        ['batch[0]', "batch[1]['y']"]
+        >>> ((path, tensor),) = tensor_leaves({"x": torch.zeros(1)})
+        >>> path
+        "batch['x']"
     """
     return list(_walk(obj, prefix, max_depth, [100_000]))
 
@@ -155,8 +156,9 @@ def find_retained_graphs(
     Example:
         >>> net = nn.Linear(2, 1)
         >>> net.losses = [net(torch.ones(1, 2)).sum()]
-        >>> [(r.path, r.num_tensors) for r in find_retained_graphs(net)]
-        [('self.losses', 1)]
+        >>> for r in find_retained_graphs(net):
+        ...     print(r.path, r.num_tensors)
+        self.losses 1
     """
     param_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
     param_ptrs |= {b.untyped_storage().data_ptr() for b in module.buffers()}
@@ -213,9 +215,10 @@ def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str
     Example:
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.arange(8.0).reshape(4, 2))
-        >>> batch = (ds.tensors[0][:2], torch.zeros(2))  # a view and a copy
-        >>> [(p, name) for p, _, name in find_aliased_tensors(batch, dataset_storages(ds))]
-        [('batch[0]', 'dataset.tensors[0]')]
+        >>> batch = (ds.tensors[0].narrow(0, 0, 2), torch.zeros(2))  # a view and a copy
+        >>> for path, _, name in find_aliased_tensors(batch, dataset_storages(ds)):
+        ...     print(path, "aliases", name)
+        batch[0] aliases dataset.tensors[0]
     """
     out = []
     for path, t in tensor_leaves(batch):
