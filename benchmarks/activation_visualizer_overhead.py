@@ -64,7 +64,9 @@ def main() -> None:
         for name, make in CONFIGS.items():
             best[name] = min(best[name], fit_seconds(make(), args.epochs, tb=True))
     base = best["bare Trainer"]
-    print(f"{args.epochs} epochs x 64 steps (batch 64), small CNN, TensorBoard logger, best of {args.repeats}\n")
+    print(
+        f"{args.epochs} epochs x 64 steps (batch 64), small CNN, TensorBoard logger, best of {args.repeats}\n"
+    )
     print("| configuration | fit time (s) | ratio to bare |")
     print("|---|---|---|")
     for name, t in best.items():
