@@ -22,6 +22,12 @@ _EXPORTS: dict[str, str] = {
     # inference
     # inspect
     # perf
+    "ChannelsLast": "lightning_tricks.perf.channels_last",
+    "Compile": "lightning_tricks.perf.compile",
+    "DataStallMonitor": "lightning_tricks.perf.data_stall_monitor",
+    "GradientCheckpointing": "lightning_tricks.perf.gradient_checkpointing",
+    "gpu_trainer": "lightning_tricks.perf.gpu_trainer",
+    "gpu_trainer_kwargs": "lightning_tricks.perf.gpu_trainer",
     # data
     # repro
 }
@@ -36,6 +42,12 @@ __all__ = [
     # inference
     # inspect
     # perf
+    "ChannelsLast",
+    "Compile",
+    "DataStallMonitor",
+    "GradientCheckpointing",
+    "gpu_trainer",
+    "gpu_trainer_kwargs",
     # data
     # repro
 ]

@@ -9,14 +9,18 @@ from lightning_tricks.functional._io import atomic_write, atomic_write_bytes, at
 
 # Re-exports, one block per area (keep the blocks apart: several people edit this file).
 # finetune
-
 # optim
-
 # inference
-
 # inspect
-
 # perf
+from lightning_tricks.functional.perf import (
+    apply_gradient_checkpointing,
+    batch_to_channels_last,
+    compile_modules,
+    model_to_channels_last,
+    remove_gradient_checkpointing,
+    uncompile_modules,
+)
 
 # data
 
@@ -31,6 +35,12 @@ __all__ = [
     # inference
     # inspect
     # perf
+    "apply_gradient_checkpointing",
+    "batch_to_channels_last",
+    "compile_modules",
+    "model_to_channels_last",
+    "remove_gradient_checkpointing",
+    "uncompile_modules",
     # data
     # repro
 ]
