@@ -5,7 +5,7 @@ One step = forward + backward + SGD step on a batch of 32 RGB 32x32 images throu
 a 4-stage conv/BatchNorm/ReLU net. Compile time (first steps minus steady steps) is
 reported apart from the steady-state medians of interleaved runs.
 
-Run: python benchmarks/compile_channels_last_cpu.py [--repeats 10]
+Run: python benchmarks/compile_channels_last_cpu.py [--repeats 10] [--device cuda --batch 256]
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def make_net() -> nn.Module:
 
 
 def step(model, opt, x, y) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    nn.functional.cross_entropy(model(x), y).backward()
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=x.is_cuda):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -54,11 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (then with fp16 autocast)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    base = make_net()
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
+    base = make_net().to(args.device)
+    x = torch.randn(args.batch, 3, 32, 32, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
     variants = {}
     for compiled in (False, True):
         for nhwc in (False, True):
@@ -78,7 +85,9 @@ def main() -> None:
         for name, (model, opt, xb, _) in variants.items():
             times[name].append(step(model, opt, xb, y))
     ref = statistics.median(times["eager NCHW"])
-    print(f"batch {args.batch}x3x32x32; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"batch {args.batch}x3x32x32 on {args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
     print("| variant | median step | vs eager NCHW | compile time (first 2 steps - 2 x median) |")
     print("|---|---|---|---|")
     for name, (_, _, _, first) in variants.items():
