@@ -152,7 +152,7 @@ class Compile(Callback):
             handler.register_start_callback(start)
             handler.register_end_callback(end)
             self._hooks = (start, end)
-        if torch.cuda.is_available() is False and self.mode == "reduce-overhead":
+        if not torch.cuda.is_available() and self.mode == "reduce-overhead":
             rank_zero_warn("Compile: mode='reduce-overhead' uses CUDA graphs, which do nothing on CPU.")
 
     def _batch_start(self, stage: str) -> None:
