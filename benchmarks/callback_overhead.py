@@ -4,11 +4,19 @@
 (what a user pays on the steps where it does not capture or log); "capturing" means it
 captures or logs on every step (or every epoch, for per-epoch callbacks). Every
 configuration is fitted in each round, in a shuffled order, so that the machine's noise
-hits all of them alike; the table reports the median fit time over rounds divided by the
-bare Trainer's median from the same rounds.
+hits all of them alike.
+
+Two figures per configuration, both as ratios to the bare Trainer of the same rounds:
+
+* **step**: the median period between consecutive ``on_train_batch_start`` calls, i.e. a
+  whole training-loop iteration with every hook; robust to the machine's noise. Per-epoch
+  work (a capture at epoch end) does not show here.
+* **fit**: the median wall time of ``trainer.fit`` (includes per-epoch captures and the
+  fit's fixed costs).
 
     python benchmarks/callback_overhead.py                 # about 3-4 minutes on 2 CPU cores
     python benchmarks/callback_overhead.py --rounds 3 --steps 20   # quicker, noisier
+    python benchmarks/callback_overhead.py --accelerator gpu      # on a GPU
 
 Target (issue 8): idle overhead under 2%.
 """
@@ -23,6 +31,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -38,7 +47,7 @@ NEVER = 10**9
 
 
 class Net(L.LightningModule):
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         self.backbone = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
@@ -94,11 +103,10 @@ def configurations() -> dict[str, Callable[[], list]]:
             lambda: lt.ActivationVisualizer(every_n_epochs=1),
         ),
     }
-    if hasattr(lt, "DataStallMonitor"):
-        pairs["DataStallMonitor"] = (
-            lambda: lt.DataStallMonitor(log_every_n_steps=NEVER),
-            lambda: lt.DataStallMonitor(log_every_n_steps=1),
-        )
+    pairs["DataStallMonitor"] = (
+        lambda: lt.DataStallMonitor(log_every_n_steps=NEVER, warn=False),
+        lambda: lt.DataStallMonitor(log_every_n_steps=1, warn=False),
+    )
     for name, (idle, capturing) in pairs.items():
         cfg[f"{name} idle"] = lambda f=idle: [f()]
         cfg[f"{name} capturing"] = lambda f=capturing: [f()]
@@ -108,13 +116,32 @@ def configurations() -> dict[str, Callable[[], list]]:
     return cfg
 
 
-def fit_seconds(make_callbacks: Callable[[], list], loaders, epochs: int, logdir: str) -> float:
+class StepClock(L.Callback):
+    """Records the time of every ``on_train_batch_start`` (first in the callback list)."""
+
+    def __init__(self, sync: bool):
+        self.sync = sync
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.sync:
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+    def median_period(self) -> float:
+        return statistics.median(b - a for a, b in zip(self.stamps, self.stamps[1:]))
+
+
+def fit_seconds(make_callbacks: Callable[[], list], loaders, epochs: int, logdir: str, accelerator: str):
     L.seed_everything(0, verbose=False)
     model = Net()
+    clock = StepClock(sync=accelerator == "gpu")
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
+        precision="16-mixed" if accelerator == "gpu" else "32-true",
         max_epochs=epochs,
-        callbacks=make_callbacks(),
+        callbacks=[clock, *make_callbacks()],
         logger=TensorBoardLogger(logdir, name="bench"),
         log_every_n_steps=50,
         enable_checkpointing=False,
@@ -124,15 +151,17 @@ def fit_seconds(make_callbacks: Callable[[], list], loaders, epochs: int, logdir
     )
     start = time.perf_counter()
     trainer.fit(model, *loaders)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, clock.median_period()
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30, help="training steps per epoch")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     g = torch.Generator().manual_seed(0)
@@ -142,29 +171,42 @@ def main(argv=None) -> str:
     loaders = (DataLoader(train, batch_size=args.batch_size), DataLoader(val, batch_size=64))
     cfg = configurations()
     times: dict[str, list[float]] = {k: [] for k in cfg}
+    steps: dict[str, list[float]] = {k: [] for k in cfg}
     order = list(cfg)
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as logdir:
         for name in tqdm(order, desc="warm-up (imports, first logger writes)", leave=False):
-            fit_seconds(cfg[name], loaders, 1, logdir)
+            fit_seconds(cfg[name], loaders, 1, logdir, args.accelerator)
         for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
             rng.shuffle(order)
             for name in tqdm(order, desc="configurations", leave=False):
-                times[name].append(fit_seconds(cfg[name], loaders, args.epochs, logdir))
+                fit_time, step_time = fit_seconds(cfg[name], loaders, args.epochs, logdir, args.accelerator)
+                times[name].append(fit_time)
+                steps[name].append(step_time)
     bare = statistics.median(times["bare Trainer"])
+    bare_step = statistics.median(steps["bare Trainer"])
+    device = (
+        torch.cuda.get_device_name()
+        if args.accelerator == "gpu"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, lightning {L.__version__}. {args.rounds} rounds x {args.epochs} epochs x "
-        f"{args.steps} steps, batch {args.batch_size}, 3x32x32 CNN; bare fit median {bare:.2f} s.",
+        f"Machine: {platform.machine()} {device}, torch {torch.__version__}, lightning {L.__version__}. "
+        f"{args.rounds} rounds x {args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, 3x32x32 CNN; "
+        f"bare Trainer: step {1000 * bare_step:.1f} ms, fit {bare:.2f} s.",
         "",
-        "| configuration | median fit (s) | ratio to bare | overhead |",
-        "|---|---:|---:|---:|",
+        "| configuration | step (ms) | step ratio | fit (s) | fit ratio |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name in cfg:
-        med = statistics.median(times[name])
-        lines.append(f"| {name} | {med:.3f} | {med / bare:.3f} | {100 * (med / bare - 1):+.1f}% |")
+        med, step = statistics.median(times[name]), statistics.median(steps[name])
+        lines.append(
+            f"| {name} | {1000 * step:.2f} | {step / bare_step:.3f} | {med:.3f} | {med / bare:.3f} |"
+        )
     table = "\n".join(lines)
     print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
     return table
 
 
