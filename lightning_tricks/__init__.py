@@ -35,6 +35,13 @@ _EXPORTS: dict[str, str] = {
     "TTAEvaluation": "lightning_tricks.inference.tta_evaluation",
     "TTAPredict": "lightning_tricks.inference.tta_predict",
     # inspect
+    "ActivationVisualizer": "lightning_tricks.inspect.activation_visualizer",
+    "AliasingError": "lightning_tricks.inspect.aliasing_guard",
+    "AliasingGuard": "lightning_tricks.inspect.aliasing_guard",
+    "GradientMonitor": "lightning_tricks.inspect.gradient_monitor",
+    "NonFiniteGradientError": "lightning_tricks.inspect.gradient_monitor",
+    "RetainedGraphError": "lightning_tricks.inspect.retained_graph_guard",
+    "RetainedGraphGuard": "lightning_tricks.inspect.retained_graph_guard",
     # perf
     "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
     "SyncDetector": "lightning_tricks.perf.sync_detector",
@@ -68,6 +75,13 @@ __all__ = [
     "TTAEvaluation",
     "TTAPredict",
     # inspect
+    "ActivationVisualizer",
+    "AliasingError",
+    "AliasingGuard",
+    "GradientMonitor",
+    "NonFiniteGradientError",
+    "RetainedGraphError",
+    "RetainedGraphGuard",
     # perf
     "MemorySnapshot",
     "SyncDetector",
@@ -107,6 +121,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks.inference.prediction_writer import PredictionWriter, load_predictions
     from lightning_tricks.inference.tta_evaluation import TTAEvaluation
     from lightning_tricks.inference.tta_predict import TTAPredict
+    from lightning_tricks.inspect.activation_visualizer import ActivationVisualizer
+    from lightning_tricks.inspect.aliasing_guard import AliasingError, AliasingGuard
+    from lightning_tricks.inspect.gradient_monitor import GradientMonitor, NonFiniteGradientError
+    from lightning_tricks.inspect.retained_graph_guard import RetainedGraphError, RetainedGraphGuard
     from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping, AutoClip
     from lightning_tricks.optim.no_bias_decay import NoBiasDecay
     from lightning_tricks.optim.target_batch_size import TargetBatchSize

@@ -46,6 +46,28 @@ from lightning_tricks.functional.inference import (
     tta_predict,
 )
 
+# inspect
+from lightning_tricks.functional.inspect import (
+    IntermediateGrads,
+    RetainedGraph,
+    activation_histogram,
+    activation_stats,
+    capture_activations,
+    dataset_storages,
+    encode_png,
+    feature_map_grid,
+    find_aliased_tensors,
+    find_retained_graphs,
+    first_nonfinite,
+    graph_saved_bytes,
+    histogram_image,
+    layer_grad_norms,
+    select_layers,
+    tensor_leaves,
+    to_uint8_image,
+    write_png,
+)
+
 # optim
 from lightning_tricks.functional.optim import (
     AutoClipper,
@@ -127,6 +149,24 @@ __all__ = [
     "tta_predict",
     "View",
     # inspect
+    "activation_histogram",
+    "activation_stats",
+    "capture_activations",
+    "dataset_storages",
+    "encode_png",
+    "feature_map_grid",
+    "find_aliased_tensors",
+    "find_retained_graphs",
+    "first_nonfinite",
+    "graph_saved_bytes",
+    "histogram_image",
+    "IntermediateGrads",
+    "layer_grad_norms",
+    "RetainedGraph",
+    "select_layers",
+    "tensor_leaves",
+    "to_uint8_image",
+    "write_png",
     # perf
     "detect_syncs",
     "dump_cpu_memory_profile",

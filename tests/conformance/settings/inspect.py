@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from tests.conformance.spec import Spec  # noqa: F401
+from tests.conformance.spec import Spec
 
-SETTINGS: dict = {}
+SETTINGS: dict = {
+    # captures after every epoch (so 2-4 times per fit) and at the end of fit
+    "ActivationVisualizer": [
+        Spec(init_args={"every_n_epochs": 1, "max_layers": 2, "num_samples": 4}, id="cnn"),
+        Spec(
+            init_args={"every_n_epochs": 2, "layers": ["backbone.*"], "max_layers": 3}, arch="mlp", id="mlp"
+        ),
+    ],
+    # 4 steps per epoch: logs at steps 0 and 2 of every epoch, with intermediate gradients
+    "GradientMonitor": Spec(
+        init_args={
+            "every_n_steps": 2,
+            "log_histograms": True,
+            "detect_nonfinite": "raise",
+            "intermediate": ["backbone.0", "head"],
+        }
+    ),
+    "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
+    "AliasingGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
+}
 
 # Exported classes of this team that are not components, with the reason.
-NOT_COMPONENTS: dict[str, str] = {}
+NOT_COMPONENTS: dict[str, str] = {
+    "AliasingError": "exception raised by AliasingGuard",
+    "NonFiniteGradientError": "exception raised by GradientMonitor",
+    "RetainedGraphError": "exception raised by RetainedGraphGuard",
+}
 
 # Valid constructor kwargs for exported classes of this team that take objects
 # (a model, a dataset): name -> zero-argument callable returning kwargs.

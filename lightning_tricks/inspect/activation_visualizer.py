@@ -1,0 +1,255 @@
+"""ActivationVisualizer: feature maps, histograms and statistics of chosen layers, every N epochs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_tricks.functional._checks import check_int, check_number, check_str_sequence
+from lightning_tricks.functional._io import atomic_write_text
+from lightning_tricks.functional.inspect.activations import (
+    STAT_NAMES,
+    activation_histogram,
+    activation_stats,
+    capture_activations,
+    feature_map_grid,
+    histogram_image,
+    select_layers,
+)
+from lightning_tricks.functional.inspect.png import write_png
+
+__all__ = ["ActivationVisualizer"]
+
+
+def _image_writer(trainer: L.Trainer) -> Any:
+    """The first logger's experiment that can take images (a TensorBoard SummaryWriter), or None."""
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if all(hasattr(experiment, a) for a in ("add_image", "add_histogram", "add_scalar")):
+            return experiment
+    return None
+
+
+def _inputs_of(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return _inputs_of(batch[0])
+    if isinstance(batch, dict):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                return value
+    return None
+
+
+class ActivationVisualizer(Callback):
+    """Log what chosen layers output on a fixed sample batch, every N epochs and at the end of fit.
+
+    The sample batch is taken once (the first validation batch, else the first training
+    batch, unless given with :meth:`set_sample`). A capture runs the model in eval mode
+    without gradients, with forward hooks that exist only during the capture, and leaves
+    weights, train/eval flags and the global RNG untouched. Only global rank 0 captures.
+
+    With a TensorBoard logger each layer gets, under ``activations/<layer>/``: an image
+    grid of its first feature maps, a histogram, scalars ``mean``, ``std``,
+    ``near_zero_fraction`` and ``dead_fraction``, and a ``colorful_dimension`` image
+    (its histogram over time, fastai style). Without one (CSVLogger, no logger) the
+    images are PNG files and the statistics a CSV file under ``<log_dir>/activations``.
+
+    Args:
+        every_n_epochs: capture after every N-th training epoch (and always at the end of fit).
+        layers: module names or globs to capture; by default the Conv2d layers, or the
+            Linear layers of a model without convolutions.
+        max_layers: at most this many layers.
+        num_samples: rows of the sample batch used.
+        max_channels: feature maps shown per layer.
+        bins: histogram bins (the range is fixed per layer at its first capture).
+        near_zero: absolute value below which an activation counts as zero.
+
+    Example:
+        >>> from lightning_tricks import ActivationVisualizer
+        >>> cb = ActivationVisualizer(every_n_epochs=2, layers=["backbone.*"], max_layers=4)
+        >>> cb.every_n_epochs
+        2
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        layers: Sequence[str] | None = None,
+        max_layers: int = 8,
+        num_samples: int = 8,
+        max_channels: int = 16,
+        bins: int = 40,
+        near_zero: float = 1e-3,
+    ) -> None:
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
+        self.layers = None if layers is None else check_str_sequence("layers", layers)
+        self.max_layers = check_int("max_layers", max_layers, minimum=1)
+        self.num_samples = check_int("num_samples", num_samples, minimum=1)
+        self.max_channels = check_int("max_channels", max_channels, minimum=1)
+        self.bins = check_int("bins", bins, minimum=2, maximum=10_000)
+        self.near_zero = check_number("near_zero", near_zero, minimum=0.0)
+        self._user_sample: torch.Tensor | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sample: torch.Tensor | None = self._user_sample
+        self.history: dict[str, list[list[float]]] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.last_stats: dict[str, dict[str, float]] = {}
+        self._layer_names: list[str] = []
+        self._captured_step: int | None = None
+        self._told_where = False
+        self._out_dir = Path("activations")
+
+    @property
+    def state_key(self) -> str:
+        return f"ActivationVisualizer[layers={self.layers},bins={self.bins}]"
+
+    def set_sample(self, batch: Any) -> None:
+        """Use ``batch`` (a tensor, or a batch whose first tensor is the input) as the sample.
+
+        Raises:
+            TypeError: if no input tensor can be found in ``batch``.
+
+        Example:
+            >>> import torch
+            >>> cb = ActivationVisualizer()
+            >>> cb.set_sample((torch.zeros(2, 3), torch.zeros(2)))
+            >>> cb.sample.shape
+            torch.Size([2, 3])
+        """
+        x = _inputs_of(batch)
+        if x is None:
+            raise TypeError(f"`batch` must be a tensor or hold one; got {type(batch).__name__}")
+        self._user_sample = x[: self.num_samples].detach().clone()
+        self.sample = self._user_sample
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset()
+        self._layer_names = select_layers(pl_module, self.layers, self.max_layers)
+        if not self._layer_names:
+            rank_zero_warn("ActivationVisualizer: the model has no Conv2d or Linear layer; pass `layers`.")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # `trainer.log_dir` is a collective under DDP: resolve it here, on every rank
+        self._out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "activations"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._capture(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._capture(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "ranges": self.ranges}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: [list(r) for r in v] for k, v in state_dict.get("history", {}).items()}
+        self.ranges = {k: tuple(v) for k, v in state_dict.get("ranges", {}).items()}
+
+    # ---------------------------------------------------------------- capture
+    def _take_sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor | None:
+        loaders: list[Any] = []
+        for source in (trainer.val_dataloaders, trainer.datamodule, pl_module, trainer.train_dataloader):
+            if source is None:
+                continue
+            if isinstance(source, (L.LightningDataModule, L.LightningModule)):
+                try:
+                    source = source.val_dataloader()
+                except Exception:
+                    continue
+            loaders.extend(source if isinstance(source, (list, tuple)) else [source])
+        for loader in loaders:
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(iter(loader))
+            except Exception:
+                continue
+            x = _inputs_of(batch)
+            if x is not None:
+                return x[: self.num_samples].detach().clone()
+        return None
+
+    def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self._layer_names:
+            return
+        if self._captured_step == trainer.global_step:
+            return
+        self._captured_step = trainer.global_step
+        if self.sample is None:
+            self.sample = self._take_sample(trainer, pl_module)
+            if self.sample is None:
+                rank_zero_warn("ActivationVisualizer found no sample batch; call `set_sample(batch)`.")
+                self._layer_names = []
+                return
+        x = self.sample.to(pl_module.device)
+        acts = capture_activations(pl_module, x, self._layer_names, trainer.precision_plugin.forward_context)
+        names = [n for n in self._layer_names if n in acts]
+        for n in names:
+            if n not in self.ranges:
+                a = acts[n].float()
+                lo, hi = float(a.min()), float(a.max())
+                if hi - lo < 1e-6:
+                    lo, hi = lo - 0.5, hi + 0.5
+                self.ranges[n] = (lo, hi)
+        # all per-layer numbers go to the host in one transfer
+        stats = torch.stack([activation_stats(acts[n], self.near_zero) for n in names]).cpu()
+        hists = torch.stack([activation_histogram(acts[n], self.bins, *self.ranges[n]) for n in names]).cpu()
+        step, epoch = trainer.global_step, trainer.current_epoch
+        for i, n in enumerate(names):
+            self.history.setdefault(n, []).append(hists[i].tolist())
+            self.last_stats[n] = dict(zip(STAT_NAMES, stats[i].tolist()))
+        writer = _image_writer(trainer)
+        if writer is not None:
+            for n in names:
+                tag = f"activations/{n}"
+                writer.add_image(f"{tag}/feature_maps", feature_map_grid(acts[n], self.max_channels), step)
+                writer.add_histogram(f"{tag}/histogram", acts[n].float().cpu(), step)
+                for k, v in self.last_stats[n].items():
+                    writer.add_scalar(f"{tag}/{k}", v, step)
+                writer.add_image(
+                    f"{tag}/colorful_dimension", histogram_image(torch.tensor(self.history[n])), step
+                )
+            writer.flush()
+        else:
+            self._write_files(trainer, acts, names, epoch, step)
+
+    def _write_files(self, trainer: L.Trainer, acts: dict, names: list[str], epoch: int, step: int) -> None:
+        root = self._out_dir
+        for n in names:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", n)
+            write_png(
+                root / f"epoch{epoch:03d}_step{step:06d}" / f"{safe}.png",
+                feature_map_grid(acts[n], self.max_channels),
+            )
+            write_png(root / f"{safe}_colorful_dimension.png", histogram_image(torch.tensor(self.history[n])))
+        path = root / "activation_stats.csv"
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        if not old:
+            w.writerow(["epoch", "step", "layer", *STAT_NAMES])
+        for n in names:
+            w.writerow([epoch, step, n, *(f"{v:.6g}" for v in self.last_stats[n].values())])
+        atomic_write_text(path, old + buf.getvalue())
+        if not self._told_where:
+            self._told_where = True
+            rank_zero_warn(
+                f"ActivationVisualizer: no logger takes images, so feature maps (PNG) and statistics "
+                f"(activation_stats.csv) are written to {root}"
+            )

@@ -1,0 +1,131 @@
+"""GradientMonitor and its functional core."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+import lightning_tricks.inspect.gradient_monitor as gm_module
+from lightning_tricks import GradientMonitor, NonFiniteGradientError
+from lightning_tricks.functional.inspect import IntermediateGrads, layer_grad_norms
+from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+
+
+def test_layer_grad_norms_match_manual():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2, bias=False))
+    net(torch.randn(5, 3)).pow(2).sum().backward()
+    names, norms = layer_grad_norms(net)
+    assert names == ["0", "2"]
+    w, b = net[0].weight.grad, net[0].bias.grad
+    expected = torch.sqrt(w.pow(2).sum() + b.pow(2).sum())
+    assert norms[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert norms[1].item() == pytest.approx(net[2].weight.grad.norm().item(), rel=1e-5)
+    _, inf_norms = layer_grad_norms(net, math.inf)
+    assert inf_norms[0].item() == pytest.approx(max(w.abs().max(), b.abs().max()).item())
+
+
+def test_intermediate_grads_equal_retain_grad():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(6, 3)
+    with IntermediateGrads(net, ["1"]) as ig:
+        net(x).sum().backward()
+    h = net[1](net[0](x))
+    h.retain_grad()
+    net[2](h).sum().backward()
+    assert torch.allclose(ig.grads["1"], h.grad)
+    assert not net[1]._forward_hooks
+    with pytest.raises(ValueError, match="intermediate"):
+        IntermediateGrads(net, ["nope"])
+
+
+def _fit(tmp_path, monitor, model=None, **trainer_args):
+    model = model or ClassifierModule("cnn")
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = cpu_trainer(logger=logger, callbacks=[monitor], log_every_n_steps=1, **trainer_args)
+    trainer.fit(model, ImageDataModule())
+    return logger, model
+
+
+def test_logs_norms_histograms_and_intermediate(tmp_path):
+    monitor = GradientMonitor(every_n_steps=3, log_histograms=True, intermediate=["backbone.0"])
+    logger, model = _fit(tmp_path, monitor)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("grad_norm/head.2")]
+    assert steps == [0, 3, 6]  # 8 optimizer steps, sampled every 3rd
+    for tag in ("grad_norm/backbone.0.0", "grad_norm/total", "grad_norm/output/backbone.0"):
+        assert len(acc.Scalars(tag)) == 3
+    assert "grad_hist/head.2.weight" in acc.Tags()["histograms"]
+    assert monitor.intermediate_grads["backbone.0"].shape == (16, 8, 8, 8)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_norms_are_computed_only_on_sampled_steps(tmp_path, monkeypatch):
+    calls = []
+    real = gm_module.layer_grad_norms
+    monkeypatch.setattr(gm_module, "layer_grad_norms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hooks_seen = []
+
+    class Probe(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            hooks_seen.append(sum(len(m._forward_hooks) for m in pl_module.modules()))
+
+    monitor = GradientMonitor(every_n_steps=4, intermediate=["head"])
+    trainer = cpu_trainer(callbacks=[monitor, Probe()])
+    trainer.fit(ClassifierModule("cnn"), ImageDataModule())
+    assert len(calls) == 2  # steps 0 and 4 of 8
+    assert hooks_seen == [1, 0, 0, 0, 1, 0, 0, 0]  # the output hook exists only on monitored steps
+
+
+class NaNGradModule(ClassifierModule):
+    """The gradient of ``backbone.1.0.weight`` becomes NaN from the given step on."""
+
+    def __init__(self, bad_step: int = 2):
+        super().__init__("cnn")
+        self.bad_step = bad_step
+        self.backbone[1][0].weight.register_hook(self._poison)
+
+    def _poison(self, grad):
+        return grad * float("nan") if self.global_step >= self.bad_step else grad
+
+
+def test_detect_nonfinite_raise_names_the_layer(tmp_path):
+    with pytest.raises(NonFiniteGradientError, match=r"'backbone\.1\.0' is NaN at step 2"):
+        _fit(tmp_path, GradientMonitor(every_n_steps=1, detect_nonfinite="raise"), NaNGradModule(2))
+
+
+def test_detect_nonfinite_warn_keeps_training_and_silent_on_finite(tmp_path):
+    with pytest.warns(UserWarning, match=r"'backbone\.1\.0' is NaN"):
+        _fit(tmp_path / "a", GradientMonitor(every_n_steps=2, detect_nonfinite="warn"), NaNGradModule(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*(LeafSpec|workers|litlogger).*")
+        _fit(tmp_path / "b", GradientMonitor(every_n_steps=1, detect_nonfinite="raise"))
+
+
+@pytest.mark.gpu
+def test_norms_are_unscaled_under_fp16_amp(tmp_path):
+    """Lightning unscales before ``on_before_optimizer_step``: the norms equal fp32 norms, not 65536x."""
+    torch.manual_seed(0)
+    plain = GradientMonitor(every_n_steps=100)
+    _fit(tmp_path / "fp32", plain, max_epochs=1, accelerator="cuda")
+    torch.manual_seed(0)
+    amp = GradientMonitor(every_n_steps=100)
+    _fit(tmp_path / "fp16", amp, max_epochs=1, accelerator="cuda", precision="16-mixed")
+    ratio = amp.last_norms["total"] / plain.last_norms["total"]
+    assert 0.9 < ratio < 1.1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="detect_nonfinite"):
+        GradientMonitor(detect_nonfinite="crash")
+    with pytest.raises(ValueError, match="norm_type"):
+        GradientMonitor(norm_type=0.5)
+    assert GradientMonitor(norm_type=float("inf")).norm_type == math.inf
