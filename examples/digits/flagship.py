@@ -9,9 +9,13 @@ shows, on real data:
 * ``NoBiasDecay``: AdamW with weight decay on the weights only, not biases/BatchNorm;
 * ``TTAEvaluation`` / ``TTAPredict``: test accuracy with and without test-time
   augmentation (five shifted crops, softmax-averaged);
+* ``GradientMonitor``: per-layer gradient norms (and histograms) in TensorBoard, with a
+  warning on NaN/Inf gradients;
+* ``ActivationVisualizer``: feature maps, histograms and "colorful dimension" plots of
+  the convolutions on a fixed validation batch, in TensorBoard's IMAGES tab;
 * ``SyncDetector``: checks ``training_step`` for host-device synchronisations;
-* ``MemorySnapshot``: a memory profile of one training step (CUDA allocator snapshot
-  on GPU, PyTorch-profiler memory table on CPU);
+* ``MemorySnapshot`` (with ``--gpu``, or ``--memory-profile`` on CPU): a CUDA allocator
+  snapshot of one training step (a PyTorch-profiler memory table on CPU);
 * ``ExportWeights``: the final weights as ``.safetensors``, loaded back with
   ``load_weights`` to check they reproduce the accuracy;
 * TensorBoard logs, and a summary at the end.
@@ -44,11 +48,14 @@ from examples.digits.common import (
     DigitsClassifier,
     DigitsDataset,
     add_common_args,
+    configure_cpu,
     trainer_kwargs,
     write_summary,
 )
 from lightning_tricks import (
+    ActivationVisualizer,
     ExportWeights,
+    GradientMonitor,
     MemorySnapshot,
     SplitDataModule,
     SyncDetector,
@@ -61,8 +68,14 @@ from lightning_tricks.functional import count_parameters, load_weights
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, epochs=8, out="runs/flagship")
+    add_common_args(parser, epochs=15, out="runs/flagship")
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    parser.add_argument(
+        "--memory-profile",
+        action="store_true",
+        help="also profile one step's memory on CPU (on by default with --gpu: a CUDA allocator snapshot). "
+        "Off on CPU because starting the PyTorch profiler took from 1 s to minutes on a busy 2-core machine",
+    )
     return parser.parse_args(argv)
 
 
@@ -79,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, test, export, reload; print and return the summary (also written to ``summary.json``)."""
     args = parse_args(argv)
     started = time.perf_counter()
+    configure_cpu(args)
     L.seed_everything(args.seed, verbose=False)
     out = Path(args.out)
 
@@ -95,14 +109,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = DigitsClassifier(width=args.width)
     export = ExportWeights(dirpath=str(out / "weights"), filename="digits.safetensors")
     syncs = SyncDetector(mode="warn", every_n_steps=10)
+    grads = GradientMonitor(every_n_steps=10, log_histograms=True, detect_nonfinite="warn")
+    activations = ActivationVisualizer(every_n_epochs=5, max_layers=6, num_samples=8)
     memory = MemorySnapshot(start_step=2, num_steps=1, dirpath=str(out / "memory"), html=False)
     callbacks: list[L.Callback] = [
         WeightInit("kaiming_normal", zero_init_last_bn=True, seed=args.seed),
         TTAEvaluation(views=list(model.tta_views), merge=model.tta_merge, on_validation=False),
+        grads,
+        activations,
         syncs,
-        memory,
         export,
     ]
+    if args.gpu or args.memory_profile:
+        callbacks.append(memory)
     logger = TensorBoardLogger(str(out), name="tensorboard")
     trainer = L.Trainer(
         **trainer_kwargs(args), logger=logger, callbacks=callbacks, enable_checkpointing=False
@@ -113,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the CPU fallback of MemorySnapshot says once that it profiles on CPU instead: expected here
         warnings.filterwarnings("ignore", "MemorySnapshot: CUDA memory snapshots need a GPU")
         trainer.fit(model, datamodule=data)
+    last_grad_norm = grads.last_norms.get("total", float("nan"))  # read before test: setup() resets it
     tested = trainer.test(model, datamodule=data, verbose=False)[0]
 
     summary: dict[str, Any] = {
@@ -123,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tta_correct_to_wrong": tested["test_tta_correct_to_wrong"],
         "params": count_parameters(model),
         "sync_findings": syncs.report.total,
+        "last_grad_norm": last_grad_norm,
+        "activation_layers": sorted(activations.history),
         "tensorboard_dir": logger.log_dir,
         "weights": export.last_path,
         "memory_files": [str(p) for p in memory.files],
@@ -157,6 +179,9 @@ exported weights      {s["weights"]}
   reloaded with load_weights ({s["reloaded_tensors"]} tensors): plain {s["reloaded_acc_plain"]:.4f}, TTA {s["reloaded_acc_tta"]:.4f}
 host-device syncs     in training_step: {found}
 memory profile        {", ".join(Path(f).name for f in s["memory_files"]) or "-"} in {Path(s["memory_files"][0]).parent if s["memory_files"] else "-"}
+gradients             grad_norm/<layer> and grad_hist/<layer> in TensorBoard (last total norm {s["last_grad_norm"]:.3g})
+activation pictures   activations/<layer>/ in TensorBoard's IMAGES tab, {len(s["activation_layers"])} layers: \
+{", ".join(s["activation_layers"])}
 TensorBoard logs      {s["tensorboard_dir"]}   (tensorboard --logdir {Path(s["tensorboard_dir"]).parent})
 """
     )

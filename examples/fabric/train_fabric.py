@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
 
-from examples.digits.common import DigitsDataset, DigitsNet, add_common_args, random_shift, write_summary
+from examples.digits.common import (
+    DigitsDataset,
+    DigitsNet,
+    add_common_args,
+    configure_cpu,
+    random_shift,
+    write_summary,
+)
 from lightning_tricks.functional import (
     add_param_groups,
     count_parameters,
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Pretrain, fine-tune with freezing, evaluate with TTA and features; return the summary."""
     args = parse_args(argv)
     started = time.perf_counter()
+    configure_cpu(args)
     fabric = Fabric(
         accelerator="gpu" if args.gpu else "cpu",
         devices=args.devices,

@@ -34,6 +34,7 @@ from examples.digits.common import (
     DigitsClassifier,
     DigitsDataset,
     add_common_args,
+    configure_cpu,
     trainer_kwargs,
     write_summary,
 )
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Pretrain, fine-tune, train from scratch; print and return the comparison."""
     args = parse_args(argv)
     started = time.perf_counter()
+    configure_cpu(args)
     out = Path(args.out)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")

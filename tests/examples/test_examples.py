@@ -39,7 +39,7 @@ def test_digits_dataset_and_shift():
 def test_flagship(tmp_path):
     from examples.digits import flagship
 
-    s = flagship.main(["--epochs", "3", "--out", str(tmp_path)])
+    s = flagship.main(["--epochs", "3", "--memory-profile", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "summary.json").read_text())["test_acc_tta"] == pytest.approx(
         s["test_acc_tta"]
     )
