@@ -43,6 +43,12 @@ _EXPORTS: dict[str, str] = {
     "RetainedGraphError": "lightning_tricks.inspect.retained_graph_guard",
     "RetainedGraphGuard": "lightning_tricks.inspect.retained_graph_guard",
     # perf
+    "ChannelsLast": "lightning_tricks.perf.channels_last",
+    "Compile": "lightning_tricks.perf.compile",
+    "DataStallMonitor": "lightning_tricks.perf.data_stall_monitor",
+    "gpu_trainer": "lightning_tricks.perf.gpu_trainer",
+    "gpu_trainer_kwargs": "lightning_tricks.perf.gpu_trainer",
+    "GradientCheckpointing": "lightning_tricks.perf.gradient_checkpointing",
     "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
     "SyncDetector": "lightning_tricks.perf.sync_detector",
     # data
@@ -83,6 +89,12 @@ __all__ = [
     "RetainedGraphError",
     "RetainedGraphGuard",
     # perf
+    "ChannelsLast",
+    "Compile",
+    "DataStallMonitor",
+    "gpu_trainer",
+    "gpu_trainer_kwargs",
+    "GradientCheckpointing",
     "MemorySnapshot",
     "SyncDetector",
     # data
@@ -128,6 +140,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping, AutoClip
     from lightning_tricks.optim.no_bias_decay import NoBiasDecay
     from lightning_tricks.optim.target_batch_size import TargetBatchSize
+    from lightning_tricks.perf.channels_last import ChannelsLast
+    from lightning_tricks.perf.compile import Compile
+    from lightning_tricks.perf.data_stall_monitor import DataStallMonitor
+    from lightning_tricks.perf.gpu_trainer import gpu_trainer, gpu_trainer_kwargs
+    from lightning_tricks.perf.gradient_checkpointing import GradientCheckpointing
     from lightning_tricks.perf.memory_snapshot import MemorySnapshot
     from lightning_tricks.perf.sync_detector import SyncDetector
     from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck

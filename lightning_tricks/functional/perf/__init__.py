@@ -1,5 +1,11 @@
 """Pure-PyTorch cores for the `perf` area."""
 
+from lightning_tricks.functional.perf.channels_last import batch_to_channels_last, model_to_channels_last
+from lightning_tricks.functional.perf.checkpointing import (
+    apply_gradient_checkpointing,
+    remove_gradient_checkpointing,
+)
+from lightning_tricks.functional.perf.compile import compile_modules, uncompile_modules
 from lightning_tricks.functional.perf.memory_snapshot import (
     MemoryWindow,
     dump_cpu_memory_profile,
@@ -10,15 +16,20 @@ from lightning_tricks.functional.perf.memory_snapshot import (
 )
 from lightning_tricks.functional.perf.sync_detect import SyncDetectedError, SyncReport, detect_syncs
 
-__all__: list[str] = []
-__all__ += [
+__all__: list[str] = [
     "MemoryWindow",
     "SyncDetectedError",
     "SyncReport",
+    "apply_gradient_checkpointing",
+    "batch_to_channels_last",
+    "compile_modules",
     "detect_syncs",
     "dump_cpu_memory_profile",
     "dump_memory_snapshot",
+    "model_to_channels_last",
+    "remove_gradient_checkpointing",
     "start_cpu_memory_profile",
     "start_memory_recording",
     "stop_memory_recording",
+    "uncompile_modules",
 ]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from tests.conformance.spec import Spec  # noqa: F401
+from tests.conformance.spec import Spec
 
-SETTINGS: dict = {}
+SETTINGS: dict = {
+    # Checkpoint every residual block of the tiny ViT (its blocks have attention + MLP).
+    "GradientCheckpointing": Spec(init_args={"targets": ["backbone.blocks.*"]}, arch="blocks"),
+    # The whole LightningModule forward, through AOTAutograd (real tracing, forward and
+    # backward graphs) but without code generation, so the suite stays fast; the
+    # inductor path has its own slow test in tests/perf/test_compile.py.
+    "Compile": Spec(init_args={"backend": "aot_eager"}, arch="cnn"),
+    "ChannelsLast": Spec(init_args={}, arch="cnn"),
+    # threshold 0 makes it warn; logs every 2 steps over windows of 2 steps.
+    "DataStallMonitor": Spec(init_args={"log_every_n_steps": 2, "window": 2, "threshold": 0.0}),
+}
 
 # Exported classes of this team that are not components, with the reason.
 NOT_COMPONENTS: dict[str, str] = {}

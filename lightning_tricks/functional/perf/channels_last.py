@@ -1,0 +1,75 @@
+"""Channels-last (NHWC) memory format for a model and for the 4-D tensors of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["batch_to_channels_last", "model_to_channels_last"]
+
+
+def model_to_channels_last(model: nn.Module) -> int:
+    """Convert the 4-D parameters and buffers of ``model`` to channels-last, in place.
+
+    Channels-last lets convolution kernels (cuDNN with Tensor Cores, oneDNN on CPU) avoid
+    layout transposes. Parameters keep their identity, so optimizers built before or
+    after see the same tensors.
+
+    Args:
+        model: the model to convert.
+
+    Returns:
+        How many 4-D parameters the model has (0 means there is nothing to gain).
+
+    Raises:
+        TypeError: if ``model`` is not a ``torch.nn.Module``.
+
+    Example:
+        >>> from torch import nn
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> model_to_channels_last(conv)
+        1
+        >>> conv.weight.is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    model.to(memory_format=torch.channels_last)
+    return sum(1 for p in model.parameters() if p.dim() == 4)
+
+
+def batch_to_channels_last(batch: Any) -> Any:
+    """Return ``batch`` with every 4-D floating-point tensor in channels-last format.
+
+    Walks tuples, lists, named tuples and mappings; other values (labels, 3-D tensors,
+    strings) are returned unchanged. Tensors already in channels-last are not copied.
+
+    Args:
+        batch: a tensor or a (nested) collection of them.
+
+    Returns:
+        A collection of the same structure.
+
+    Example:
+        >>> x, y = batch_to_channels_last((torch.zeros(2, 3, 4, 4), torch.zeros(2)))
+        >>> x.is_contiguous(memory_format=torch.channels_last), y.shape
+        (True, torch.Size([2]))
+    """
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # named tuple
+        return type(batch)(*(batch_to_channels_last(v) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(batch_to_channels_last(v) for v in batch)
+    if isinstance(batch, Mapping):
+        items = {k: batch_to_channels_last(v) for k, v in batch.items()}
+        try:
+            return type(batch)(items)
+        except TypeError:
+            return items
+    return batch

@@ -1,0 +1,120 @@
+"""Compile: in-place compilation that keeps state_dict keys, compile-time report, recompile warning."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch._dynamo.utils import counters
+
+from lightning_tricks import Compile
+from lightning_tricks.functional import compile_modules, uncompile_modules
+from tests.helpers import ClassifierModule, ImageDataModule, SmallCNN, cpu_trainer, params_equal, state_of
+
+
+def test_compile_modules_traces_torch_nn_containers_and_keeps_keys():
+    torch._dynamo.reset()
+    counters.clear()
+    model = SmallCNN()
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    assert compile_modules(model, ["backbone", "head"], backend="eager") == ["backbone", "head"]
+    assert torch.allclose(model(x), expected)
+    # both nn.Sequential forwards were really captured (nn.Module.compile() captures nothing here)
+    assert counters["stats"]["unique_graphs"] >= 1 and counters["frames"]["ok"] >= 2
+    assert list(model.state_dict()) == keys
+    assert compile_modules(model, "backbone", backend="eager") == []  # already compiled
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert torch.allclose(clone(x), expected)
+    assert uncompile_modules(model) == ["backbone", "head"]
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="`backend`"):
+        compile_modules(SmallCNN(), backend="nope")
+    with pytest.raises(ValueError, match="`mode`"):
+        Compile(mode="fast")
+    with pytest.raises(TypeError, match="`dynamic`"):
+        Compile(dynamic="yes")
+    with pytest.raises(ValueError, match="`backend`"):
+        cpu_trainer(callbacks=[Compile(backend="nope")]).fit(ClassifierModule(), datamodule=ImageDataModule())
+
+
+def _fit(callback, tmp_path, n_train=64, **trainer_args):
+    L.seed_everything(0, verbose=False)
+    model = ClassifierModule(arch="cnn")
+    trainer = cpu_trainer(callbacks=[callback] if callback else [], **trainer_args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=ImageDataModule(n_train=n_train, batch_size=16))
+    return model, [str(w.message) for w in caught]
+
+
+def test_fit_reports_compile_time_and_matches_eager(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    callback = Compile(backend="aot_eager")
+    compiled, _ = _fit(
+        callback, tmp_path, logger=TensorBoardLogger(str(tmp_path), name="tb"), log_every_n_steps=1
+    )
+    eager, _ = _fit(None, tmp_path)
+    assert callback.compile_time_s > 0
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"))
+    acc.Reload()
+    assert "compile_time_s" in acc.Tags()["scalars"]
+    assert acc.Scalars("compile_time_s")[0].value > 0
+    # the same training, up to float reassociation
+    a, b = state_of(compiled), state_of(eager)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all("forward" not in m.__dict__ for m in compiled.modules())  # unwrapped at teardown
+
+
+def test_smaller_last_batch_warns_with_the_fix(tmp_path):
+    callback = Compile(targets=["backbone"], backend="eager")
+    _, messages = _fit(callback, tmp_path, n_train=40, max_epochs=1)  # batches 16, 16, 8
+    warned = [m for m in messages if "recompiled" in m]
+    assert len(warned) == 1 and "drop_last=True" in warned[0] and "dynamic=True" in warned[0]
+    assert callback.recompiles
+
+
+def test_no_warning_without_shape_change(tmp_path):
+    callback = Compile(targets=["backbone"], backend="eager")
+    _, messages = _fit(callback, tmp_path, n_train=48, max_epochs=2, limit_val_batches=2)
+    assert not [m for m in messages if "recompiled" in m]
+    assert not callback.recompiles
+
+
+@pytest.mark.slow
+def test_inductor_fit_matches_eager(tmp_path):
+    short = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    callback = Compile(targets=["head"])
+    compiled, _ = _fit(callback, tmp_path, **short)
+    eager, _ = _fit(None, tmp_path, **short)
+    assert callback.compile_time_s > 0
+    diff = params_equal(state_of(compiled), state_of(eager))
+    a, b = state_of(compiled), state_of(eager)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), diff
+
+
+@pytest.mark.gpu
+def test_inductor_fit_on_gpu(tmp_path):
+    L.seed_everything(0, verbose=False)
+    model = ClassifierModule(arch="blocks")
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_epochs=1,
+        precision="16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[Compile(targets=["backbone.blocks.*"])],
+    )
+    trainer.fit(model, datamodule=ImageDataModule())
+    assert trainer.state.finished and trainer.callbacks[0].compile_time_s > 0
