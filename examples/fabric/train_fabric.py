@@ -7,6 +7,10 @@ No LightningModule, no callbacks: the same tricks as plain functions on an ``nn.
    then ``unfreeze_modules`` and add the backbone to the optimizer with
    ``add_param_groups`` (a tenth of the head's learning rate, split into decay and
    no-decay parts by ``split_by_weight_decay``).
+Gradient checkpointing (``apply_gradient_checkpointing``) recomputes each residual
+block's activations in the backward pass instead of storing them: less memory, a
+little more compute (the gradients are the same).
+
 3. Test with and without ``tta_predict``, and classify by nearest class mean on
    backbone features taken with ``extract_features``.
 
@@ -42,6 +46,7 @@ from examples.digits.common import (
 )
 from lightning_tricks.functional import (
     add_param_groups,
+    apply_gradient_checkpointing,
     count_parameters,
     extract_features,
     freeze_modules,
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 1. pretrain on 0-4 ------------------------------------------------------------------
     net = DigitsNet(num_classes=5)
+    checkpointed = apply_gradient_checkpointing(net, "BasicBlock")  # before Fabric wraps it (DDP)
     init_weights(
         net, "kaiming_normal", zero_init_last_bn=True, generator=torch.Generator().manual_seed(args.seed)
     )
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_acc_tta": tta,
         "nearest_class_mean_acc": ncm,
         "frozen_tensors": len(frozen),
+        "checkpointed": checkpointed,
         "params_while_frozen": counts_frozen,
         "optimizer_groups": len(opt.param_groups),
         "feature_dim": int(f_test.shape[1]),
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 === Fabric loop: pretrain 0-4, fine-tune 5-9 ({summary["seconds"]} s, world size {fabric.world_size})
 frozen backbone       {len(frozen)} tensors, {counts_frozen["frozen"]:,} parameters frozen, \
 {counts_frozen["trainable"]:,} trainable
+checkpointed blocks   {", ".join(checkpointed)}
 after unfreezing      {len(opt.param_groups)} optimizer groups (head decay/no-decay + backbone decay/no-decay)
 test accuracy 5-9     plain {plain:.4f}   TTA {tta:.4f}   nearest class mean on features {ncm:.4f}
 """

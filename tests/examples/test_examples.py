@@ -63,7 +63,6 @@ def test_flagship(tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_transfer_learning(tmp_path):
     from examples.transfer import transfer_learning
 
@@ -133,5 +132,6 @@ def test_fabric_loop(tmp_path):
     assert s["params_while_frozen"]["trainable"] == 64 * 5 + 5  # the new head only
     assert s["optimizer_groups"] == 4  # head + backbone, each split into decay / no-decay
     assert s["feature_dim"] == 64
+    assert s["checkpointed"] == ["backbone.1", "backbone.2", "backbone.3"]
     assert s["nearest_class_mean_acc"] > 0.3  # chance is 0.2
     assert (tmp_path / "summary.json").is_file()
