@@ -100,9 +100,9 @@ def finetune(args: argparse.Namespace, out: Path, weights: str) -> dict[str, Any
     report = load_weights(model, weights, strict=True)  # everything, including the 0-4 head...
     replace_head(model, 5, attr="head")  # ...which is replaced by a fresh one for 5-9
     freeze = FreezeBackbone("backbone", unfreeze_at_epoch=args.unfreeze_at, backbone_lr_factor=0.1)
-    # Only the new head. (`skip_pretrained` alone would skip it too: load_weights marked the
-    # name `head.weight` as loaded, and the marker survives replace_head.)
-    init = WeightInit("trunc_normal", include=["head"], skip_pretrained=False, std=0.02, seed=args.seed)
+    # Initialises only the new head: the tensors load_weights loaded are skipped
+    # (skip_pretrained=True), and replace_head's fresh layer is not among them.
+    init = WeightInit("trunc_normal", std=0.02, seed=args.seed)
     trainer = _trainer(args, out, "finetune", args.epochs, [init, freeze])
     data = finetune_data(args)
     trainer.fit(model, datamodule=data)

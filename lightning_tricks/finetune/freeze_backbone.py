@@ -146,6 +146,8 @@ class FreezeBackbone(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # trainer.test/validate/predict after a fit must not freeze again
+            return
         modules = list(select_modules(pl_module, self.backbone).values())
         if self.unfreeze_at_epoch is not None and not isinstance(
             trainer.strategy, SingleDeviceStrategy | DDPStrategy

@@ -92,6 +92,8 @@ class GradientMonitor(Callback):
         return trainer.global_step % self.every_n_steps == 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":  # keep the last fit's norms readable after trainer.test/validate
+            return
         self.last_norms = {}
         self._tracker = IntermediateGrads(pl_module, self.intermediate) if self.intermediate else None
 

@@ -207,3 +207,11 @@ def test_frozen_params_never_in_decayed_groups():
     assert "backbone.blocks.1.mlp.0.weight" in names
     assert not [n for n in names if n.endswith("bias") or "norm" in n]
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_test_after_fit_does_not_freeze_again():
+    model = make()
+    trainer = fit(model, [FreezeBackbone(unfreeze_at_epoch=1)], max_epochs=2)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    trainer.test(model, datamodule=ImageDataModule(), verbose=False)
+    assert all(p.requires_grad for p in model.backbone.parameters())

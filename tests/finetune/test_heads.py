@@ -45,3 +45,20 @@ def test_strip_head_gives_features_through_the_lightning_module():
     model = ClassifierModule(arch="cnn").eval()
     strip_head(model)
     assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 16)
+
+
+def test_replaced_head_is_not_pretrained_so_weight_init_initialises_it(tmp_path):
+    from lightning_tricks.functional import init_weights, save_weights
+
+    source = ClassifierModule(arch="mlp")
+    save_weights(source, tmp_path / "w.safetensors")
+    model = ClassifierModule(arch="mlp")
+    load_weights(model, tmp_path / "w.safetensors")
+    replace_head(model, 7)
+    with torch.no_grad():
+        model.head.weight.fill_(3.0)
+    backbone_before = state_of(model.backbone)
+    init_weights(model, "xavier_normal", skip_pretrained=True)
+    assert not torch.all(model.head.weight == 3.0), "the new head was skipped as if it were pretrained"
+    after = state_of(model.backbone)
+    assert all(torch.equal(backbone_before[k], after[k]) for k in after), "loaded backbone was re-initialised"

@@ -129,3 +129,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="norm_type"):
         GradientMonitor(norm_type=0.5)
     assert GradientMonitor(norm_type=float("inf")).norm_type == math.inf
+
+
+def test_last_norms_survive_trainer_test():
+    monitor = GradientMonitor(every_n_steps=1)
+    trainer = cpu_trainer(callbacks=[monitor], max_epochs=1)
+    model = ClassifierModule()
+    trainer.fit(model, datamodule=ImageDataModule())
+    norms = dict(monitor.last_norms)
+    assert norms
+    trainer.test(model, datamodule=ImageDataModule(), verbose=False)
+    assert monitor.last_norms == norms

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int
+from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
 __all__ = ["find_head", "replace_head", "strip_head"]
 
@@ -118,6 +119,11 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     parent = model.get_submodule(parent_name) if parent_name else model
     old = parent._modules[child]
     parent._modules[child] = new
+    # The new layer was not loaded from a file: forget the old layer's keys among those
+    # that ``load_weights`` marked as pretrained, so ``init_weights`` initialises it.
+    loaded = getattr(model, PRETRAINED_ATTR, None)
+    if loaded:
+        setattr(model, PRETRAINED_ATTR, frozenset(k for k in loaded if not k.startswith(f"{name}.")))
     return old
 
 
