@@ -215,3 +215,35 @@ def test_test_after_fit_does_not_freeze_again():
     assert all(p.requires_grad for p in model.backbone.parameters())
     trainer.test(model, datamodule=ImageDataModule(), verbose=False)
     assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_log_parameter_counts_writes_hyperparameters_to_every_logger(tmp_path):
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_tricks import log_parameter_counts
+    from lightning_tricks.functional import freeze_modules
+
+    model = make()
+    freeze_modules(model, "backbone")
+    csv, tb = CSVLogger(str(tmp_path), name="csv"), TensorBoardLogger(str(tmp_path), name="tb")
+    counts = log_parameter_counts(model, [csv, tb])
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    n_total = sum(p.numel() for p in model.parameters())
+    assert counts == {
+        "params/total": n_total,
+        "params/trainable": n_total - n_backbone,
+        "params/frozen": n_backbone,
+    }
+    csv.save()
+    assert yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text()) == counts
+    tb.finalize("success")
+    acc = EventAccumulator(tb.log_dir)
+    acc.Reload()
+    # TensorBoard stores hyperparameters as the hparams plugin's session start info
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert {k: int(v.number_value) for k, v in hparams.items()} == counts
