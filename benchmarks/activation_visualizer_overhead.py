@@ -16,6 +16,7 @@ import warnings
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tqdm import tqdm
 
 from lightning_tricks import ActivationVisualizer, GradientMonitor
 from tests.helpers import ClassifierModule, ImageDataModule
@@ -60,8 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     best = {name: float("inf") for name in CONFIGS}
     fit_seconds([], 1, tb=True)  # warm-up: imports, allocator, thread pools
-    for _ in range(args.repeats):
-        for name, make in CONFIGS.items():
+    for _ in tqdm(range(args.repeats), desc="repeats", unit="repeat"):
+        for name, make in tqdm(CONFIGS.items(), desc="configurations", leave=False):
             best[name] = min(best[name], fit_seconds(make(), args.epochs, tb=True))
     base = best["bare Trainer"]
     print(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,21 +68,21 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
     variants = {}
-    for compiled in (False, True):
-        for nhwc in (False, True):
-            model = copy.deepcopy(base)
-            xb = x
-            if nhwc:
-                model_to_channels_last(model)
-                xb = batch_to_channels_last(x)
-            if compiled:
-                compile_modules(model, backend="inductor")
-            name = f"{'compiled' if compiled else 'eager'} {'NHWC' if nhwc else 'NCHW'}"
-            opt = torch.optim.SGD(model.parameters(), lr=0.01)
-            first = step(model, opt, xb, y) + step(model, opt, xb, y)  # compile happens here
-            variants[name] = (model, opt, xb, first)
+    combos = [(compiled, nhwc) for compiled in (False, True) for nhwc in (False, True)]
+    for compiled, nhwc in tqdm(combos, desc="set up + first steps (compiles)", unit="variant"):
+        model = copy.deepcopy(base)
+        xb = x
+        if nhwc:
+            model_to_channels_last(model)
+            xb = batch_to_channels_last(x)
+        if compiled:
+            compile_modules(model, backend="inductor")
+        name = f"{'compiled' if compiled else 'eager'} {'NHWC' if nhwc else 'NCHW'}"
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        first = step(model, opt, xb, y) + step(model, opt, xb, y)  # compile happens here
+        variants[name] = (model, opt, xb, first)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.repeats):
+    for _ in tqdm(range(args.repeats), desc="interleaved repeats", unit="repeat"):
         for name, (model, opt, xb, _) in variants.items():
             times[name].append(step(model, opt, xb, y))
     ref = statistics.median(times["eager NCHW"])

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,7 +50,7 @@ ROWS: list[tuple[str, str, str]] = []  # (section, what, result)
 
 
 def progress(msg: str) -> None:
-    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    tqdm.write(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stdout)  # above the bar
 
 
 def row(section: str, what: str, result: str) -> None:
@@ -257,7 +258,7 @@ def main() -> None:
     sections += [("sync detector", section_sync_detector)]
     if not args.skip_tests:
         sections.insert(0, ("gpu tests", section_gpu_tests))
-    for label, fn in sections:
+    for label, fn in tqdm(sections, desc="gpu_check sections", unit="section"):
         progress(f"section {label} ...")
         try:
             fn(args, device)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,14 +89,14 @@ def main() -> None:
     models = {"plain": plain, "every block checkpointed": every, "every other block": alternate}
     x = torch.randn(args.batch, args.tokens, args.dim, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    nbytes = {k: saved_bytes(m, x, y) for k, m in models.items()}
+    nbytes = {k: saved_bytes(m, x, y) for k, m in tqdm(models.items(), desc="saved bytes", leave=False)}
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     fwd: list[float] = []
-    for _ in range(2):  # warm-up
+    for _ in tqdm(range(2), desc="warm-up", leave=False):
         for k, m in models.items():
             step(m, opts[k], x, y)
-    for _ in range(args.repeats):  # interleaved, so load changes hit all alike
+    for _ in tqdm(range(args.repeats), desc="interleaved steps", unit="round"):  # load hits all alike
         for k, m in models.items():
             times[k].append(step(m, opts[k], x, y))
         with torch.no_grad():

@@ -14,6 +14,7 @@ import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lightning_tricks.functional import AutoClipper, adaptive_clip_grad_
 
@@ -66,7 +67,7 @@ def main() -> None:
     for clip in variants.values():  # warm-up
         run(clip, 3)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.rounds):
+    for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
         for name, clip in variants.items():
             times[name].append(run(clip, args.steps))
     base = statistics.median(times["none"])

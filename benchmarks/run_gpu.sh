@@ -13,7 +13,8 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" OUT
+# TQDM_DISABLE: no progress bars in the log (they would merge with the lines printed around them)
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" OUT TQDM_DISABLE=1
 PY=${PYTHON:-python3}
 LOG="$OUT/all.log"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_tricks.functional import SyncReport, detect_syncs
@@ -66,9 +67,13 @@ def main() -> str:
     model = make_model().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 3, 32, 32, device=device), torch.randint(0, 10, (32,), device=device)
-    base = time_steps(model, opt, x, y, args.steps, False, device)
-    inspected = time_steps(model, opt, x, y, args.steps, True, device)
-    base2 = time_steps(model, opt, x, y, args.steps, False, device)  # bracket the measurement
+    with tqdm(total=3, desc="plain / inspected / plain", unit="run") as bar:  # updated between runs only
+        base = time_steps(model, opt, x, y, args.steps, False, device)
+        bar.update()
+        inspected = time_steps(model, opt, x, y, args.steps, True, device)
+        bar.update()
+        base2 = time_steps(model, opt, x, y, args.steps, False, device)  # bracket the measurement
+        bar.update()
     base = min(base, base2)
     rows = [
         ("plain step", base, 1.0),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,13 +52,8 @@ def timeit(fn, reps: int) -> float:
 def main() -> None:
     torch.manual_seed(0)
     model = small_cnn()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(f"model: small CNN (3 conv + BN), 32x32 input, {len(VIEWS) + 1} views, merge=mean\n")
-    print("| batch | looped ms | batched ms | looped / batched | max abs diff |")
-    print("|---:|---:|---:|---:|---:|")
-    for b in (1, 8, 64):
+    rows = []
+    for b in tqdm((1, 8, 64), desc="batch sizes", unit="batch size"):
         x = torch.randn(b, 3, 32, 32)
         ref = looped(model, x)
         out = tta_predict(model, x, VIEWS, "mean")
@@ -66,7 +62,16 @@ def main() -> None:
         reps = 20 if b < 64 else 5
         t_loop = timeit(lambda x=x: looped(model, x), reps)
         t_batch = timeit(lambda x=x: tta_predict(model, x, VIEWS, "mean"), reps)
-        print(f"| {b} | {1e3 * t_loop:.2f} | {1e3 * t_batch:.2f} | {t_loop / t_batch:.2f}x | {diff:.1e} |")
+        rows.append(
+            f"| {b} | {1e3 * t_loop:.2f} | {1e3 * t_batch:.2f} | {t_loop / t_batch:.2f}x | {diff:.1e} |"
+        )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(f"model: small CNN (3 conv + BN), 32x32 input, {len(VIEWS) + 1} views, merge=mean\n")
+    print("| batch | looped ms | batched ms | looped / batched | max abs diff |")
+    print("|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
