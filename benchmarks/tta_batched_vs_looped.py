@@ -62,15 +62,21 @@ def main() -> None:
         reps = 20 if b < 64 else 5
         t_loop = timeit(lambda x=x: looped(model, x), reps)
         t_batch = timeit(lambda x=x: tta_predict(model, x, VIEWS, "mean"), reps)
+        chunk = max(64, b)
+        t_chunk = timeit(lambda x=x, c=chunk: tta_predict(model, x, VIEWS, "mean", chunk_size=c), reps)
         rows.append(
-            f"| {b} | {1e3 * t_loop:.2f} | {1e3 * t_batch:.2f} | {t_loop / t_batch:.2f}x | {diff:.1e} |"
+            f"| {b} | {1e3 * t_loop:.2f} | {1e3 * t_batch:.2f} | {t_loop / t_batch:.2f}x "
+            f"| {1e3 * t_chunk:.2f} | {t_loop / t_chunk:.2f}x | {diff:.1e} |"
         )
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     print(f"model: small CNN (3 conv + BN), 32x32 input, {len(VIEWS) + 1} views, merge=mean\n")
-    print("| batch | looped ms | batched ms | looped / batched | max abs diff |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| batch | looped ms | batched ms | looped / batched | batched, chunk_size=max(64, batch) ms "
+        "| looped / chunked | max abs diff |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
