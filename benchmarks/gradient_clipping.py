@@ -1,16 +1,21 @@
 """Per-step overhead of the gradient clipping cores, measured side by side in one run.
 
-Usage: python benchmarks/gradient_clipping.py [--steps 30] [--device cpu|cuda]
+Usage: python benchmarks/gradient_clipping.py [--steps 20] [--rounds 5] [--device cpu|cuda]
 
 Prints a markdown table: time of forward + backward + clipping + SGD step, as a ratio
-to the same step without clipping (interleaved rounds, median of rounds).
+to the same step without clipping. Every run starts from a fresh, identically
+initialised model, optimizer and clipper (no state carries over between variants), the
+variants run in a shuffled order every round (seeded), and each figure is the median
+over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,6 +32,26 @@ def make_model(device: str) -> nn.Module:
     return nn.Sequential(*layers).to(device)
 
 
+def make_clip(name: str, params: list[nn.Parameter]) -> Callable[[], object]:
+    """A fresh clipping closure over ``params`` (a fresh AutoClipper history for each run)."""
+    if name == "none":
+        return lambda: None
+    if name.startswith("clip_grad_norm_"):
+        return lambda: torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if name.startswith("adaptive_clip_grad_"):
+        return lambda: adaptive_clip_grad_(params[:-2], 0.01)
+    clipper = AutoClipper(percentile=10, history_size=10_000)
+    return lambda: clipper.clip_(params)
+
+
+VARIANTS = [
+    "none",
+    "clip_grad_norm_ (Lightning's gradient_clip_val)",
+    "adaptive_clip_grad_ (AGC)",
+    "AutoClipper.clip_",
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
@@ -34,44 +59,48 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = make_model(args.device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(32, 3, 32, 32, device=args.device)
     y = torch.randint(0, 10, (32,), device=args.device)
-    params = list(model.parameters())
-    clipper = AutoClipper(percentile=10, history_size=10_000)
-    variants = {
-        "none": lambda: None,
-        "clip_grad_norm_ (Lightning's gradient_clip_val)": lambda: torch.nn.utils.clip_grad_norm_(
-            params, 1.0
-        ),
-        "adaptive_clip_grad_ (AGC)": lambda: adaptive_clip_grad_(params[:-2], 0.01),
-        "AutoClipper.clip_": lambda: clipper.clip_(params),
-    }
 
     def sync() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def run(clip, steps: int) -> float:
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
+    def run(name: str, steps: int, warmup: int = 3) -> tuple[float, int]:
+        torch.manual_seed(0)  # identical initial weights for every variant and round
+        model = make_model(args.device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        params = list(model.parameters())
+        clip = make_clip(name, params)
+
+        def step() -> None:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             clip()
             opt.step()
-        sync()
-        return (time.perf_counter() - start) / steps
 
-    for clip in variants.values():  # warm-up
-        run(clip, 3)
-    times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(warmup):
+            step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        return (time.perf_counter() - start) / steps, sum(p.numel() for p in params)
+
+    for name in VARIANTS:  # warm-up (allocator, kernels)
+        run(name, 3)
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    order = list(VARIANTS)
+    rng = random.Random(0)
+    n_params = 0
     for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
-        for name, clip in variants.items():
-            times[name].append(run(clip, args.steps))
+        rng.shuffle(order)
+        for name in order:
+            t, n_params = run(name, args.steps)
+            times[name].append(t)
     base = statistics.median(times["none"])
-    print(f"device: {args.device}, torch {torch.__version__}, {sum(p.numel() for p in params)} parameters")
+    print(f"device: {args.device}, torch {torch.__version__}, {n_params} parameters")
     print("| variant | ms / step | ratio to no clipping |")
     print("|---|---|---|")
     for name, ts in times.items():
