@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -37,16 +37,7 @@ Scheme = Literal[
     "orthogonal",
     "trunc_normal",
 ]
-SCHEMES: tuple[str, ...] = (
-    "normal",
-    "uniform",
-    "xavier_normal",
-    "xavier_uniform",
-    "kaiming_normal",
-    "kaiming_uniform",
-    "orthogonal",
-    "trunc_normal",
-)
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 DEFAULT_TYPES: tuple[str, ...] = (
     "Linear",
     "Bilinear",
