@@ -148,7 +148,7 @@ class FreezeBackbone(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":  # trainer.test/validate/predict after a fit must not freeze again
             return
-        modules = list(select_modules(pl_module, self.backbone).values())
+        modules = list(select_modules(pl_module, self.backbone, arg="backbone").values())
         if self.unfreeze_at_epoch is not None and not isinstance(
             trainer.strategy, SingleDeviceStrategy | DDPStrategy
         ):

@@ -6,41 +6,28 @@ Parameters are always matched by identity (never by value, unlike Lightning's
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_tricks.functional._checks import check_bool, check_str_sequence
+from lightning_tricks.functional._modules import match_modules, unknown_module_error
 
 __all__ = ["batchnorm_eval", "freeze_modules", "select_modules", "unfreeze_modules", "unfreeze_units"]
 
-_GLOB_CHARS = set("*?[")
 
-
-def _available(model: nn.Module, limit: int = 40) -> str:
-    names = [n for n, _ in model.named_modules() if n and n.count(".") < 2]
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more or "(no submodules)"
-
-
-def _glob(parts: list[str], pattern: list[str]) -> bool:
-    if not pattern:
-        return not parts
-    if pattern[0] == "**":
-        return any(_glob(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob(parts[1:], pattern[1:])
-
-
-def select_modules(model: nn.Module, names: str | Sequence[str] = "backbone") -> dict[str, nn.Module]:
+def select_modules(
+    model: nn.Module, names: str | Sequence[str] = "backbone", *, arg: str = "names"
+) -> dict[str, nn.Module]:
     """Resolve attribute paths (``"backbone.blocks"``) or globs (``"encoder.layer.*"``).
 
     Args:
         model: the root module.
         names: one name/pattern or several; globs match the names of ``named_modules()``
             one dotted segment at a time (``*`` stays within a segment, ``**`` spans any
-            number of segments).
+            number of segments), the rule every trick shares.
+        arg: the argument name used in error messages.
 
     Returns:
         Selected modules by qualified name, in ``named_modules()`` order for globs.
@@ -56,20 +43,13 @@ def select_modules(model: nn.Module, names: str | Sequence[str] = "backbone") ->
         >>> list(select_modules(net, ["backbone.0", "backbone.*"]))
         ['backbone.0', 'backbone.1']
     """
-    names = check_str_sequence("backbone", names)
+    names = check_str_sequence(arg, names)
     selected: dict[str, nn.Module] = {}
     for name in names:
-        if _GLOB_CHARS & set(name):
-            pattern = name.split(".")
-            hits = {n: m for n, m in model.named_modules() if n and _glob(n.split("."), pattern)}
-        else:
-            try:
-                hits = {name: model.get_submodule(name)}
-            except AttributeError:
-                hits = {}
+        hits = match_modules(model, name)
         if not hits:
-            raise ValueError(f"`backbone` names no submodule {name!r}; available: {_available(model)}")
-        selected.update(hits)
+            raise unknown_module_error(arg, name, model)
+        selected.update((n, model.get_submodule(n)) for n in hits)
     return selected
 
 

@@ -8,7 +8,6 @@ that one can, for example, initialise only a new head on top of pretrained weigh
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -23,6 +22,7 @@ from lightning_tricks.functional._checks import (
     check_str,
     check_str_sequence,
 )
+from lightning_tricks.functional._modules import glob_match
 from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
 __all__ = ["DEFAULT_TYPES", "SCHEMES", "InitReport", "check_init_options", "init_weights", "pretrained_keys"]
@@ -85,7 +85,8 @@ def _type_names(module: nn.Module) -> set[str]:
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+    # a pattern also covers everything below what it names ("head" covers "head.fc")
+    return any(glob_match(name, p) or glob_match(name, p + ".**") for p in patterns)
 
 
 def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

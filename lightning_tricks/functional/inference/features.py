@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_tricks.functional._checks import check_bool, check_str_sequence
+from lightning_tricks.functional._modules import unknown_module_error
 
 __all__ = ["FeatureExtractor", "extract_features"]
 
@@ -24,13 +24,7 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Mod
     out = {}
     for name in layers:
         if name not in modules:
-            names = [n for n in modules if n]
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-            hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise ValueError(
-                f"`layers` names no submodule {name!r} of {type(model).__name__};{hint} available: {shown}"
-            )
+            raise unknown_module_error("layers", name, model)
         out[name] = modules[name]
     return out
 

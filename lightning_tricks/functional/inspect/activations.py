@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int, check_number
+from lightning_tricks.functional._modules import match_modules, unknown_module_error
 
 __all__ = [
     "activation_histogram",
@@ -40,7 +40,8 @@ def select_layers(model: nn.Module, layers: Sequence[str] | None = None, max_lay
 
     By default the ``Conv2d`` layers (the first ``max_layers`` of them); for a model
     without convolutions, its ``Linear`` layers. Otherwise ``layers`` are module names
-    or ``fnmatch`` globs (``"backbone.*.0"``), matched in model order.
+    or globs (``"backbone.*.0"``; ``*`` stays within a dotted segment, ``**`` spans
+    several: the rule of :func:`lightning_tricks.functional.select_modules`), in model order.
 
     Args:
         model: the network.
@@ -69,10 +70,9 @@ def select_layers(model: nn.Module, layers: Sequence[str] | None = None, max_lay
         return chosen[:max_layers]
     chosen = []
     for pattern in layers:
-        hits = [n for n, _ in named if fnmatch.fnmatchcase(n, pattern)]
+        hits = match_modules(model, pattern)
         if not hits:
-            some = ", ".join(n for n, _ in named[:10])
-            raise ValueError(f"`layers` entry {pattern!r} names no submodule; available: {some}, ...")
+            raise unknown_module_error("layers", pattern, model)
         chosen.extend(h for h in hits if h not in chosen)
     order = {n: i for i, (n, _) in enumerate(named)}
     return sorted(chosen, key=order.__getitem__)[:max_layers]
@@ -133,7 +133,7 @@ def capture_activations(
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules]
     if missing:
-        raise ValueError(f"`layers` names no submodule {missing[0]!r}")
+        raise unknown_module_error("layers", missing[0], model)
     captured: dict[str, torch.Tensor] = {}
     handles = []
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_tricks.functional._modules import unknown_module_error
+
 __all__ = ["IntermediateGrads", "first_nonfinite", "layer_grad_norms"]
 
 
@@ -95,8 +97,7 @@ class IntermediateGrads:
         modules = dict(model.named_modules())
         for name in names:
             if name not in modules:
-                some = ", ".join(n for n in list(modules)[1:11])
-                raise ValueError(f"`intermediate` names no submodule {name!r}; available: {some}, ...")
+                raise unknown_module_error("intermediate", name, model)
         self._modules = [(n, modules[n]) for n in names]
         self.grads: dict[str, torch.Tensor] = {}
         self._handles: list = []

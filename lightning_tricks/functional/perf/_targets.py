@@ -7,13 +7,13 @@ submodules with a small picklable object, so that the module keeps its identity 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from lightning_tricks.functional._checks import check_str_sequence
+from lightning_tricks.functional._modules import glob_match
 
 TargetSpec = str | type | Sequence[str | type]
 
@@ -38,9 +38,7 @@ def _matches(name: str, module: nn.Module, target: str | type) -> bool:
     if isinstance(target, type):
         return isinstance(module, target)
     cls = type(module)
-    return target in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}") or fnmatch.fnmatchcase(
-        name, target
-    )
+    return target in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}") or glob_match(name, target)
 
 
 def select_modules(model: nn.Module, targets: TargetSpec) -> list[tuple[str, nn.Module]]:
