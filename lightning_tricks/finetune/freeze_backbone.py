@@ -133,6 +133,7 @@ class FreezeBackbone(Callback):
         self._units: list[list[nn.Module]] = []
         self._bns: list[nn.Module] = []
         self._last_counts: dict[str, int] | None = None
+        self._recheck_bn = False
 
     @property
     def state_key(self) -> str:
@@ -179,8 +180,16 @@ class FreezeBackbone(Callback):
             self._unfreeze_to(target, trainer, pl_module)
         self._keep_bn_eval()
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning restores the train/eval modes after validation, but a user's
+        # ``on_validation_model_train`` may call ``self.train()``: check once, on the next
+        # training batch (not on every batch).
+        self._recheck_bn = bool(self._bns)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._keep_bn_eval()
+        if self._recheck_bn:
+            self._recheck_bn = False
+            self._keep_bn_eval()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._units, self._bns = [], []

@@ -247,3 +247,17 @@ def test_log_parameter_counts_writes_hyperparameters_to_every_logger(tmp_path):
     content = acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert {k: int(v.number_value) for k, v in hparams.items()} == counts
+
+
+class TrainAfterValidation(ClassifierModule):
+    """Lightning < 2.2's default: everything back to train mode after validation."""
+
+    def on_validation_model_train(self):
+        self.train()
+
+
+def test_frozen_batchnorm_stays_in_eval_when_validation_sets_train_mode_mid_epoch():
+    probe = Probe()
+    model = make(TrainAfterValidation)
+    fit(model, [FreezeBackbone(), probe], max_epochs=2, val_check_interval=0.5)
+    assert probe.bn_training and not any(probe.bn_training)
