@@ -65,9 +65,13 @@ class AliasingGuard(Callback):
         self.mode = check_choice("mode", mode, ("warn", "raise"))
         self._watch: list[tuple[str, torch.Tensor, str, int, torch.Tensor]] = []
         self._reported: set[str] = set()
+        self._storages: dict[int, str] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._watch, self._reported = [], set()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._storages = None  # loaders may be reloaded between epochs: scan again, once
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -75,10 +79,11 @@ class AliasingGuard(Callback):
         self._watch = []
         if trainer.global_step % self.every_n_steps != 0:
             return
-        storages: dict[int, str] = {}
-        for loader in _loaders(trainer.train_dataloader):
-            storages.update(dataset_storages(loader.dataset))
-        for path, tensor, name in find_aliased_tensors(batch, storages):
+        if self._storages is None:  # once per epoch, on its first sampled step
+            self._storages = {}
+            for loader in _loaders(trainer.train_dataloader):
+                self._storages.update(dataset_storages(loader.dataset))
+        for path, tensor, name in find_aliased_tensors(batch, self._storages):
             self._watch.append((path, tensor, name, tensor._version, tensor.detach().clone()))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
