@@ -6,6 +6,14 @@ within a segment, ``**`` spans any number of segments. So ``"backbone.*"`` means
 direct children of ``backbone``, ``"backbone.**"`` all of its descendants and
 ``"**.norm1"`` every ``norm1`` at any depth.
 
+Besides names, an entry may be a class name (``"BatchNorm2d"``, or the dotted
+``"module.QualName"``) or a class, which selects every submodule of that type. A lone
+string is one entry, never a sequence of characters.
+
+Parameters are named by the same rule (:func:`resolve_parameters`): an entry selects the
+parameters whose qualified name it matches (``"**.bias"``, ``"backbone.embed.pos"``) and
+every parameter of the submodules it selects (``"head"``, ``"backbone.*"``).
+
 A name that matches nothing fails with one message form that names the argument, lists
 the available submodules and suggests near matches.
 """
@@ -14,10 +22,24 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["glob_match", "is_glob", "match_modules", "unknown_module_error"]
+__all__ = [
+    "ModuleSpec",
+    "glob_match",
+    "is_glob",
+    "match_modules",
+    "name_entries",
+    "resolve_modules",
+    "resolve_parameters",
+    "unknown_module_error",
+    "unknown_name_error",
+]
+
+ModuleSpec = str | type | Sequence[str | type]
+"""What an argument that names submodules or parameters accepts: one entry or a sequence."""
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -71,7 +93,7 @@ def match_modules(model: nn.Module, pattern: str) -> list[str]:
     return [n for n, _ in model.named_modules() if n and glob_match(n, pattern)]
 
 
-def unknown_module_error(arg: str, value: str, model: nn.Module, limit: int = 40) -> ValueError:
+def unknown_module_error(arg: str, value: object, model: nn.Module, limit: int = 40) -> ValueError:
     """The error for a name that selects no submodule of ``model``.
 
     Lists the submodules up to two levels deep and, when there are any, the closest
@@ -83,10 +105,167 @@ def unknown_module_error(arg: str, value: str, model: nn.Module, limit: int = 40
         `layers` names no submodule '00'; available: 0, 1; did you mean '0'?
     """
     every = [n for n, _ in model.named_modules() if n]
-    shallow = [n for n in every if n.count(".") < 2]
-    shown = ", ".join(shallow[:limit]) or "(no submodules)"
+    if isinstance(value, type):
+        types = sorted({type(m).__name__ for m in model.modules()})
+        return ValueError(
+            f"`{arg}` names no submodule {value.__name__!r} (no submodule is an instance of it); "
+            f"module types in the model: {', '.join(types)}"
+        )
+    types = sorted({type(m).__name__ for m in model.modules()})
+    return unknown_name_error(arg, value, every, "submodule", limit=limit, extra=types)
+
+
+def unknown_name_error(
+    arg: str,
+    value: object,
+    names: Sequence[str],
+    what: str,
+    *,
+    limit: int = 40,
+    extra: Sequence[str] = (),
+) -> ValueError:
+    """The one error form for a name that selects nothing among ``names``.
+
+    Lists the names up to two levels deep and suggests the closest ones (also among
+    ``extra``, e.g. class names).
+
+    Example:
+        >>> print(unknown_name_error("exclude", "hed.bias", ["head.weight", "head.bias"], "parameter"))
+        `exclude` names no parameter 'hed.bias'; available: head.weight, head.bias; did you mean 'head.bias', 'head.weight'?
+    """
+    shallow = [n for n in names if n.count(".") < 2]
+    shown = ", ".join(shallow[:limit]) or f"(no {what}s)"
     if len(shallow) > limit:
         shown += f", ... ({len(shallow) - limit} more)"
-    close = difflib.get_close_matches(str(value), every, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(str(value), [*names, *extra], n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"`{arg}` names no submodule {value!r}; available: {shown}{hint}")
+    return ValueError(f"`{arg}` names no {what} {value!r}; available: {shown}{hint}")
+
+
+def name_entries(arg: str, spec: object, *, allow_empty: bool = False) -> tuple[str | type, ...]:
+    """Normalise a :data:`ModuleSpec`: a lone string or class is one entry.
+
+    Raises:
+        TypeError: an entry that is neither a non-empty string nor a class.
+        ValueError: an empty sequence (unless ``allow_empty``).
+
+    Example:
+        >>> name_entries("layers", "12"), name_entries("layers", ["a.*", nn.Linear])
+        (('12',), ('a.*', <class 'torch.nn.modules.linear.Linear'>))
+    """
+    if isinstance(spec, str | type):
+        entries: tuple = (spec,)
+    elif isinstance(spec, Sequence):
+        entries = tuple(spec)
+    else:
+        raise TypeError(
+            f"`{arg}` must be a name, a class, or a sequence of them; got {spec!r} of type {type(spec).__name__}"
+        )
+    for e in entries:
+        if not ((isinstance(e, str) and e) or isinstance(e, type)):
+            raise TypeError(f"`{arg}` entries must be non-empty strings or classes; got {e!r} in {spec!r}")
+    if not entries and not allow_empty:
+        raise ValueError(f"`{arg}` must name at least one entry; got {spec!r}")
+    return entries
+
+
+def _class_matches(module: nn.Module, entry: str | type) -> bool:
+    cls = type(module)
+    if isinstance(entry, type):
+        return isinstance(module, entry)
+    return entry in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _entry_modules(model: nn.Module, entry: str | type) -> list[str]:
+    if isinstance(entry, str):
+        hits = match_modules(model, entry)
+        if hits:
+            return hits
+    return [n for n, m in model.named_modules() if n and _class_matches(m, entry)]
+
+
+def resolve_modules(
+    model: nn.Module, spec: ModuleSpec, arg: str, *, outermost: bool = False, allow_empty: bool = False
+) -> dict[str, nn.Module]:
+    """The one resolver for arguments that name submodules.
+
+    Each entry is a qualified name, a segment-wise glob (see the module docstring), a
+    class name or a class; every entry must select at least one submodule.
+
+    Args:
+        model: the root module.
+        spec: one entry or a sequence of entries.
+        arg: the argument's name, for error messages.
+        outermost: drop submodules nested inside another selected one (so nothing is
+            wrapped twice).
+        allow_empty: accept an empty sequence (returns ``{}``).
+
+    Returns:
+        The selected submodules by qualified name, in model order.
+
+    Raises:
+        TypeError: ``spec`` is not a name, class or sequence of them.
+        ValueError: an entry selects nothing (one message form, with suggestions).
+
+    Example:
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 1))
+        >>> list(resolve_modules(net, "0.*", "layers")), list(resolve_modules(net, "Linear", "layers"))
+        (['0.0', '0.1'], ['0.0', '1'])
+        >>> list(resolve_modules(net, ["0", nn.Linear], "layers", outermost=True))
+        ['0', '1']
+    """
+    entries = name_entries(arg, spec, allow_empty=allow_empty)
+    chosen: set[str] = set()
+    for entry in entries:
+        hits = _entry_modules(model, entry)
+        if not hits:
+            raise unknown_module_error(arg, entry, model)
+        chosen.update(hits)
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name not in chosen:
+            continue
+        if outermost and any(name.startswith(prefix + ".") for prefix in out):
+            continue
+        out[name] = module
+    return out
+
+
+def resolve_parameters(
+    model: nn.Module, spec: ModuleSpec, arg: str, *, allow_empty: bool = False
+) -> dict[str, nn.Parameter]:
+    """The one resolver for arguments that name parameters.
+
+    An entry selects the parameters whose qualified name it matches, by the same
+    segment-wise rule as module names (``"**.bias"``, ``"backbone.embed.pos"``), and
+    every parameter of the submodules it selects as a module entry (``"head"``,
+    ``"backbone.*"``, ``"LayerNorm"``). Shared (tied) parameters appear once, under
+    their first name.
+
+    Raises:
+        TypeError: ``spec`` is not a name, class or sequence of them.
+        ValueError: an entry selects no parameter.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+        >>> list(resolve_parameters(net, "**.bias", "exclude"))
+        ['0.bias', '1.bias']
+        >>> list(resolve_parameters(net, ["LayerNorm", "0.weight"], "exclude"))
+        ['0.weight', '1.weight', '1.bias']
+    """
+    entries = name_entries(arg, spec, allow_empty=allow_empty)
+    named = dict(model.named_parameters())
+    chosen: set[str] = set()
+    for entry in entries:
+        hits = [n for n in named if isinstance(entry, str) and glob_match(n, entry)]
+        try:
+            modules = _entry_modules(model, entry)
+        except AttributeError:
+            modules = []
+        for prefix in modules:
+            hits += [n for n in named if n.startswith(prefix + ".")]
+        if not hits:
+            every = [n for n, _ in model.named_modules() if n] + list(named)
+            raise unknown_name_error(arg, entry, every, "parameter or submodule")
+        chosen.update(hits)
+    return {n: p for n, p in named.items() if n in chosen}
