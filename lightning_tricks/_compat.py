@@ -1,0 +1,148 @@
+"""Every private Lightning and torch API that lightning-tricks uses, in one place.
+
+Nothing else in the package touches an underscore attribute of Lightning or torch: it
+calls a function here. ``tests/test_compat.py`` checks each internal against the
+installed versions, so an upgrade that moves one fails that test by name instead of
+breaking a component at run time. Lightning is imported inside the functions, so the
+functional core (which must import without Lightning) may use the torch helpers.
+
+The floors in ``pyproject.toml`` are the oldest versions these calls were checked on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CUDA_INTERNALS",
+    "INTERNALS",
+    "attach_cuda_oom_observer",
+    "compile_event_handler",
+    "configure_optimizers_outputs",
+    "cpu_profile_to_snapshot",
+    "cuda_memory_snapshot",
+    "dynamo_backends",
+    "fit_data_source",
+    "foreach_mul_",
+    "foreach_norm",
+    "record_cuda_memory_history",
+    "rewrap_ddp_model",
+    "should_update_logs",
+    "training_batches_completed",
+]
+
+# --------------------------------------------------------------------------- torch
+
+
+def foreach_norm(tensors: Sequence[torch.Tensor], norm_type: float = 2.0) -> list[torch.Tensor]:
+    """One norm per tensor, in as few kernels as the device allows (``torch._foreach_norm``)."""
+    return list(torch._foreach_norm(list(tensors), norm_type))
+
+
+def foreach_mul_(tensors: Sequence[torch.Tensor], scalar: torch.Tensor | float) -> None:
+    """Multiply every tensor in place by one scalar (``torch._foreach_mul_``)."""
+    torch._foreach_mul_(list(tensors), scalar)
+
+
+def dynamo_backends() -> list[str]:
+    """The names ``torch.compile(backend=...)`` accepts (``torch._dynamo.list_backends``)."""
+    import torch._dynamo
+
+    return list(torch._dynamo.list_backends(exclude_tags=()))
+
+
+def compile_event_handler() -> Any:
+    """Dynamo's compile start/end callback registry, or ``None`` where this torch has none."""
+    try:
+        from torch._dynamo.callback import callback_handler
+    except ImportError:  # pragma: no cover - older or newer torch
+        return None
+    return callback_handler
+
+
+def record_cuda_memory_history(**kwargs: Any) -> None:
+    """``torch.cuda.memory._record_memory_history``: start (or, ``enabled=None``, stop) recording."""
+    torch.cuda.memory._record_memory_history(**kwargs)
+
+
+def cuda_memory_snapshot() -> Any:
+    """``torch.cuda.memory._snapshot()``: the allocator state and recorded history."""
+    return torch.cuda.memory._snapshot()
+
+
+def attach_cuda_oom_observer(observer: Callable[..., None]) -> None:
+    """Call ``observer(device, alloc, device_alloc, device_free)`` on every CUDA out-of-memory
+    error (``torch._C._cuda_attach_out_of_memory_observer``); it cannot be detached."""
+    torch._C._cuda_attach_out_of_memory_observer(observer)
+
+
+def cpu_profile_to_snapshot(prof: Any) -> Any:
+    """Convert a profiler run with ``profile_memory=True`` to the memory-viz snapshot format."""
+    from torch.cuda import _memory_viz
+
+    return _memory_viz._profile_to_snapshot(prof)
+
+
+# --------------------------------------------------------------------------- Lightning
+
+
+def configure_optimizers_outputs(conf: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """Normalise whatever ``configure_optimizers`` returned into (optimizers, scheduler
+    configs, monitor names), as Lightning does (``lightning.pytorch.core.optimizer._configure_optimizers``)."""
+    from lightning.pytorch.core.optimizer import _configure_optimizers
+
+    return _configure_optimizers(conf)
+
+
+def should_update_logs(trainer: Any) -> bool:
+    """Whether this training step is one that logs (``log_every_n_steps``), as Lightning decides it."""
+    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+
+
+def fit_data_source(trainer: Any) -> Any:
+    """The fit loop's training-data source (``trainer.fit_loop._data_source``): has
+    ``is_defined()`` and ``dataloader()``."""
+    return trainer.fit_loop._data_source
+
+
+def training_batches_completed(trainer: Any) -> int:
+    """Training batches completed in the current epoch (the fit loop's batch progress)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
+
+def rewrap_ddp_model(strategy: Any) -> None:
+    """Wrap the strategy's module in a new ``DistributedDataParallel`` (so that parameters
+    unfrozen since the last wrap get their gradients all-reduced) and re-register the
+    strategy's communication hooks (``DDPStrategy._setup_model``/``_register_ddp_hooks``)."""
+    strategy.model = strategy._setup_model(strategy.model.module)
+    strategy._register_ddp_hooks()
+
+
+# What each helper relies on: (importable path, attribute chain). Checked by tests/test_compat.py.
+INTERNALS: dict[str, tuple[str, str]] = {
+    "foreach_norm": ("torch", "_foreach_norm"),
+    "foreach_mul_": ("torch", "_foreach_mul_"),
+    "dynamo_backends": ("torch._dynamo", "list_backends"),
+    "compile_event_handler": ("torch._dynamo.callback", "callback_handler.register_start_callback"),
+    "record_cuda_memory_history": ("torch.cuda.memory", "_record_memory_history"),
+    "cuda_memory_snapshot": ("torch.cuda.memory", "_snapshot"),
+    "attach_cuda_oom_observer": ("torch._C", "_cuda_attach_out_of_memory_observer"),
+    "cpu_profile_to_snapshot": ("torch.cuda._memory_viz", "_profile_to_snapshot"),
+    "configure_optimizers_outputs": ("lightning.pytorch.core.optimizer", "_configure_optimizers"),
+    "should_update_logs": (
+        "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
+        "_LoggerConnector.should_update_logs",
+    ),
+    "fit_data_source": ("lightning.pytorch.loops.fit_loop", "_FitLoop.__init__"),
+    "training_batches_completed": (
+        "lightning.pytorch.loops.training_epoch_loop",
+        "_TrainingEpochLoop.__init__",
+    ),
+    "rewrap_ddp_model": ("lightning.pytorch.strategies.ddp", "DDPStrategy._setup_model"),
+}
+
+# Internals that only CUDA builds of torch have.
+CUDA_INTERNALS = frozenset({"attach_cuda_oom_observer"})
