@@ -1,108 +1,41 @@
 """lightning-tricks: training tricks as PyTorch Lightning callbacks, mixins and plugins.
 
 The Lightning layer is imported lazily, so that ``import lightning_tricks.functional``
-works on a machine without Lightning. Every public name is listed twice below: in
-``__all__`` (what is public) and in ``_EXPORTS`` (the module that defines it). A test
-checks that the two agree and that every name resolves.
+works on a machine without Lightning. Every public name is written once, in the
+``TYPE_CHECKING`` import block at the end of this file: type checkers and IDEs read the
+imports, and at run time the block is parsed into ``_EXPORTS`` (name -> defining module),
+from which ``__all__`` and the lazy ``__getattr__`` follow.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> module that defines it. Keep one block per area, sorted within the block.
-_EXPORTS: dict[str, str] = {
-    # base
-    "LightningMixin": "lightning_tricks._base",
-    # finetune
-    "ExportWeights": "lightning_tricks.finetune.export_weights",
-    "FreezeBackbone": "lightning_tricks.finetune.freeze_backbone",
-    "log_parameter_counts": "lightning_tricks.finetune.freeze_backbone",
-    "WeightInit": "lightning_tricks.finetune.weight_init",
-    # optim
-    "AdaptiveGradientClipping": "lightning_tricks.optim.gradient_clipping",
-    "AutoClip": "lightning_tricks.optim.gradient_clipping",
-    "NoBiasDecay": "lightning_tricks.optim.no_bias_decay",
-    "TargetBatchSize": "lightning_tricks.optim.target_batch_size",
-    # inference
-    "FeatureExtractor": "lightning_tricks.functional.inference.features",
-    "FeaturePredict": "lightning_tricks.inference.feature_predict",
-    "load_predictions": "lightning_tricks.inference.prediction_writer",
-    "PredictionWriter": "lightning_tricks.inference.prediction_writer",
-    "TTAEvaluation": "lightning_tricks.inference.tta_evaluation",
-    "TTAPredict": "lightning_tricks.inference.tta_predict",
-    # inspect
-    "ActivationVisualizer": "lightning_tricks.inspect.activation_visualizer",
-    "AliasingError": "lightning_tricks.inspect.aliasing_guard",
-    "AliasingGuard": "lightning_tricks.inspect.aliasing_guard",
-    "GradientMonitor": "lightning_tricks.inspect.gradient_monitor",
-    "NonFiniteGradientError": "lightning_tricks.inspect.gradient_monitor",
-    "RetainedGraphError": "lightning_tricks.inspect.retained_graph_guard",
-    "RetainedGraphGuard": "lightning_tricks.inspect.retained_graph_guard",
-    # perf
-    "ChannelsLast": "lightning_tricks.perf.channels_last",
-    "Compile": "lightning_tricks.perf.compile",
-    "DataStallMonitor": "lightning_tricks.perf.data_stall_monitor",
-    "gpu_trainer": "lightning_tricks.perf.gpu_trainer",
-    "gpu_trainer_kwargs": "lightning_tricks.perf.gpu_trainer",
-    "GradientCheckpointing": "lightning_tricks.perf.gradient_checkpointing",
-    "MemorySnapshot": "lightning_tricks.perf.memory_snapshot",
-    "SyncDetector": "lightning_tricks.perf.sync_detector",
-    # data
-    "SplitDataModule": "lightning_tricks.data.split_datamodule",
-    # repro
-    "freeze_seeds": "lightning_tricks.functional.repro.seeds",
-    "ReproducibilityCheck": "lightning_tricks.repro.reproducibility_check",
-}
 
-__all__ = [
-    "__version__",
-    "functional",
-    # base
-    "LightningMixin",
-    # finetune
-    "ExportWeights",
-    "FreezeBackbone",
-    "log_parameter_counts",
-    "WeightInit",
-    # optim
-    "AdaptiveGradientClipping",
-    "AutoClip",
-    "NoBiasDecay",
-    "TargetBatchSize",
-    # inference
-    "FeatureExtractor",
-    "FeaturePredict",
-    "load_predictions",
-    "PredictionWriter",
-    "TTAEvaluation",
-    "TTAPredict",
-    # inspect
-    "ActivationVisualizer",
-    "AliasingError",
-    "AliasingGuard",
-    "GradientMonitor",
-    "NonFiniteGradientError",
-    "RetainedGraphError",
-    "RetainedGraphGuard",
-    # perf
-    "ChannelsLast",
-    "Compile",
-    "DataStallMonitor",
-    "gpu_trainer",
-    "gpu_trainer_kwargs",
-    "GradientCheckpointing",
-    "MemorySnapshot",
-    "SyncDetector",
-    # data
-    "SplitDataModule",
-    # repro
-    "freeze_seeds",
-    "ReproducibilityCheck",
-]
+def _exports_from_type_checking_block() -> dict[str, str]:
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    )
+    exports: dict[str, str] = {}
+    for node in block.body:
+        if isinstance(node, ast.ImportFrom) and node.module != "lightning_tricks":
+            for alias in node.names:
+                exports[alias.asname or alias.name] = str(node.module)
+    return exports
+
+
+# name -> module that defines it, read from the import block below.
+_EXPORTS: dict[str, str] = _exports_from_type_checking_block()
+
+__all__ = ["__version__", "functional", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -120,31 +53,39 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from lightning_tricks import functional
-    from lightning_tricks._base import LightningMixin
-    from lightning_tricks.data.split_datamodule import SplitDataModule
-    from lightning_tricks.finetune.export_weights import ExportWeights
-    from lightning_tricks.finetune.freeze_backbone import FreezeBackbone, log_parameter_counts
-    from lightning_tricks.finetune.weight_init import WeightInit
-    from lightning_tricks.functional.inference.features import FeatureExtractor
-    from lightning_tricks.functional.repro.seeds import freeze_seeds
-    from lightning_tricks.inference.feature_predict import FeaturePredict
-    from lightning_tricks.inference.prediction_writer import PredictionWriter, load_predictions
-    from lightning_tricks.inference.tta_evaluation import TTAEvaluation
-    from lightning_tricks.inference.tta_predict import TTAPredict
-    from lightning_tricks.inspect.activation_visualizer import ActivationVisualizer
-    from lightning_tricks.inspect.aliasing_guard import AliasingError, AliasingGuard
-    from lightning_tricks.inspect.gradient_monitor import GradientMonitor, NonFiniteGradientError
-    from lightning_tricks.inspect.retained_graph_guard import RetainedGraphError, RetainedGraphGuard
-    from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping, AutoClip
-    from lightning_tricks.optim.no_bias_decay import NoBiasDecay
-    from lightning_tricks.optim.target_batch_size import TargetBatchSize
-    from lightning_tricks.perf.channels_last import ChannelsLast
-    from lightning_tricks.perf.compile import Compile
-    from lightning_tricks.perf.data_stall_monitor import DataStallMonitor
-    from lightning_tricks.perf.gpu_trainer import gpu_trainer, gpu_trainer_kwargs
-    from lightning_tricks.perf.gradient_checkpointing import GradientCheckpointing
-    from lightning_tricks.perf.memory_snapshot import MemorySnapshot
-    from lightning_tricks.perf.sync_detector import SyncDetector
-    from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck
+# The public names, each written once. `X as X` marks a re-export for type checkers.
+if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports_from_type_checking_block
+    from lightning_tricks import functional as functional
+    from lightning_tricks._base import LightningMixin as LightningMixin
+    from lightning_tricks.data.split_datamodule import SplitDataModule as SplitDataModule
+    from lightning_tricks.finetune.export_weights import ExportWeights as ExportWeights
+    from lightning_tricks.finetune.freeze_backbone import FreezeBackbone as FreezeBackbone
+    from lightning_tricks.finetune.freeze_backbone import log_parameter_counts as log_parameter_counts
+    from lightning_tricks.finetune.weight_init import WeightInit as WeightInit
+    from lightning_tricks.functional.inference.features import FeatureExtractor as FeatureExtractor
+    from lightning_tricks.functional.repro.seeds import freeze_seeds as freeze_seeds
+    from lightning_tricks.inference.feature_predict import FeaturePredict as FeaturePredict
+    from lightning_tricks.inference.prediction_writer import PredictionWriter as PredictionWriter
+    from lightning_tricks.inference.prediction_writer import load_predictions as load_predictions
+    from lightning_tricks.inference.tta_evaluation import TTAEvaluation as TTAEvaluation
+    from lightning_tricks.inference.tta_predict import TTAPredict as TTAPredict
+    from lightning_tricks.inspect.activation_visualizer import ActivationVisualizer as ActivationVisualizer
+    from lightning_tricks.inspect.aliasing_guard import AliasingError as AliasingError
+    from lightning_tricks.inspect.aliasing_guard import AliasingGuard as AliasingGuard
+    from lightning_tricks.inspect.gradient_monitor import GradientMonitor as GradientMonitor
+    from lightning_tricks.inspect.gradient_monitor import NonFiniteGradientError as NonFiniteGradientError
+    from lightning_tricks.inspect.retained_graph_guard import RetainedGraphError as RetainedGraphError
+    from lightning_tricks.inspect.retained_graph_guard import RetainedGraphGuard as RetainedGraphGuard
+    from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping as AdaptiveGradientClipping
+    from lightning_tricks.optim.gradient_clipping import AutoClip as AutoClip
+    from lightning_tricks.optim.no_bias_decay import NoBiasDecay as NoBiasDecay
+    from lightning_tricks.optim.target_batch_size import TargetBatchSize as TargetBatchSize
+    from lightning_tricks.perf.channels_last import ChannelsLast as ChannelsLast
+    from lightning_tricks.perf.compile import Compile as Compile
+    from lightning_tricks.perf.data_stall_monitor import DataStallMonitor as DataStallMonitor
+    from lightning_tricks.perf.gpu_trainer import gpu_trainer as gpu_trainer
+    from lightning_tricks.perf.gpu_trainer import gpu_trainer_kwargs as gpu_trainer_kwargs
+    from lightning_tricks.perf.gradient_checkpointing import GradientCheckpointing as GradientCheckpointing
+    from lightning_tricks.perf.memory_snapshot import MemorySnapshot as MemorySnapshot
+    from lightning_tricks.perf.sync_detector import SyncDetector as SyncDetector
+    from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck as ReproducibilityCheck
