@@ -8,11 +8,14 @@ bad input fails early with a message such as
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = [
+    "ON_ERROR",
+    "OnError",
     "check_bool",
     "check_choice",
     "check_int",
@@ -20,7 +23,13 @@ __all__ = [
     "check_optional_int",
     "check_str",
     "check_str_sequence",
+    "check_on_error",
+    "report_problem",
 ]
+
+OnError = Literal["warn", "raise", "ignore"]
+"""What a guard or check does when it finds a problem: warn, raise, or only record it."""
+ON_ERROR: tuple[str, ...] = get_args(OnError)
 
 
 def _fmt_allowed(allowed: Iterable[Any]) -> str:
@@ -106,3 +115,26 @@ def check_str_sequence(name: str, value: Any, *, allow_empty: bool = False) -> t
     if not allow_empty and not value:
         raise ValueError(f"`{name}` must name at least one entry; got {value!r}")
     return tuple(value)
+
+
+def check_on_error(value: Any, allowed: Sequence[str] = ON_ERROR) -> str:
+    """Validate the ``on_error`` argument that every guard and check takes.
+
+    Example:
+        >>> check_on_error("raise")
+        'raise'
+    """
+    return str(check_choice("on_error", value, allowed))
+
+
+def report_problem(on_error: str, message: str, error: type[Exception] = RuntimeError) -> None:
+    """Act on a problem a guard or check found, as ``on_error`` says: raise ``error(message)``,
+    warn with ``message``, or (``"ignore"``) do nothing.
+
+    Example:
+        >>> report_problem("ignore", "nothing happens")
+    """
+    if on_error == "raise":
+        raise error(message)
+    if on_error == "warn":
+        warnings.warn(message, stacklevel=3)
