@@ -24,6 +24,7 @@ __all__ = [
     "configure_optimizers_outputs",
     "cpu_profile_to_snapshot",
     "cuda_memory_snapshot",
+    "drop_undecodable_profiler_events",
     "dynamo_backends",
     "fit_data_source",
     "foreach_mul_",
@@ -86,6 +87,45 @@ def cpu_profile_to_snapshot(prof: Any) -> Any:
     return _memory_viz._profile_to_snapshot(prof)
 
 
+class _DecodableEvents:
+    """A profiler result whose ``events()`` leaves out the given undecodable events."""
+
+    def __init__(self, result: Any, events: list[Any]) -> None:
+        self._result, self._events = result, events
+
+    def events(self) -> list[Any]:
+        return self._events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
+
+
+def drop_undecodable_profiler_events(prof: Any) -> int:
+    """Drop the events of a stopped profiler whose names are not valid UTF-8 and return how
+    many were dropped.
+
+    With ``with_stack=True`` torch can record Python frames whose names it cannot decode
+    (seen on frames inside PIL while TensorBoard writes an image); every later
+    ``key_averages()`` then fails with ``UnicodeDecodeError``. Without those frames the
+    memory events and operators parse as usual. Works on the profiler's private
+    ``kineto_results`` and cached ``_function_events``.
+    """
+    inner = prof.profiler
+    result = inner.kineto_results
+    kept: list[Any] = []
+    dropped = 0
+    for event in result.events():
+        try:
+            event.name()
+        except UnicodeDecodeError:
+            dropped += 1
+        else:
+            kept.append(event)
+    inner.kineto_results = _DecodableEvents(result, kept)
+    inner._function_events = None
+    return dropped
+
+
 # --------------------------------------------------------------------------- Lightning
 
 
@@ -131,6 +171,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "cuda_memory_snapshot": ("torch.cuda.memory", "_snapshot"),
     "attach_cuda_oom_observer": ("torch._C", "_cuda_attach_out_of_memory_observer"),
     "cpu_profile_to_snapshot": ("torch.cuda._memory_viz", "_profile_to_snapshot"),
+    "drop_undecodable_profiler_events": ("torch.autograd.profiler", "profile._parse_kineto_results"),
     "configure_optimizers_outputs": ("lightning.pytorch.core.optimizer", "_configure_optimizers"),
     "should_update_logs": (
         "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",

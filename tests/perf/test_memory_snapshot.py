@@ -191,3 +191,21 @@ def test_real_cuda_snapshot(tmp_path):
         snapshot = pickle.load(f)
     actions = {e["action"] for trace in snapshot["device_traces"] for e in trace}
     assert "alloc" in actions and snapshot["segments"]
+
+
+def test_cpu_window_over_an_activation_visualizer_image_write_still_writes(tmp_path):
+    """Issue 17.8: TensorBoard image writes inside the window leave stack frames torch cannot
+    decode; the profile is written without them instead of not at all."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_tricks import ActivationVisualizer
+
+    cb = MemorySnapshot(start_step=2, num_steps=3, dirpath=str(tmp_path / "mem"), html=False)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = cpu_trainer(max_epochs=2, callbacks=[cb, ActivationVisualizer()], logger=logger)
+        trainer.fit(ClassifierModule(arch="cnn"), ImageDataModule())
+    table = tmp_path / "mem" / "memory_profile_rank0_step4.txt"
+    assert table.exists(), sorted(p.name for p in (tmp_path / "mem").iterdir())
+    assert "CPU Mem" in table.read_text()

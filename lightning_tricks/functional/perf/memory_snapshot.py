@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lightning_tricks._compat import cpu_profile_to_snapshot, drop_undecodable_profiler_events
 from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_optional_int
 from lightning_tricks.functional._io import atomic_write_bytes, atomic_write_text
 
@@ -194,12 +195,21 @@ def dump_cpu_memory_profile(
     check_bool("html", html)
     check_int("row_limit", row_limit, minimum=1)
     path = Path(path)
-    table = prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=row_limit)
+    try:
+        averages = prof.key_averages()
+    except UnicodeDecodeError:  # frames torch recorded but cannot decode: keep everything else
+        dropped = drop_undecodable_profiler_events(prof)
+        warnings.warn(
+            f"the CPU memory profile held {dropped} stack frame(s) that could not be decoded; "
+            "they were left out and the profile was written without them"
+        )
+        averages = prof.key_averages()
+    table = averages.table(sort_by="self_cpu_memory_usage", row_limit=row_limit)
     files = [atomic_write_text(path.with_name(path.name + ".txt"), table)]
     try:
         from torch.cuda import _memory_viz
 
-        snapshot = _memory_viz._profile_to_snapshot(prof)
+        snapshot = cpu_profile_to_snapshot(prof)
         files.append(atomic_write_bytes(path.with_name(path.name + ".pickle"), pickle.dumps(snapshot)))
         if html:
             page = _memory_viz.trace_plot(snapshot)
