@@ -133,6 +133,7 @@ class Compile(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_backend(self.backend)
+        self._remove(pl_module)  # what a run that crashed left installed
         self._reset()
         compiled = compile_modules(
             pl_module,
@@ -199,11 +200,22 @@ class Compile(Callback):
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._batch_end(pl_module, log=False)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        unwrap(pl_module, CompiledForward, only=self._installed)
+    def _remove(self, pl_module: L.LightningModule) -> None:
+        """Unwrap the compiled forwards and unregister the compile-event callbacks."""
+        if self._installed:
+            unwrap(pl_module, CompiledForward, only=self._installed)
         self._installed = set()
         handler = _compile_events()
         if self._hooks is not None and handler is not None:
             handler.remove_start_callback(self._hooks[0])
             handler.remove_end_callback(self._hooks[1])
         self._hooks = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning does not call ``teardown`` when a run fails: leave the model plain here.
+        self._remove(pl_module)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._remove(pl_module)

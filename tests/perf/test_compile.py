@@ -118,3 +118,35 @@ def test_inductor_fit_on_gpu(tmp_path):
     )
     trainer.fit(model, datamodule=ImageDataModule())
     assert trainer.state.finished and trainer.callbacks[0].compile_time_s > 0
+
+
+class _Crash(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 2:
+            raise RuntimeError("deliberate crash")
+
+
+def test_a_crashed_fit_leaves_the_model_plain_and_the_next_fit_compiles_again(tmp_path):
+    """Issue 17.7: the wrappers and compile-event callbacks go on every exit path."""
+    from lightning_tricks._compat import compile_event_handler
+    from lightning_tricks.functional.perf._targets import find_wrapped
+    from lightning_tricks.functional.perf.compile import CompiledForward
+
+    torch._dynamo.reset()
+    handler = compile_event_handler()
+    before = (len(handler.start_callbacks), len(handler.end_callbacks))
+    cb, model = Compile(targets=["head"], backend="eager"), ClassifierModule(arch="mlp")
+    with pytest.raises(RuntimeError, match="deliberate crash"):
+        cpu_trainer(max_epochs=1, callbacks=[cb, _Crash()]).fit(model, ImageDataModule())
+    assert find_wrapped(model, CompiledForward) == []
+    assert (len(handler.start_callbacks), len(handler.end_callbacks)) == before
+
+    class Seen(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.wrapped = [(n, w.options["backend"]) for n, w in find_wrapped(pl_module, CompiledForward)]
+
+    seen = Seen()
+    cb.backend = "aot_eager"  # a changed option is honoured by the next fit
+    cpu_trainer(max_epochs=1, callbacks=[cb, seen]).fit(model, ImageDataModule())
+    assert seen.wrapped == [("head", "aot_eager")]
+    assert find_wrapped(model, CompiledForward) == []
