@@ -77,7 +77,7 @@ def cuda_memory_snapshot() -> Any:
 def attach_cuda_oom_observer(observer: Callable[..., None]) -> None:
     """Call ``observer(device, alloc, device_alloc, device_free)`` on every CUDA out-of-memory
     error (``torch._C._cuda_attach_out_of_memory_observer``); it cannot be detached."""
-    torch._C._cuda_attach_out_of_memory_observer(observer)
+    torch._C._cuda_attach_out_of_memory_observer(observer)  # type: ignore[attr-defined]  # CUDA builds only
 
 
 def cpu_profile_to_snapshot(prof: Any) -> Any:
@@ -129,9 +129,9 @@ def drop_undecodable_profiler_events(prof: Any) -> int:
 # --------------------------------------------------------------------------- Lightning
 
 
-def configure_optimizers_outputs(conf: Any) -> tuple[list[Any], list[Any], list[Any]]:
-    """Normalise whatever ``configure_optimizers`` returned into (optimizers, scheduler
-    configs, monitor names), as Lightning does (``lightning.pytorch.core.optimizer._configure_optimizers``)."""
+def configure_optimizers_outputs(conf: Any) -> tuple[list[Any], list[Any], str | None]:
+    """Normalise whatever ``configure_optimizers`` returned into (optimizers, schedulers or
+    scheduler configs, the monitor name), as Lightning does (``lightning.pytorch.core.optimizer._configure_optimizers``)."""
     from lightning.pytorch.core.optimizer import _configure_optimizers
 
     return _configure_optimizers(conf)
