@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_tricks import NoBiasDecay, TTAPredict
-from lightning_tricks.functional import atomic_write_text
 
 IMAGE_SIZE = 16
 
@@ -235,5 +234,5 @@ def write_summary(out: str | os.PathLike[str], summary: dict[str, Any]) -> Path:
     """Write ``summary.json`` into ``out`` (the tests read it back) and return its path."""
     path = Path(out) / "summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
+    Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path
