@@ -87,9 +87,12 @@ class FreezeBackbone(Callback):
         unfreeze_at_epoch: epoch at which to start unfreezing; ``None`` keeps it frozen.
         unfreeze_mode: ``"all"`` at once, or ``"gradual"``: one child block per epoch.
         backbone_lr: learning rate of the unfrozen groups at the moment they are added;
-            they then follow the head group's schedule.
+            they then follow the head group's schedule at that ratio. If the head's
+            learning rate is 0 at that moment (a warm-up from 0), ``backbone_lr`` is taken
+            relative to the head's base learning rate (its scheduler's ``initial_lr``).
         backbone_lr_factor: used when ``backbone_lr`` is ``None``: the unfrozen groups'
-            learning rate is this factor times the head group's.
+            learning rate is this factor times the head group's, at every step (also
+            when the head's learning rate is 0 at the moment of unfreezing).
         train_bn: let frozen BatchNorm layers update their running statistics.
         log_counts: log parameter counts whenever they change.
 
@@ -151,11 +154,21 @@ class FreezeBackbone(Callback):
             return
         modules = list(select_modules(pl_module, self.backbone, arg="backbone").values())
         if self.unfreeze_at_epoch is not None and not isinstance(
-            trainer.strategy, SingleDeviceStrategy | DDPStrategy
+            trainer.strategy, _strategy_types(trainer, "single") + _strategy_types(trainer, "ddp")
         ):
             raise MisconfigurationException(
                 f"FreezeBackbone cannot unfreeze under {type(trainer.strategy).__name__}; "
                 "use a single-device or DDP strategy, or `unfreeze_at_epoch=None`"
+            )
+        selected = {id(p) for m in modules for p in m.parameters()}
+        if not any(p.requires_grad and id(p) not in selected for p in pl_module.parameters()):
+            value = self.backbone[0] if len(self.backbone) == 1 else list(self.backbone)
+            children = ", ".join(n for n, _ in pl_module.named_children()) or "(none)"
+            raise ValueError(
+                f"`backbone`={value!r} covers every trainable parameter of "
+                f"{type(pl_module).__name__}: nothing would be left to train while it is frozen "
+                "(and the optimizer would get an empty parameter list); name the part to freeze, "
+                f"not the whole model (its submodules: {children})"
             )
         self._unfrozen = 0
         self._last_counts = None
@@ -229,13 +242,30 @@ class FreezeBackbone(Callback):
         decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
         like = decays.index(max(decays))
         template = optimizer.param_groups[like]
-        lr = self.backbone_lr if self.backbone_lr is not None else self.backbone_lr_factor * template["lr"]
-        group = {k: v for k, v in template.items() if k != "params"}
-        group.update(params=params, lr=lr)
+        group = {k: v for k, v in template.items() if k not in ("params", "lr")}
+        group["params"] = params
         split = getattr(pl_module, "split_param_group", None)
         groups = split(group) if callable(split) else [group]
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-        add_param_groups(optimizer, groups, schedulers, like=like)
+        add_param_groups(optimizer, groups, schedulers, like=like, ratio=self._lr_ratio(template))
+
+    def _lr_ratio(self, head: dict[str, Any]) -> float:
+        """The unfrozen groups' learning rate as a multiple of the head group's, for good.
+
+        ``backbone_lr`` is relative to the head's learning rate now or, when that is 0 (a
+        warm-up from 0, a cosine at its end), to its base learning rate (the scheduler's
+        ``initial_lr``): the backbone reaches ``backbone_lr`` when the head reaches its base.
+        """
+        if self.backbone_lr is None:
+            return self.backbone_lr_factor
+        ref = float(head["lr"]) or float(head.get("initial_lr", 0.0) or 0.0)
+        if ref == 0.0:
+            raise MisconfigurationException(
+                f"FreezeBackbone: `backbone_lr`={self.backbone_lr} cannot follow the head group's "
+                "learning rate, which is 0 and has no schedule; use `backbone_lr_factor` or give "
+                "the head a non-zero learning rate"
+            )
+        return self.backbone_lr / ref
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.log_counts:
@@ -269,6 +299,21 @@ def _rewrap_ddp(trainer: pl.Trainer) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+    if isinstance(strategy, _strategy_types(trainer, "ddp")) and isinstance(
+        strategy.model, DistributedDataParallel
+    ):
         strategy.model = strategy._setup_model(strategy.model.module)
         strategy._register_ddp_hooks()
+
+
+def _strategy_types(trainer: Any, kind: Literal["single", "ddp"]) -> tuple[type, ...]:
+    """The single-device or DDP strategy classes of ``lightning.pytorch`` and, when the
+    trainer comes from the standalone ``pytorch_lightning`` package (a separate namespace
+    with its own classes), of that package too.
+    """
+    types: list[type] = [SingleDeviceStrategy if kind == "single" else DDPStrategy]
+    if type(trainer).__module__.split(".")[0] == "pytorch_lightning":
+        from pytorch_lightning import strategies  # the trainer's own package: already imported
+
+        types.append(strategies.SingleDeviceStrategy if kind == "single" else strategies.DDPStrategy)
+    return tuple(types)
