@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -64,11 +65,14 @@ class FreezeBackbone(Callback):
     statistics frozen), although Lightning calls ``model.train()`` every epoch.
 
     At ``unfreeze_at_epoch`` the backbone becomes trainable, all at once or gradually
-    (one more child block per epoch, starting at the output end). The unfrozen
+    (one more child block per epoch, starting at the output end; blocks without
+    parameters are unfrozen with the next one, see
+    :func:`lightning_tricks.functional.unfreeze_units`). The unfrozen
     parameters join the first optimizer as new parameter groups that copy the
     hyperparameters of its first group with the largest weight decay (the "head"
-    group) with their own learning rate, and every LR scheduler of that optimizer is
-    extended to the new groups (see :func:`lightning_tricks.functional.add_param_groups`).
+    group) and follow its learning rate at a fixed ratio, also when it is 0 at that
+    moment (a warm-up from 0); every LR scheduler of that optimizer is extended to the
+    new groups (see :func:`lightning_tricks.functional.add_param_groups`).
     If the LightningModule has ``split_param_group(group)`` (e.g. the ``NoBiasDecay``
     mixin), the new groups are split with it. Under DDP the model is re-wrapped after
     unfreezing, so that the new parameters' gradients are all-reduced and all ranks stay
@@ -98,9 +102,11 @@ class FreezeBackbone(Callback):
 
     Raises:
         ValueError: bad arguments; in ``setup``, a name that matches no submodule (the
-            message lists the available ones).
+            message lists the available ones), or a ``backbone`` that covers every
+            trainable parameter (nothing would be left to train).
         MisconfigurationException: unfreezing under a strategy other than single-device
-            or DDP.
+            or DDP (of ``lightning.pytorch`` or of the standalone ``pytorch_lightning``
+            package, both supported).
 
     Example:
         >>> from lightning_tricks.finetune.freeze_backbone import FreezeBackbone
@@ -154,7 +160,7 @@ class FreezeBackbone(Callback):
             return
         modules = list(select_modules(pl_module, self.backbone, arg="backbone").values())
         if self.unfreeze_at_epoch is not None and not isinstance(
-            trainer.strategy, _strategy_types(trainer, "single") + _strategy_types(trainer, "ddp")
+            trainer.strategy, _strategy_types("single") + _strategy_types("ddp")
         ):
             raise MisconfigurationException(
                 f"FreezeBackbone cannot unfreeze under {type(trainer.strategy).__name__}; "
@@ -299,21 +305,19 @@ def _rewrap_ddp(trainer: pl.Trainer) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     strategy = trainer.strategy
-    if isinstance(strategy, _strategy_types(trainer, "ddp")) and isinstance(
-        strategy.model, DistributedDataParallel
-    ):
+    if isinstance(strategy, _strategy_types("ddp")) and isinstance(strategy.model, DistributedDataParallel):
         strategy.model = strategy._setup_model(strategy.model.module)
         strategy._register_ddp_hooks()
 
 
-def _strategy_types(trainer: Any, kind: Literal["single", "ddp"]) -> tuple[type, ...]:
+def _strategy_types(kind: Literal["single", "ddp"]) -> tuple[type, ...]:
     """The single-device or DDP strategy classes of ``lightning.pytorch`` and, when the
-    trainer comes from the standalone ``pytorch_lightning`` package (a separate namespace
-    with its own classes), of that package too.
+    standalone ``pytorch_lightning`` package (a separate namespace with its own classes)
+    is in use, of that package too.
     """
+    name = "SingleDeviceStrategy" if kind == "single" else "DDPStrategy"
     types: list[type] = [SingleDeviceStrategy if kind == "single" else DDPStrategy]
-    if type(trainer).__module__.split(".")[0] == "pytorch_lightning":
-        from pytorch_lightning import strategies  # the trainer's own package: already imported
-
-        types.append(strategies.SingleDeviceStrategy if kind == "single" else strategies.DDPStrategy)
+    standalone = getattr(sys.modules.get("pytorch_lightning"), "strategies", None)
+    if standalone is not None and isinstance(getattr(standalone, name, None), type):
+        types.append(getattr(standalone, name))
     return tuple(types)
