@@ -248,12 +248,21 @@ class FreezeBackbone(Callback):
         decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
         like = decays.index(max(decays))
         template = optimizer.param_groups[like]
-        group = {k: v for k, v in template.items() if k not in ("params", "lr")}
-        group["params"] = params
+        ratio = self._lr_ratio(template)
+        group = {k: v for k, v in template.items() if k != "params"}
+        group.update(params=params, lr=ratio * template["lr"])
         split = getattr(pl_module, "split_param_group", None)
         groups = split(group) if callable(split) else [group]
+        # parts that keep the group's lr follow the head at ``ratio`` (which ``lr`` alone
+        # cannot say when the head is at 0); a part with an lr of its own keeps it
+        groups = [
+            {k: v for k, v in g.items() if k != "lr"}
+            if isinstance(g, dict) and g.get("lr") is group["lr"]
+            else g
+            for g in groups
+        ]
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-        add_param_groups(optimizer, groups, schedulers, like=like, ratio=self._lr_ratio(template))
+        add_param_groups(optimizer, groups, schedulers, like=like, ratio=ratio)
 
     def _lr_ratio(self, head: dict[str, Any]) -> float:
         """The unfrozen groups' learning rate as a multiple of the head group's, for good.

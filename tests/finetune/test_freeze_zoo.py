@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Callback
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_tricks import FreezeBackbone
+from lightning_tricks import FreezeBackbone, NoBiasDecay
 from lightning_tricks.functional import freeze_modules, unfreeze_units
 from tests.helpers import cpu_trainer
 from tests.helpers.zoo import HFImageClassifier, hf_resnet, zoo_loaders, zoo_module
@@ -51,6 +51,19 @@ class ScheduledResNet(HFImageClassifier):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class NBDScheduledResNet(NoBiasDecay, HFImageClassifier):
+    """AdamW with weight decay, the warm-up from 0 and ``NoBiasDecay`` (which splits the
+    unfrozen groups into decay and no-decay parts)."""
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=0.05, weight_decay=0.05)
+        sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=8)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class LRProbe(Callback):
     def __init__(self):
         self.lrs: list[list[float]] = []
@@ -65,24 +78,26 @@ class LRProbe(Callback):
         ("warmup", 0, {"backbone_lr_factor": 0.5}, 0.5),
         ("cosine", 1, {"backbone_lr_factor": 0.5}, 0.5),
         ("warmup", 0, {"backbone_lr": 0.01}, 0.01 / 0.05),  # relative to the head's base LR
+        ("nbd", 0, {"backbone_lr_factor": 0.5}, 0.5),  # the unfrozen groups split by NoBiasDecay
     ],
 )
 def test_unfreezing_while_the_head_lr_is_zero_follows_the_head_schedule(schedule, at_epoch, kwargs, ratio):
     L.seed_everything(0, verbose=False)
-    model = ScheduledResNet(schedule)
+    model = ScheduledResNet(schedule) if schedule != "nbd" else NBDScheduledResNet("resnet")
     before = _snapshot(model.model.resnet)
     probe = LRProbe()
     cb = FreezeBackbone("model.resnet", unfreeze_at_epoch=at_epoch, **kwargs)
     trainer = _fit(model, [cb, probe], max_epochs=2)
     opt = trainer.optimizers[0]
-    assert len(opt.param_groups) == 2
+    heads = 2 if schedule == "nbd" else 1  # NoBiasDecay: decay and no-decay groups
+    assert len(opt.param_groups) == 2 * heads
     first = at_epoch * 2  # the step at which the backbone joined
-    assert probe.lrs[first] == [0.0, 0.0]  # the head's LR was 0 when the backbone was unfrozen
-    for head, backbone in (lrs for lrs in probe.lrs[first:]):
-        assert backbone == pytest.approx(ratio * head, abs=1e-12)
-    assert any(backbone > 0 for _, backbone in probe.lrs[first:])
+    assert set(probe.lrs[first]) == {0.0}  # the head's LR was 0 when the backbone was unfrozen
+    for lrs in probe.lrs[first:]:
+        assert lrs[heads:] == pytest.approx([ratio * lrs[0]] * heads, abs=1e-12)
+    assert any(lrs[-1] > 0 for lrs in probe.lrs[first:])
     sched = trainer.lr_scheduler_configs[0].scheduler
-    assert sched.base_lrs == pytest.approx([0.05, ratio * 0.05])
+    assert sched.base_lrs == pytest.approx([0.05] * heads + [ratio * 0.05] * heads)
     after = model.model.resnet.state_dict()
     changed = [k for k, v in before.items() if k.endswith("weight") and not torch.equal(v, after[k])]
     assert len(changed) == sum(1 for k in before if k.endswith("weight"))  # every backbone weight trained
