@@ -3,7 +3,9 @@
 No LightningModule, no callbacks: the same tricks as plain functions on an ``nn.Module``.
 
 1. Pretrain the digits CNN on 0-4 (``init_weights``; AdamW with ``no_bias_decay_groups``).
-2. Fine-tune on 5-9: ``replace_head``, ``freeze_modules`` the backbone and train the head;
+2. Fine-tune on 5-9: ``replace_head``, ``freeze_modules`` the backbone and train the head
+   (each epoch starts with ``set_train_mode``, not ``model.train()``, so the frozen
+   BatchNorm layers stay in eval mode and keep their running statistics);
    then ``unfreeze_modules`` and add the backbone to the optimizer with
    ``add_param_groups`` (a tenth of the head's learning rate, split into decay and
    no-decay parts by ``split_by_weight_decay``).
@@ -58,6 +60,7 @@ from lightning_tricks.functional import (
     tta_predict,
     unfreeze_modules,
 )
+from lightning_tricks.functional.finetune.freeze import set_train_mode
 
 TTA_VIEWS = ["five_crop:14"]
 
@@ -79,7 +82,9 @@ def train_epochs(
     """The plain loop; returns the last loss."""
     loss = torch.zeros(())
     for _ in range(epochs):
-        model.train()
+        # not ``model.train()``: that would put BatchNorm frozen by ``freeze_modules`` back in
+        # training mode and its running statistics would drift with every batch
+        set_train_mode(model)
         for i, (x, y) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target = DigitsDataset(classes=range(5, 10))
     train_set, test_set = split_dataset(target, [0.5, None], seed=args.seed, labels="targets")
     replace_head(net, 5, attr="head")
-    frozen = freeze_modules(net, "backbone")  # requires_grad=False, BatchNorm in eval mode
+    frozen = freeze_modules(net, "backbone")  # requires_grad=False, BatchNorm in eval mode (kept
+    # there by ``set_train_mode`` in ``train_epochs``; ``unfreeze_modules`` lets it train again)
     counts_frozen = count_parameters(net)
     opt = torch.optim.AdamW(no_bias_decay_groups(net, 0.05), lr=args.lr)  # head only: trainable_only
     model, optimizer = fabric.setup(net, opt)

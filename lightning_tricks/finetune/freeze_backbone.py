@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -64,11 +65,14 @@ class FreezeBackbone(Callback):
     statistics frozen), although Lightning calls ``model.train()`` every epoch.
 
     At ``unfreeze_at_epoch`` the backbone becomes trainable, all at once or gradually
-    (one more child block per epoch, starting at the output end). The unfrozen
+    (one more child block per epoch, starting at the output end; blocks without
+    parameters are unfrozen with the next one, see
+    :func:`lightning_tricks.functional.unfreeze_units`). The unfrozen
     parameters join the first optimizer as new parameter groups that copy the
     hyperparameters of its first group with the largest weight decay (the "head"
-    group) with their own learning rate, and every LR scheduler of that optimizer is
-    extended to the new groups (see :func:`lightning_tricks.functional.add_param_groups`).
+    group) and follow its learning rate at a fixed ratio, also when it is 0 at that
+    moment (a warm-up from 0); every LR scheduler of that optimizer is extended to the
+    new groups (see :func:`lightning_tricks.functional.add_param_groups`).
     If the LightningModule has ``split_param_group(group)`` (e.g. the ``NoBiasDecay``
     mixin), the new groups are split with it. Under DDP the model is re-wrapped after
     unfreezing, so that the new parameters' gradients are all-reduced and all ranks stay
@@ -87,17 +91,22 @@ class FreezeBackbone(Callback):
         unfreeze_at_epoch: epoch at which to start unfreezing; ``None`` keeps it frozen.
         unfreeze_mode: ``"all"`` at once, or ``"gradual"``: one child block per epoch.
         backbone_lr: learning rate of the unfrozen groups at the moment they are added;
-            they then follow the head group's schedule.
+            they then follow the head group's schedule at that ratio. If the head's
+            learning rate is 0 at that moment (a warm-up from 0), ``backbone_lr`` is taken
+            relative to the head's base learning rate (its scheduler's ``initial_lr``).
         backbone_lr_factor: used when ``backbone_lr`` is ``None``: the unfrozen groups'
-            learning rate is this factor times the head group's.
+            learning rate is this factor times the head group's, at every step (also
+            when the head's learning rate is 0 at the moment of unfreezing).
         train_bn: let frozen BatchNorm layers update their running statistics.
         log_counts: log parameter counts whenever they change.
 
     Raises:
         ValueError: bad arguments; in ``setup``, a name that matches no submodule (the
-            message lists the available ones).
+            message lists the available ones), or a ``backbone`` that covers every
+            trainable parameter (nothing would be left to train).
         MisconfigurationException: unfreezing under a strategy other than single-device
-            or DDP.
+            or DDP (of ``lightning.pytorch`` or of the standalone ``pytorch_lightning``
+            package, both supported).
 
     Example:
         >>> from lightning_tricks.finetune.freeze_backbone import FreezeBackbone
@@ -151,11 +160,21 @@ class FreezeBackbone(Callback):
             return
         modules = list(select_modules(pl_module, self.backbone, arg="backbone").values())
         if self.unfreeze_at_epoch is not None and not isinstance(
-            trainer.strategy, SingleDeviceStrategy | DDPStrategy
+            trainer.strategy, _strategy_types("single") + _strategy_types("ddp")
         ):
             raise MisconfigurationException(
                 f"FreezeBackbone cannot unfreeze under {type(trainer.strategy).__name__}; "
                 "use a single-device or DDP strategy, or `unfreeze_at_epoch=None`"
+            )
+        selected = {id(p) for m in modules for p in m.parameters()}
+        if not any(p.requires_grad and id(p) not in selected for p in pl_module.parameters()):
+            value = self.backbone[0] if len(self.backbone) == 1 else list(self.backbone)
+            children = ", ".join(n for n, _ in pl_module.named_children()) or "(none)"
+            raise ValueError(
+                f"`backbone`={value!r} covers every trainable parameter of "
+                f"{type(pl_module).__name__}: nothing would be left to train while it is frozen "
+                "(and the optimizer would get an empty parameter list); name the part to freeze, "
+                f"not the whole model (its submodules: {children})"
             )
         self._unfrozen = 0
         self._last_counts = None
@@ -229,13 +248,39 @@ class FreezeBackbone(Callback):
         decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
         like = decays.index(max(decays))
         template = optimizer.param_groups[like]
-        lr = self.backbone_lr if self.backbone_lr is not None else self.backbone_lr_factor * template["lr"]
+        ratio = self._lr_ratio(template)
         group = {k: v for k, v in template.items() if k != "params"}
-        group.update(params=params, lr=lr)
+        group.update(params=params, lr=ratio * template["lr"])
         split = getattr(pl_module, "split_param_group", None)
         groups = split(group) if callable(split) else [group]
+        # parts that keep the group's lr follow the head at ``ratio`` (which ``lr`` alone
+        # cannot say when the head is at 0); a part with an lr of its own keeps it
+        groups = [
+            {k: v for k, v in g.items() if k != "lr"}
+            if isinstance(g, dict) and g.get("lr") is group["lr"]
+            else g
+            for g in groups
+        ]
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-        add_param_groups(optimizer, groups, schedulers, like=like)
+        add_param_groups(optimizer, groups, schedulers, like=like, ratio=ratio)
+
+    def _lr_ratio(self, head: dict[str, Any]) -> float:
+        """The unfrozen groups' learning rate as a multiple of the head group's, for good.
+
+        ``backbone_lr`` is relative to the head's learning rate now or, when that is 0 (a
+        warm-up from 0, a cosine at its end), to its base learning rate (the scheduler's
+        ``initial_lr``): the backbone reaches ``backbone_lr`` when the head reaches its base.
+        """
+        if self.backbone_lr is None:
+            return self.backbone_lr_factor
+        ref = float(head["lr"]) or float(head.get("initial_lr", 0.0) or 0.0)
+        if ref == 0.0:
+            raise MisconfigurationException(
+                f"FreezeBackbone: `backbone_lr`={self.backbone_lr} cannot follow the head group's "
+                "learning rate, which is 0 and has no schedule; use `backbone_lr_factor` or give "
+                "the head a non-zero learning rate"
+            )
+        return self.backbone_lr / ref
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.log_counts:
@@ -269,6 +314,19 @@ def _rewrap_ddp(trainer: pl.Trainer) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+    if isinstance(strategy, _strategy_types("ddp")) and isinstance(strategy.model, DistributedDataParallel):
         strategy.model = strategy._setup_model(strategy.model.module)
         strategy._register_ddp_hooks()
+
+
+def _strategy_types(kind: Literal["single", "ddp"]) -> tuple[type, ...]:
+    """The single-device or DDP strategy classes of ``lightning.pytorch`` and, when the
+    standalone ``pytorch_lightning`` package (a separate namespace with its own classes)
+    is in use, of that package too.
+    """
+    name = "SingleDeviceStrategy" if kind == "single" else "DDPStrategy"
+    types: list[type] = [SingleDeviceStrategy if kind == "single" else DDPStrategy]
+    standalone = getattr(sys.modules.get("pytorch_lightning"), "strategies", None)
+    if standalone is not None and isinstance(getattr(standalone, name, None), type):
+        types.append(getattr(standalone, name))
+    return tuple(types)

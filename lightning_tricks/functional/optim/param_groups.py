@@ -111,6 +111,7 @@ def add_param_groups(
     schedulers: Iterable[Any] = (),
     *,
     like: int = 0,
+    ratio: float | None = None,
 ) -> list[int]:
     """Append parameter groups to ``optimizer`` and extend its LR schedulers to match.
 
@@ -121,20 +122,29 @@ def add_param_groups(
     ratio, and function lists (LambdaLR's ``lr_lambdas``) repeat the template's entry. So
     ``lr`` is the group's learning rate *now*, and schedulers keep stepping it.
 
+    When the template's learning rate is 0 at the moment (a warm-up from 0, a cosine at
+    its end), ``lr`` cannot express a ratio: pass ``ratio`` instead, and the groups without
+    ``"lr"`` follow the template's schedule at ``ratio`` times its learning rate (from 0
+    now). A group with ``"lr": 0`` under a template at 0 that has a schedule is refused
+    rather than silently kept at 0 forever.
+
     Args:
         optimizer: the optimizer to extend (in place).
         groups: new groups, each a dict with ``"params"`` and optionally ``"lr"`` and other
             hyperparameters. Parameters are compared by identity.
         schedulers: every LR scheduler attached to ``optimizer``.
         like: index of the template group.
+        ratio: the new groups' learning rate as a multiple of the template's, for the
+            groups that do not set ``"lr"`` (their ``lr`` is ``ratio`` times the template's).
 
     Returns:
         The indices of the new groups.
 
     Raises:
         TypeError: a scheduler whose per-group state cannot be extended.
-        ValueError: ``like`` out of range, a parameter already in the optimizer, or a
-            template with learning rate 0 and a new group with a non-zero one.
+        ValueError: ``like`` out of range, ``ratio`` not positive, a parameter already in
+            the optimizer, or a template with learning rate 0 and a new group with a
+            non-zero one (without a schedule) or with 0 (with a schedule: give ``ratio``).
 
     Example:
         >>> import torch
@@ -147,6 +157,14 @@ def add_param_groups(
         >>> sched.step()
         >>> print([round(g["lr"], 4) for g in opt.param_groups])
         [0.025, 0.005]
+        >>> warm = torch.optim.SGD(a.parameters(), lr=0.1)  # a warm-up: lr 0 at step 0
+        >>> ramp = torch.optim.lr_scheduler.LambdaLR(warm, lambda step: min(step / 4, 1.0))
+        >>> add_param_groups(warm, [{"params": b.parameters()}], [ramp], ratio=0.5)
+        [1]
+        >>> for _ in range(2):
+        ...     ramp.step()
+        >>> print([g["lr"] for g in warm.param_groups])
+        [0.05, 0.025]
     """
     if (
         isinstance(like, bool)
@@ -155,6 +173,10 @@ def add_param_groups(
     ):
         raise ValueError(f"`like` must index one of the {len(optimizer.param_groups)} groups; got {like!r}")
     like %= len(optimizer.param_groups)
+    if ratio is not None and (
+        isinstance(ratio, bool) or not isinstance(ratio, float | int) or not 0 < ratio < float("inf")
+    ):
+        raise ValueError(f"`ratio` must be a positive finite number or None; got {ratio!r}")
     schedulers = _check_schedulers(optimizer, schedulers)
     template = optimizer.param_groups[like]
     plan: list[tuple[int, float, dict]] = [(i, 1.0, g) for i, g in enumerate(optimizer.param_groups)]
@@ -165,19 +187,25 @@ def add_param_groups(
         params = group["params"]
         group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
         if "lr" not in group:
-            ratio = 1.0
-            group["lr"] = template["lr"]
+            scale = 1.0 if ratio is None else float(ratio)
+            group["lr"] = _scale(template["lr"], scale)
         else:
             lr, base = float(group["lr"]), float(template["lr"])
             if base == 0.0 and "initial_lr" in template:  # e.g. a warm-up that starts at 0
                 base = float(template["initial_lr"])
+                if lr == 0.0 and base != 0.0:
+                    raise ValueError(
+                        f"group {like} (`like`) has learning rate 0 now, so a new group with lr 0 "
+                        "would stay at 0 for its whole schedule; leave out the group's 'lr' "
+                        "and pass `ratio` (its learning rate as a multiple of the template's)"
+                    )
             if base == 0.0 and lr != 0.0:
                 raise ValueError(
                     f"group {like} (`like`) has learning rate 0, so a new group with lr {lr} "
                     "cannot follow its schedule; pick another `like`"
                 )
-            ratio = lr / base if base else 1.0
-        plan.append((like, ratio, group))
+            scale = lr / base if base else 1.0
+        plan.append((like, scale, group))
     start = len(optimizer.param_groups)
     _remap(optimizer, plan, schedulers)
     return list(range(start, len(optimizer.param_groups)))
