@@ -55,12 +55,12 @@ from lightning_tricks.functional import (
     init_weights,
     no_bias_decay_groups,
     replace_head,
+    set_train_mode,
     split_by_weight_decay,
     split_dataset,
     tta_predict,
     unfreeze_modules,
 )
-from lightning_tricks.functional.finetune.freeze import set_train_mode
 
 TTA_VIEWS = ["five_crop:14"]
 

@@ -4,6 +4,7 @@ from lightning_tricks.functional.finetune.freeze import (
     batchnorm_eval,
     freeze_modules,
     select_modules,
+    set_train_mode,
     unfreeze_modules,
     unfreeze_units,
 )
@@ -30,6 +31,7 @@ __all__: list[str] = [
     "replace_head",
     "save_weights",
     "select_modules",
+    "set_train_mode",
     "strip_head",
     "unfreeze_modules",
     "unfreeze_units",
