@@ -13,14 +13,32 @@ SETTINGS: dict = {
         ),
     ],
     # 4 steps per epoch: logs at steps 0 and 2 of every epoch, with intermediate gradients
-    "GradientMonitor": Spec(
-        init_args={
-            "every_n_steps": 2,
-            "log_histograms": True,
-            "detect_nonfinite": "raise",
-            "intermediate": ["backbone.0", "head"],
-        }
-    ),
+    "GradientMonitor": [
+        Spec(
+            init_args={
+                "every_n_steps": 2,
+                "log_histograms": True,
+                "detect_nonfinite": "raise",
+                "intermediate": ["backbone.0", "head"],
+            },
+            id="raise",
+            xfail={
+                "fp16": "GradientMonitor defect: detect_nonfinite='raise' raises NonFiniteGradientError on the "
+                "inf gradient of a step that the fp16 loss scaler skips (an expected event under 16-mixed), "
+                "so every fp16 run with an overflow is killed",
+            },
+        ),
+        # warns on the fp16 step the loss scaler skips and logs (unscaled) norms every step
+        Spec(
+            init_args={
+                "every_n_steps": 1,
+                "detect_nonfinite": "warn",
+                "intermediate": ["backbone.0", "head"],
+            },
+            arch="mlp",
+            id="warn",
+        ),
+    ],
     "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
     "AliasingGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
 }
