@@ -118,6 +118,15 @@ def cli_config(name: str, spec: Spec, tmp: Path) -> dict[str, Any]:
         "init_args": {"arch": spec.arch, **spec.model_args},
     }
     data = {"class_path": "tests.helpers.ImageDataModule", "init_args": dict(spec.data_args)}
+    if spec.zoo is not None:
+        from tests.conformance.build import ZOO_MODELS
+
+        path, kwargs = ZOO_MODELS[spec.zoo]
+        model = {"class_path": path, "init_args": {**kwargs, **spec.model_args}}
+        data = {
+            "class_path": "tests.conformance.build.ZooDataModule",
+            "init_args": {"name": spec.zoo, **spec.data_args},
+        }
     if kind == "datamodule":
         data = {"class_path": class_path, "init_args": init_args}
     trainer: dict[str, Any] = {
