@@ -124,7 +124,11 @@ class GradientMonitor(Callback):
         parts = [norms.float()]
         if extra:
             grads = [self._tracker.grads[n].float() for n in extra]
-            parts.append(torch.stack(torch._foreach_norm(grads, self.norm_type)).to(norms.device))
+            inter = torch.stack(torch._foreach_norm(grads, self.norm_type)).to(norms.device)
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None:  # backward hooks saw loss-scaled gradients; report them unscaled
+                inter = inter / scaler.get_scale()
+            parts.append(inter)
         total = norms.norm(self.norm_type) if not math.isinf(self.norm_type) else norms.max()
         values = torch.cat([*parts, total.reshape(1)]).tolist()  # the one host transfer
         layer_values = values[: len(names)]

@@ -72,11 +72,115 @@ class StaleAfterFirstFit(Callback):
                 g["lr"] *= 0.1
 
 
+class ForgetfulStepCounter(Callback):
+    """Broken: counts optimizer steps in ``state_dict`` but ignores it on load. The
+    weights of a resumed run are right; only the callback's state is wrong."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class ForgetfulGradEMA(Callback):
+    """Broken: keeps an EMA of every gradient in the optimizer's state (which the
+    checkpoint restores) but re-initialises it when training starts, so a resumed run
+    loses it. SGD ignores the extra entry: the weights of a resumed run are right."""
+
+    def on_train_start(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p]["grad_ema"] = torch.zeros_like(p)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    optimizer.state[p]["grad_ema"].mul_(0.9).add_(p.grad, alpha=0.1)
+
+
+class OneRankBufferNudge(Callback):
+    """Broken: changes a BatchNorm running mean on global rank 1 only (weights stay equal)."""
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.global_rank == 1:
+            buf = next(b for n, b in pl_module.named_buffers() if n.endswith("running_mean"))
+            buf.add_(1e-3)
+
+
+class RunningNormScaler(Callback):
+    """Broken under fp16 loss scaling: rescales gradients to the running mean of the
+    gradient norms it has seen, counting the norm of a step the scaler skips (inf).
+
+    ``where="before_step"`` rescales in ``on_before_optimizer_step``, after the scaler
+    has checked the gradients: the inf/NaN gradients reach the weights.
+    ``where="backward"`` rescales the next step's gradients in ``on_after_backward``,
+    before the scaler checks them: every later step is skipped, training stalls.
+    """
+
+    def __init__(self, where: str = "before_step"):
+        self.where = where
+        self.mean_norm: torch.Tensor | None = None
+        self.last_norm: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.mean_norm = self.last_norm = None
+
+    @staticmethod
+    def _grads(pl_module) -> list[torch.Tensor]:
+        return [p.grad for p in pl_module.parameters() if p.grad is not None]
+
+    def on_after_backward(self, trainer, pl_module):
+        if self.where == "backward" and self.mean_norm is not None:
+            for g in self._grads(pl_module):
+                g.mul_(self.mean_norm / self.last_norm)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = self._grads(pl_module)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.mean_norm = norm if self.mean_norm is None else 0.9 * self.mean_norm + 0.1 * norm
+        self.last_norm = norm
+        if self.where == "before_step":
+            for g in grads:
+                g.mul_(self.mean_norm / (norm + 1e-12))
+
+
+class ScaledGradNormLogger(Callback):
+    """Broken under fp16 loss scaling: logs the gradient norm in ``on_after_backward``,
+    where the gradients are still multiplied by the loss scale."""
+
+    def on_after_backward(self, trainer, pl_module):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        for logger in trainer.loggers:
+            logger.log_metrics({"scaled/grad_norm": float(norm)}, step=trainer.global_step)
+
+
 CLASSES: dict[str, type] = {
-    c.__name__: c for c in (GoodLRDecay, ForgetfulLRDecay, OneRankNudge, StaleAfterFirstFit)
+    c.__name__: c
+    for c in (
+        GoodLRDecay,
+        ForgetfulLRDecay,
+        OneRankNudge,
+        StaleAfterFirstFit,
+        ForgetfulStepCounter,
+        ForgetfulGradEMA,
+        OneRankBufferNudge,
+        RunningNormScaler,
+        ScaledGradNormLogger,
+    )
 }
 
 BROKEN_SPECS: dict[str, tuple[str, Spec]] = {
     "broken:GoodLRDecay": ("GoodLRDecay", Spec()),
     "broken:OneRankNudge": ("OneRankNudge", Spec()),
+    "broken:OneRankBufferNudge": ("OneRankBufferNudge", Spec()),
 }

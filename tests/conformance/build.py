@@ -82,16 +82,66 @@ def build_component(name: str, spec: Spec) -> Any:
     return cls(**spec.init_args)
 
 
+# zoo name -> (LightningModule class path, its init_args): what tests.helpers.zoo.zoo_module
+# builds, spelled so that the LightningCLI config can build the same module
+ZOO_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet": ("tests.helpers.zoo.HFImageClassifier", {"arch": "resnet"}),
+    "convnext": ("tests.helpers.zoo.HFImageClassifier", {"arch": "convnext"}),
+    "vit": ("tests.helpers.zoo.HFImageClassifier", {"arch": "vit"}),
+    "segformer": ("tests.helpers.zoo.HFSegmenter", {}),
+    "bert": ("tests.helpers.zoo.HFTextClassifier", {}),
+    "bert_mlm": ("tests.helpers.zoo.HFTextClassifier", {"mlm": True}),
+    "tuple": ("tests.helpers.zoo.TupleOutputClassifier", {}),
+}
+
+
+class ZooDataModule(LightningDataModule):
+    """The (train, val) loaders of :func:`tests.helpers.zoo.zoo_loaders` as a datamodule
+    (so that the LightningCLI config can name them)."""
+
+    def __init__(self, name: str = "resnet", n: int = 16, batch_size: int = 8):
+        super().__init__()
+        self.name, self.n, self.batch_size = name, n, batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        from tests.helpers.zoo import zoo_loaders
+
+        self._train, self._val = zoo_loaders(self.name, n=self.n, batch_size=self.batch_size)
+
+    def train_dataloader(self):
+        return self._train
+
+    def val_dataloader(self):
+        return self._val
+
+
+def zoo_model(spec: Spec) -> L.LightningModule:
+    """The spec's zoo LightningModule (``spec.model_args`` passed on)."""
+    import importlib
+
+    if spec.zoo not in ZOO_MODELS:
+        raise ValueError(f"Spec.zoo {spec.zoo!r} is not a zoo name; allowed: {sorted(ZOO_MODELS)}")
+    path, kwargs = ZOO_MODELS[spec.zoo]
+    module, _, cls_name = path.rpartition(".")
+    return getattr(importlib.import_module(module), cls_name)(**kwargs, **spec.model_args)
+
+
 def build_run(name: str, spec: Spec, component: Any = None, seed: int = 0):
     """(model, datamodule, callbacks, plugins, component) for one fit; seeds before building the model."""
     cls = resolve(name)
     kind = kind_of(cls)
+    if spec.zoo is not None and kind in ("mixin", "datamodule"):
+        raise ValueError(f"Spec.zoo is for callbacks and plugins; {name} is a {kind}")
     if component is None:
         component = build_component(name, spec)
     L.seed_everything(seed, verbose=False)
-    model_cls = component if kind == "mixin" else ClassifierModule
-    model = model_cls(arch=spec.arch, **spec.model_args)
-    datamodule = component if kind == "datamodule" else ImageDataModule(**spec.data_args)
+    if spec.zoo is not None:
+        model = zoo_model(spec)
+        datamodule = ZooDataModule(spec.zoo, **spec.data_args)
+    else:
+        model_cls = component if kind == "mixin" else ClassifierModule
+        model = model_cls(arch=spec.arch, **spec.model_args)
+        datamodule = component if kind == "datamodule" else ImageDataModule(**spec.data_args)
     callbacks = [component] if kind == "callback" else []
     plugins = [component] if kind == "plugin" else []
     return model, datamodule, callbacks, plugins, component

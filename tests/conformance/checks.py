@@ -22,10 +22,12 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from tests.conformance.build import build_component, build_run, kind_of, resolve, trainer_kwargs
 from tests.conformance.spec import Spec
 from tests.helpers import params_equal, state_of
+from tests.helpers.utils import state_diff, whole_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,9 +46,17 @@ class CrashAt(Callback):
 
 
 def fit(
-    name: str, spec: Spec, tmp: Path, component: Any = None, extra_callbacks=(), ckpt_path=None, **overrides
+    name: str,
+    spec: Spec,
+    tmp: Path,
+    component: Any = None,
+    extra_callbacks=(),
+    ckpt_path=None,
+    extra_plugins=(),
+    **overrides,
 ):
     model, dm, callbacks, plugins, component = build_run(name, spec, component)
+    plugins = [*plugins, *extra_plugins]
     if any(isinstance(c, ModelCheckpoint) for c in extra_callbacks):
         overrides.setdefault("enable_checkpointing", True)
     trainer = L.Trainer(
@@ -108,6 +118,15 @@ def cli_config(name: str, spec: Spec, tmp: Path) -> dict[str, Any]:
         "init_args": {"arch": spec.arch, **spec.model_args},
     }
     data = {"class_path": "tests.helpers.ImageDataModule", "init_args": dict(spec.data_args)}
+    if spec.zoo is not None:
+        from tests.conformance.build import ZOO_MODELS
+
+        path, kwargs = ZOO_MODELS[spec.zoo]
+        model = {"class_path": path, "init_args": {**kwargs, **spec.model_args}}
+        data = {
+            "class_path": "tests.conformance.build.ZooDataModule",
+            "init_args": {"name": spec.zoo, **spec.data_args},
+        }
     if kind == "datamodule":
         data = {"class_path": class_path, "init_args": init_args}
     trainer: dict[str, Any] = {
@@ -155,36 +174,64 @@ def check_cli(name: str, spec: Spec, tmp: Path) -> None:
     assert cli.trainer.state.finished
 
 
+def _diff_message(diff: list[str], limit: int = 8) -> str:
+    more = f"\n  ... and {len(diff) - limit} more" if len(diff) > limit else ""
+    return "".join(f"\n  {line}" for line in diff[:limit]) + more
+
+
 def check_fit_twice(name: str, spec: Spec, tmp: Path) -> None:
-    _, model1, component = fit(name, spec, tmp / "first")
-    _, model2, _ = fit(name, spec, tmp / "second", component=component)
+    """A second fit with the same component instance ends in the same whole state."""
+    trainer1, model1, component = fit(name, spec, tmp / "first")
+    first = whole_state(trainer1, model1)
+    trainer2, model2, _ = fit(name, spec, tmp / "second", component=component)
     if spec.fit_twice_same_weights:
-        diff = params_equal(state_of(model1), state_of(model2))
-        assert not diff, f"{name}: a second fit with the same instance gives different weights: {diff[:5]}"
-
-
-def check_resume(name: str, spec: Spec, tmp: Path, epochs: int = 4, crash_epoch: int = 2) -> None:
-    """Interrupted after ``crash_epoch`` epochs and resumed == run straight through."""
-
-    def ckpt_cb(d: Path) -> ModelCheckpoint:
-        return ModelCheckpoint(
-            dirpath=str(d),
-            filename="ep{epoch}",
-            auto_insert_metric_name=False,
-            save_top_k=-1,
-            every_n_epochs=1,
+        diff = state_diff(first, whole_state(trainer2, model2))
+        assert not diff, (
+            f"{name}: a second fit with the same instance gives a different state in {len(diff)} entries:"
+            + _diff_message(diff)
         )
 
-    _, straight, _ = fit(
-        name, spec, tmp / "straight", extra_callbacks=[ckpt_cb(tmp / "ck_s")], max_epochs=epochs
+
+def _ckpt_cb(d: Path) -> ModelCheckpoint:
+    return ModelCheckpoint(
+        dirpath=str(d), filename="ep{epoch}", auto_insert_metric_name=False, save_top_k=-1, every_n_epochs=1
     )
+
+
+def _straight_crashed_resumed(
+    name: str,
+    spec: Spec,
+    tmp: Path,
+    epochs: int,
+    crash_epoch: int,
+    harness=lambda: [],
+    plugins=lambda: [],
+    overrides=lambda run_dir: {},
+) -> tuple[tuple[L.Trainer, Any], Path, tuple[L.Trainer, Any]]:
+    """Run straight through, crash at the start of ``crash_epoch``, resume from the last
+    checkpoint. ``harness``/``plugins``/``overrides`` build fresh test-only callbacks,
+    plugins and Trainer arguments per run.
+    Returns ((trainer, whole state) straight, the checkpoint, (trainer, whole state) resumed)."""
+    extra = [_ckpt_cb(tmp / "ck_s"), *harness()]
+    trainer_s, straight, _ = fit(
+        name,
+        spec,
+        tmp / "straight",
+        extra_callbacks=extra,
+        extra_plugins=plugins(),
+        max_epochs=epochs,
+        **overrides(tmp / "straight"),
+    )
+    state_s = whole_state(trainer_s, straight, ignore_callbacks=extra)
     try:
         fit(
             name,
             spec,
             tmp / "crashed",
-            extra_callbacks=[ckpt_cb(tmp / "ck_c"), CrashAt(crash_epoch)],
+            extra_callbacks=[_ckpt_cb(tmp / "ck_c"), CrashAt(crash_epoch), *harness()],
+            extra_plugins=plugins(),
             max_epochs=epochs,
+            **overrides(tmp / "crashed"),
         )
     except Interrupt:
         pass
@@ -192,24 +239,203 @@ def check_resume(name: str, spec: Spec, tmp: Path, epochs: int = 4, crash_epoch:
         raise AssertionError("the interrupted run was not interrupted")
     ckpt = tmp / "ck_c" / f"ep{crash_epoch - 1}.ckpt"
     assert ckpt.exists(), f"no checkpoint after epoch {crash_epoch - 1}: {sorted(os.listdir(tmp / 'ck_c'))}"
-    _, resumed, _ = fit(
+    extra = [_ckpt_cb(tmp / "ck_r"), *harness()]
+    trainer_r, resumed, _ = fit(
         name,
         spec,
         tmp / "resumed",
-        extra_callbacks=[ckpt_cb(tmp / "ck_r")],
+        extra_callbacks=extra,
+        extra_plugins=plugins(),
         ckpt_path=str(ckpt),
         max_epochs=epochs,
+        **overrides(tmp / "resumed"),
     )
-    diff = params_equal(state_of(straight), state_of(resumed))
+    state_r = whole_state(trainer_r, resumed, ignore_callbacks=extra)
+    return (trainer_s, state_s), ckpt, (trainer_r, state_r)
+
+
+def _assert_resume_parity(name: str, state_s: dict, state_r: dict, what: str = "") -> None:
+    diff = state_diff(state_s, state_r)
+    n_params = sum(1 for line in diff if line.startswith("model/"))
     assert not diff, (
-        f"{name}: resumed run differs from the uninterrupted run in {len(diff)} tensors: {diff[:5]}"
+        f"{name}: resumed run{what} differs from the uninterrupted run in {len(diff)} state entries "
+        f"({n_params} in the model):" + _diff_message(diff)
     )
+
+
+def check_resume(name: str, spec: Spec, tmp: Path, epochs: int = 4, crash_epoch: int = 2) -> None:
+    """Interrupted after ``crash_epoch`` epochs and resumed == run straight through, in the
+    whole state (weights, buffers, optimizer, LR schedulers, callbacks, datamodule)."""
+    (_, state_s), _, (_, state_r) = _straight_crashed_resumed(name, spec, tmp, epochs, crash_epoch)
+    _assert_resume_parity(name, state_s, state_r)
 
 
 def check_bf16(name: str, spec: Spec, tmp: Path) -> None:
     _, model, _ = fit(name, spec, tmp, precision="bf16-mixed")
     bad = [k for k, v in model.named_parameters() if not torch.isfinite(v).all()]
     assert not bad, f"{name}: non-finite weights after a bf16-mixed fit: {bad[:5]}"
+
+
+# --------------------------------------------------------------------------- fp16 loss scaling
+# The GPU configuration's semantics on CPU: fp16 autocast with a real loss scaler.
+
+# The global step whose gradient the harness makes infinite: step 0, which every
+# component that samples steps (every N-th, step 0 included) looks at.
+FP16_INF_STEP = 0
+# Gradient statistics that components log (metric names containing "grad") must be of
+# the same magnitude under fp16 loss scaling as in fp32: a component that reads the
+# scaled gradients (in ``on_after_backward``, or in backward hooks) is off by the loss
+# scale (2**15 to 2**16 here).
+UNSCALED_TOLERANCE = 64.0
+
+
+class MemoryLogger(Logger):
+    """Test-only logger that keeps every ``log_metrics`` call in memory."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self._root = str(root)
+        self.logged: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def root_dir(self) -> str:
+        return self._root
+
+    @property
+    def log_dir(self) -> str:
+        return self._root
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, {k: float(v) for k, v in metrics.items()}))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def grad_medians(self, max_step: int) -> dict[str, float]:
+        """Median of the finite values logged up to ``max_step`` per metric naming "grad"."""
+        values: dict[str, list[float]] = {}
+        for step, metrics in self.logged:
+            if step is not None and step > max_step:
+                continue
+            for k, v in metrics.items():
+                if "grad" in k.lower() and math.isfinite(v):
+                    values.setdefault(k, []).append(v)
+        return {k: float(torch.tensor(v).median()) for k, v in values.items()}
+
+
+def _loggers(run_dir: Path) -> dict[str, Any]:
+    return {"logger": [TensorBoardLogger(str(run_dir), name="logs"), MemoryLogger(run_dir)]}
+
+
+def fp16_plugin():
+    """``16-mixed`` on CPU with a real fp16 loss scaler (a fresh one per fit)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+
+
+class InfGradAt(Callback):
+    """Test-only: after the backward of global step ``step``, sets one gradient to ``inf``
+    (so the loss scaler skips that optimizer step and lowers its scale), and records the
+    scaler's scale before and after every optimizer step."""
+
+    def __init__(self, step: int = FP16_INF_STEP):
+        self.step = step
+        self.injected = False
+        self.scales: dict[int, tuple[float, float]] = {}  # global step -> (scale before, after)
+        self._pending: tuple[int, float] | None = None
+
+    @staticmethod
+    def _scale(trainer) -> float:
+        return float(trainer.precision_plugin.scaler.get_scale())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending is None:  # the first micro-batch of an optimizer step
+            self._pending = (trainer.global_step, self._scale(trainer))
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step == self.step and not self.injected:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.fill_(math.inf)
+            self.injected = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._pending is not None and trainer.global_step != self._pending[0]:
+            self.scales[self._pending[0]] = (self._pending[1], self._scale(trainer))
+            self._pending = None
+
+    def skipped(self) -> list[int]:
+        """Global steps after which the scale went down: the scaler skipped them."""
+        return [s for s, (before, after) in sorted(self.scales.items()) if after < before]
+
+
+def check_fp16(name: str, spec: Spec, tmp: Path, epochs: int = 2, crash_epoch: int = 1) -> None:
+    """``16-mixed`` with a real loss scaler: the fit finishes with finite weights, the step
+    whose gradient is made infinite is skipped (the scale goes down) and training goes on
+    stepping after it, the scaler's state is in the checkpoint, and a run interrupted after
+    ``crash_epoch`` epochs and resumed ends in the same whole state (scaler included)."""
+    probes: list[InfGradAt] = []
+
+    def harness():
+        probes.append(InfGradAt())
+        return [probes[-1]]
+
+    (trainer, state_s), ckpt, (_, state_r) = _straight_crashed_resumed(
+        name,
+        spec,
+        tmp,
+        epochs,
+        crash_epoch,
+        harness=harness,
+        plugins=lambda: [fp16_plugin()],
+        overrides=_loggers,
+    )
+    model = trainer.lightning_module
+    bad = [k for k, v in model.named_parameters() if not torch.isfinite(v).all()]
+    assert not bad, f"{name}: non-finite weights after a 16-mixed fit with a loss scaler: {bad[:5]}"
+    probe = probes[0]
+    assert probe.injected, f"{name}: the fit never reached global step {FP16_INF_STEP} with gradients"
+    before, after = probe.scales.get(FP16_INF_STEP, (math.nan, math.nan))
+    assert after < before, (
+        f"{name}: the loss scaler did not skip step {FP16_INF_STEP} whose gradient was inf "
+        f"(scale {before} -> {after})"
+    )
+    others = [s for s in probe.skipped() if s != FP16_INF_STEP]
+    assert len(others) <= len(probe.scales) // 4, (
+        f"{name}: after the inf step the scaler keeps skipping: steps {others} of {len(probe.scales)} skipped "
+        f"(scales {probe.scales})"
+    )
+    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
+    prec = trainer.precision_plugin
+    scaler_state = saved.get(type(prec).__qualname__)
+    assert scaler_state and scaler_state.get("scale", math.inf) < 2.0**16, (
+        f"{name}: the checkpoint lacks the loss scaler's state after the skipped step "
+        f"(under {type(prec).__qualname__!r}: {scaler_state})"
+    )
+    _assert_resume_parity(name, state_s, state_r, " under 16-mixed")
+    logged16 = trainer.loggers[1].grad_medians(max_step=3)
+    if logged16:  # the component logs gradient statistics: compare them with an fp32 run
+        trainer32, _, _ = fit(name, spec, tmp / "fp32", max_epochs=1, **_loggers(tmp / "fp32"))
+        logged32 = trainer32.loggers[1].grad_medians(max_step=3)
+        off = {
+            k: (v, logged32[k])
+            for k, v in logged16.items()
+            if k in logged32
+            and max(abs(v), abs(logged32[k])) > 1e-6
+            and not (1 / UNSCALED_TOLERANCE <= abs(v) / max(abs(logged32[k]), 1e-12) <= UNSCALED_TOLERANCE)
+        }
+        assert not off, (
+            f"{name}: gradient statistics logged under fp16 loss scaling are not those of the unscaled "
+            f"gradients (median 16-mixed vs fp32 over the first steps): {dict(list(off.items())[:5])}"
+        )
 
 
 # --------------------------------------------------------------------------- DDP
@@ -308,9 +534,24 @@ def _safe(test_id: str) -> str:
 
 
 def check_ddp_result(name: str, result: dict[str, Any]) -> None:
+    """Both ranks end in the same whole state, and the logger wrote one run directory."""
     assert not result["error"], f"{name}: DDP fit failed:\n{textwrap.shorten(result['error'], 6000)}"
-    w0 = torch.load(result["rank0"], weights_only=True)
-    w1 = torch.load(result["rank1"], weights_only=True)
-    diff = params_equal(w0, w1)
-    assert not diff, f"{name}: after a 2-process DDP fit the ranks' weights differ in {diff[:5]}"
-    assert all(math.isfinite(float(v.float().abs().sum())) for v in w0.values())
+    r0 = torch.load(result["rank0"], weights_only=True)
+    r1 = torch.load(result["rank1"], weights_only=True)
+    diff = state_diff(r0["state"], r1["state"])
+    n_params = sum(1 for line in diff if line.startswith("model/"))
+    assert not diff, (
+        f"{name}: after a 2-process DDP fit the ranks' states differ in {len(diff)} entries "
+        f"({n_params} in the model):" + _diff_message(diff)
+    )
+    bad = [
+        k for k, v in r0["state"].items() if k.startswith("model/") and not torch.isfinite(v.float()).all()
+    ]
+    assert not bad, f"{name}: non-finite weights after a 2-process DDP fit: {bad[:5]}"
+    log_dir = Path(r0["log_dir"])
+    assert r0["log_dir"] == r1["log_dir"], (
+        f"{name}: the ranks disagree on log_dir: {r0['log_dir']} vs {r1['log_dir']}"
+    )
+    runs = sorted(p.name for p in log_dir.parent.iterdir()) if log_dir.parent.is_dir() else []
+    assert runs == [log_dir.name], f"{name}: under DDP the logger made run directories {runs}, not one"
+    assert any(log_dir.glob("events.out.tfevents.*")), f"{name}: rank 0 logged nothing to {log_dir}"

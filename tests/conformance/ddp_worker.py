@@ -26,7 +26,7 @@ def main(job_path: str, out_dir: str) -> None:
     from tests.conformance.build import build_run, trainer_kwargs
     from tests.conformance.checks import _safe
     from tests.conformance.settings import spec_ids
-    from tests.helpers import state_of
+    from tests.helpers.utils import whole_state
 
     torch.set_num_threads(1)
     out = Path(out_dir)
@@ -39,11 +39,14 @@ def main(job_path: str, out_dir: str) -> None:
         safe = _safe(test_id)
         try:
             model, dm, callbacks, plugins, _ = build_run(name, spec)
-            kwargs = trainer_kwargs(spec, out / safe, devices=2, logger=False)
+            # with the suite's TensorBoardLogger under <out>/<safe>/logs: rank-zero logging and
+            # the log_dir that both ranks must agree on are part of the check
+            kwargs = trainer_kwargs(spec, out / safe, devices=2)
             kwargs["strategy"] = DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60))
             trainer = L.Trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
             trainer.fit(model, datamodule=dm)
-            torch.save(state_of(model), out / f"{safe}.rank{rank}.pt")
+            result = {"state": whole_state(trainer, model), "log_dir": str(trainer.log_dir)}
+            torch.save(result, out / f"{safe}.rank{rank}.pt")
         except Exception:
             (out / f"{safe}.rank{rank}.err").write_text(traceback.format_exc())
             sys.stdout.flush()

@@ -12,6 +12,9 @@ SETTINGS: dict = {
     "AutoClip": [
         Spec(init_args={"percentile": 10.0}, id="full_history"),
         Spec(init_args={"percentile": 25.0, "history_size": 3}, arch="mlp", id="ring"),
+        # a model we did not write: HF ResNet (BatchNorm buffers in the whole state),
+        # 2 batches of 8 per epoch
+        Spec(init_args={"percentile": 10.0}, zoo="resnet", id="zoo-resnet"),
     ],
     # 48 samples / batch 16 = 3 batches per epoch, accumulation 2: windows of 2 and 1
     # (under 2-process DDP: 16 x 2 = 32, accumulation 1)
