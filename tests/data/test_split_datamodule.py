@@ -187,3 +187,31 @@ def test_ddp_ranks_share_the_split_and_partition_the_training_set(tmp_path):
     assert r0["dist"] and r1["dist"]
     assert not set(r0["seen"]) & set(r1["seen"])
     assert sorted(r0["seen"] + r1["seen"]) == sorted(dm.split_indices[0])
+
+
+@pytest.mark.parametrize("form", ["numpy", "int_index", "numpy_int_index", "callable"])
+def test_labels_accept_the_forms_split_dataset_accepts(form):
+    np = pytest.importorskip("numpy")
+    from lightning_tricks.functional import split_dataset
+
+    ds = ImageDataset(40)
+    targets = ds.targets.numpy()
+    labels = {
+        "numpy": targets,
+        "int_index": 1,  # the label's index in each (x, y) sample: 0-d tensors, keyed by value
+        "numpy_int_index": np.int64(1),
+        "callable": lambda sample: int(sample[1]),
+    }[form]
+    dm = SplitDataModule(ds, val=0.25, labels=labels, seed=3, num_workers=0)
+    dm.setup("fit")
+    expected = [s.indices for s in split_dataset(ds, [None, 0.25, 0], labels=labels, seed=3)]
+    assert dm.split_indices == expected
+    val_counts = Counter(int(targets[i]) for i in dm.split_indices[1])
+    for c, total in Counter(targets.tolist()).items():  # stratified: each class within 1 of its share
+        assert abs(val_counts[c] - total / 4) <= 1
+
+
+def test_bad_numpy_labels_are_named():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(ValueError, match="`labels` must have one entry per sample \\(32\\); got 3"):
+        SplitDataModule(ImageDataset(32), labels=np.zeros(3))
