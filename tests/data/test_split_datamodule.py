@@ -215,3 +215,26 @@ def test_bad_numpy_labels_are_named():
     np = pytest.importorskip("numpy")
     with pytest.raises(ValueError, match="`labels` must have one entry per sample \\(32\\); got 3"):
         SplitDataModule(ImageDataset(32), labels=np.zeros(3))
+
+
+def test_fit_a_zoo_bert_on_a_stratified_split_of_dict_samples():
+    from tests.helpers.zoo import HFTextClassifier, TokenDataset
+
+    class Recording(HFTextClassifier):
+        def __init__(self):
+            super().__init__(lr=0.01)
+            self.val_labels: list[int] = []
+
+        def validation_step(self, batch, batch_idx):
+            self.val_labels += batch["labels"].tolist()
+            return super().validation_step(batch, batch_idx)
+
+    ds = TokenDataset(24)  # dict samples {input_ids, attention_mask, labels}
+    dm = SplitDataModule(ds, val=0.25, labels=ds.labels.numpy(), batch_size=6, num_workers=0)
+    model = Recording()
+    trainer = cpu_trainer(max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 3  # 18 training samples in batches of 6
+    counts = Counter(model.val_labels)  # 6 per class; val 6 samples: 1 or 2 of each class
+    assert set(counts) == {0, 1, 2, 3} and all(v in (1, 2) for v in counts.values())
+    assert sorted(model.val_labels) == sorted(int(ds.labels[i]) for i in dm.split_indices[1])
