@@ -107,10 +107,13 @@ class TargetBatchSize(Callback):
         """The number of samples in ``batch`` (see the class docstring for the rule)."""
         if self.batch_size_fn is not None:
             size = self.batch_size_fn(batch)
-            if isinstance(size, torch.Tensor) and size.numel() == 1:
-                size = size.item()
-            if isinstance(size, bool) or not isinstance(size, int | float) or not size > 0:
-                raise ValueError(f"`batch_size_fn` must return a positive int; got {size!r:.60}")
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                hint = (
+                    " (a tensor would be read on every step, a device sync)" if torch.is_tensor(size) else ""
+                )
+                raise ValueError(
+                    f"`batch_size_fn` must return a positive int, e.g. `len(batch['x'])`; got {size!r:.60}{hint}"
+                )
             return float(size)
         if isinstance(outputs, Mapping) and "batch_size" in outputs:
             return float(outputs["batch_size"])

@@ -241,3 +241,6 @@ def test_ambiguous_leading_dims_warn_once():
         assert callback._batch_weight(batch, None) == 4.0
     with pytest.raises(TypeError, match="batch_size_fn"):
         TargetBatchSize(global_batch_size=32, batch_size_fn=3)
+    returns_tensor = TargetBatchSize(global_batch_size=32, batch_size_fn=lambda b: torch.tensor(16))
+    with pytest.raises(ValueError, match=r"`batch_size_fn` must return a positive int.*device sync"):
+        returns_tensor._batch_weight(batch, None)
