@@ -10,7 +10,8 @@ The hashes are exact for structured differences: each hash is
 ``0 < r_i < 2**31`` (so every product fits in int64 and no two words are equal mod
 ``p``). A change of any one word by any amount therefore changes both hashes, and the
 weights are not a polynomial of the position, so patterns such as ``(+1, -2, +1)`` do
-not cancel. The two hashes use different primes and weights.
+not cancel. The two hashes use different primes and weights; other differences
+(swapped elements included) go unnoticed only by chance, about 2**-62.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def tensor_checksums(
     Returns:
         name -> ``{"hash": 18 hex digits, "sum": float, "norm": float, "shape": [...],
         "dtype": "float32"}``, in the order given. A change of any single 32-bit word
-        always changes ``hash``; other differences leave it equal with a chance of about
-        2**-64.
+        always changes ``hash``; other differences leave it equal only by chance (about
+        2**-62).
 
     Raises:
         TypeError: ``tensors`` holds something that is not a tensor.
