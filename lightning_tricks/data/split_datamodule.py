@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
 from lightning_tricks.functional.data.splits import (
     SeededShuffleSampler,
+    _check_labels,
     _dataset_labels,
     resolve_split_sizes,
     split_indices,
@@ -54,9 +55,11 @@ class SplitDataModule(L.LightningDataModule):
         train: training split: a fraction in ``[0, 1]``, a count, or ``None`` for the rest.
         val: validation split, likewise.
         test: test split, likewise (``0`` for none).
-        labels: stratify by these labels: a list with one label per sample, the name
-            of a dataset attribute holding them (``"targets"``), or the index of the
-            label in each sample (``1`` for ``(x, y)`` samples). ``None``: plain random.
+        labels: stratify by these labels: one label per sample (a list, tuple, tensor or
+            numpy array), the name of a dataset attribute holding them (``"targets"``),
+            the index of the label in each sample (``1`` for ``(x, y)`` samples), or a
+            callable ``sample -> label`` (it loads every sample once). The same forms
+            as :func:`~lightning_tricks.functional.split_dataset`. ``None``: plain random.
         seed: seed of the split and of the per-epoch shuffling.
         batch_size: training batch size.
         eval_batch_size: batch size of the val/test/predict loaders (default ``batch_size``).
@@ -90,7 +93,7 @@ class SplitDataModule(L.LightningDataModule):
         train: int | float | None = None,
         val: int | float | None = 0.1,
         test: int | float | None = 0,
-        labels: int | str | Sequence[Any] | None = None,
+        labels: int | str | Sequence[Any] | Callable[[Any], Any] | None = None,
         seed: int = 0,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -117,16 +120,7 @@ class SplitDataModule(L.LightningDataModule):
         self.sizes = resolve_split_sizes(n, [train, val, test], names=_SPLITS)
         if self.sizes[0] == 0:
             raise ValueError(f"`train` split is empty (train={train!r}, val={val!r}, test={test!r}, n={n})")
-        if labels is not None and not isinstance(labels, str):
-            if isinstance(labels, bool) or not (isinstance(labels, int | Sequence | torch.Tensor)):
-                raise TypeError(
-                    "`labels` must be a sample index (int), a dataset attribute name (str) or a "
-                    f"sequence of labels; got {type(labels).__name__}"
-                )
-            if isinstance(labels, Sequence | torch.Tensor) and len(labels) != n:
-                raise ValueError(f"`labels` must have one entry per sample ({n}); got {len(labels)}")
-        if isinstance(labels, str) and not hasattr(dataset, labels):
-            raise ValueError(f"`labels` names no attribute {labels!r} of the {type(dataset).__name__}")
+        _check_labels(dataset, labels)  # the same forms as `split_dataset`
         self.dataset = dataset
         self.train, self.val, self.test = train, val, test
         self.labels = labels

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from types import MethodType
 from typing import Any
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.core.optimizer import _configure_optimizers
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_tricks._base import LightningMixin
 from lightning_tricks.functional._checks import check_bool, check_str_sequence
@@ -35,6 +37,18 @@ def _wrap(fn: Any) -> Any:
     return configure_optimizers
 
 
+def _instance_configure_optimizers(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """Bound on the instance in place of a ``configure_optimizers`` assigned to it
+    (LightningCLI's ``--optimizer``): calls it, then splits the groups it built."""
+    conf = self._no_bias_decay_replaced(*args, **kwargs)
+    if conf is not None:
+        self._apply_no_bias_decay(conf)
+    return conf
+
+
+_instance_configure_optimizers.__name__ = "configure_optimizers"  # bound methods pickle by name
+
+
 class NoBiasDecay(LightningMixin):
     """LightningModule mixin: no weight decay for biases, 1-d parameters and norm layers.
 
@@ -46,6 +60,11 @@ class NoBiasDecay(LightningMixin):
     OneCycleLR's per-group values, ReduceLROnPlateau's ``min_lrs``). Frozen parameters
     are left out of the groups (``FreezeBackbone`` adds them when it unfreezes, through
     :meth:`split_param_group`). The explicit alternative is :meth:`parameter_groups`.
+
+    A ``configure_optimizers`` set on the instance is split the same way: LightningCLI's
+    ``--optimizer AdamW --optimizer.weight_decay 0.05`` (with or without
+    ``--lr_scheduler``) replaces the method on the model, and the optimizer it builds
+    gets the decay/no-decay groups too, its scheduler extended to match.
 
     Which parameters are not decayed: see
     :func:`lightning_tricks.functional.no_weight_decay_names` (biases, ``ndim <= 1``,
@@ -76,8 +95,21 @@ class NoBiasDecay(LightningMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         fn = getattr(cls, "configure_optimizers", None)
-        if callable(fn):
+        # Lightning's own stub is left alone, so `is_overridden` stays False for it
+        if callable(fn) and fn is not LightningModule.configure_optimizers:
             cls.configure_optimizers = _wrap(fn)  # type: ignore[method-assign]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # LightningCLI (`_add_configure_optimizers_method_to_model`) assigns its own
+        # `configure_optimizers` to the instance, which bypasses the class-level wrapper
+        if (
+            name == "configure_optimizers"
+            and callable(value)
+            and getattr(value, "__func__", None) is not _instance_configure_optimizers
+        ):
+            super().__setattr__("_no_bias_decay_replaced", value)
+            value = MethodType(_instance_configure_optimizers, self)
+        super().__setattr__(name, value)
 
     def _no_decay_options(self) -> dict[str, Any]:
         return {
@@ -135,6 +167,14 @@ class NoBiasDecay(LightningMixin):
 
     def _apply_no_bias_decay(self, conf: Any) -> None:
         optimizers, scheduler_confs, _ = _configure_optimizers(conf)
+        own = {id(p) for p in self.parameters()}  # type: ignore[attr-defined]
+        foreign = sum(id(p) not in own for opt in optimizers for g in opt.param_groups for p in g["params"])
+        if foreign:
+            rank_zero_warn(
+                f"NoBiasDecay: {foreign} parameters in the optimizer are not parameters of this"
+                f" {type(self).__name__} (was the optimizer built for another copy of the model?);"
+                " they stay in their groups, decayed as configured"
+            )
         schedulers = [s["scheduler"] if isinstance(s, dict) else s for s in scheduler_confs]
         for opt in optimizers:
             mine = [s for s in schedulers if getattr(s, "optimizer", None) is opt]

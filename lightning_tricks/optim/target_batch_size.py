@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,10 +10,11 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
-from lightning_tricks.functional.optim.accumulation import WindowMean, accumulation_steps
+from lightning_tricks.functional.optim.accumulation import WindowMean, _leading_dims, accumulation_steps
 
 __all__ = ["TargetBatchSize"]
 
@@ -26,17 +26,6 @@ def _loader_batch_size(loader: Any) -> int | None:
         return int(loader.batch_size)
     size = getattr(loader.batch_sampler, "batch_size", None)
     return int(size) if isinstance(size, int) else None
-
-
-def _batch_weight(batch: Any) -> float:
-    from lightning.pytorch.utilities.data import extract_batch_size
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(extract_batch_size(batch))
-        except Exception:  # a batch Lightning cannot measure counts as one
-            return 1.0
 
 
 class TargetBatchSize(Callback):
@@ -55,15 +44,28 @@ class TargetBatchSize(Callback):
     averages over the batches that were really in the window (weighted by their size).
     Between logging steps it costs two device additions per batch and no host sync.
 
+    The number of samples in each batch (its weight in ``actual_loss``) is, in this
+    order: ``batch_size_fn(batch)``; the ``"batch_size"`` entry of the dict that
+    ``training_step`` returns; the leading dimension of the first tensor with one in
+    the batch, looking into dicts (HF ``BatchEncoding``, ``ModelOutput``), lists,
+    tuples and dataclasses alike and skipping 0-d tensors. When none gives a size, the
+    batch counts as a full one (the per-device batch size) and one warning names the
+    batch type and the fix; a batch whose tensors disagree on the leading dimension
+    also warns once (the first tensor's is used).
+
     Args:
         global_batch_size: samples per optimizer step, over all processes.
         per_device_batch_size: the per-process batch size, when it cannot be read from
             the train ``DataLoader`` (e.g. an ``IterableDataset`` that batches itself).
         log_actual_loss: log ``actual_loss``.
+        batch_size_fn: a callable ``batch -> number of samples`` for batches the
+            automatic rule cannot measure (e.g. graph batches).
 
     Raises:
         ValueError: for a bad argument, or (in ``setup``) if ``global_batch_size`` is not a
-            multiple of ``batch_size x world_size``.
+            multiple of ``batch_size x world_size``; or ``batch_size_fn`` returns
+            something that is not a positive int.
+        TypeError: ``batch_size_fn`` is not callable.
         MisconfigurationException: if ``Trainer(accumulate_grad_batches=...)`` or a
             ``GradientAccumulationScheduler`` sets a different accumulation, or the model
             uses manual optimization.
@@ -78,16 +80,64 @@ class TargetBatchSize(Callback):
         global_batch_size: int,
         per_device_batch_size: int | None = None,
         log_actual_loss: bool = True,
+        batch_size_fn: Callable[[Any], int] | None = None,
     ) -> None:
         self.global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
         self.per_device_batch_size = check_optional_int(
             "per_device_batch_size", per_device_batch_size, minimum=1
         )
         self.log_actual_loss = check_bool("log_actual_loss", log_actual_loss)
+        if batch_size_fn is not None and not callable(batch_size_fn):
+            raise TypeError(
+                f"`batch_size_fn` must be a callable batch -> int or None; got {batch_size_fn!r:.60}"
+            )
+        self.batch_size_fn = batch_size_fn
+        self._warned: set[str] = set()
         self.accumulate_grad_batches: int | None = None
         self._window = WindowMean()
         self._stepped = False
         self._batch_size_seen: int | None = None
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            rank_zero_warn(message, category=UserWarning)
+
+    def _batch_weight(self, batch: Any, outputs: Any) -> float:
+        """The number of samples in ``batch`` (see the class docstring for the rule)."""
+        if self.batch_size_fn is not None:
+            size = self.batch_size_fn(batch)
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                hint = (
+                    " (a tensor would be read on every step, a device sync)" if torch.is_tensor(size) else ""
+                )
+                raise ValueError(
+                    f"`batch_size_fn` must return a positive int, e.g. `len(batch['x'])`; got {size!r:.60}{hint}"
+                )
+            return float(size)
+        if isinstance(outputs, Mapping) and "batch_size" in outputs:
+            return float(outputs["batch_size"])
+        dims = _leading_dims(batch)
+        full = float(self._batch_size_seen or 1)
+        if not dims:
+            self._warn_once(
+                "missing",
+                f"`TargetBatchSize` cannot find the number of samples in a training batch of type"
+                f" {type(batch).__name__} (it holds no tensor with a batch dimension), so `actual_loss`"
+                f" counts such batches as full ones of {int(full)} samples, which over-weights a"
+                " shorter last batch. Pass `TargetBatchSize(batch_size_fn=...)` (batch -> int) or return"
+                " {'loss': loss, 'batch_size': n} from `training_step`.",
+            )
+            return full
+        if any(d != dims[0] for d in dims):
+            self._warn_once(
+                "ambiguous",
+                f"`TargetBatchSize`: the tensors of a training batch of type {type(batch).__name__} have"
+                f" different leading dimensions {sorted(set(dims))}; using the first ({dims[0]}) as the"
+                " number of samples. Pass `TargetBatchSize(batch_size_fn=...)` (batch -> int) or return"
+                " {'loss': loss, 'batch_size': n} from `training_step` to say which.",
+            )
+        return float(dims[0])
 
     def _batch_size(self, trainer: pl.Trainer) -> int:
         if self.per_device_batch_size is not None:
@@ -158,7 +208,8 @@ class TargetBatchSize(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
             # Lightning divided the loss by the accumulation count; undo it
-            self._window.update(loss.detach() * trainer.accumulate_grad_batches, _batch_weight(batch))
+            weight = self._batch_weight(batch, outputs)
+            self._window.update(loss.detach() * trainer.accumulate_grad_batches, weight)
         if not self._stepped:
             return
         self._stepped = False

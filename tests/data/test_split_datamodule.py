@@ -187,3 +187,54 @@ def test_ddp_ranks_share_the_split_and_partition_the_training_set(tmp_path):
     assert r0["dist"] and r1["dist"]
     assert not set(r0["seen"]) & set(r1["seen"])
     assert sorted(r0["seen"] + r1["seen"]) == sorted(dm.split_indices[0])
+
+
+@pytest.mark.parametrize("form", ["numpy", "int_index", "numpy_int_index", "callable"])
+def test_labels_accept_the_forms_split_dataset_accepts(form):
+    np = pytest.importorskip("numpy")
+    from lightning_tricks.functional import split_dataset
+
+    ds = ImageDataset(40)
+    targets = ds.targets.numpy()
+    labels = {
+        "numpy": targets,
+        "int_index": 1,  # the label's index in each (x, y) sample: 0-d tensors, keyed by value
+        "numpy_int_index": np.int64(1),
+        "callable": lambda sample: int(sample[1]),
+    }[form]
+    dm = SplitDataModule(ds, val=0.25, labels=labels, seed=3, num_workers=0)
+    dm.setup("fit")
+    expected = [s.indices for s in split_dataset(ds, [None, 0.25, 0], labels=labels, seed=3)]
+    assert dm.split_indices == expected
+    val_counts = Counter(int(targets[i]) for i in dm.split_indices[1])
+    for c, total in Counter(targets.tolist()).items():  # stratified: each class within 1 of its share
+        assert abs(val_counts[c] - total / 4) <= 1
+
+
+def test_bad_numpy_labels_are_named():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(ValueError, match="`labels` must have one entry per sample \\(32\\); got 3"):
+        SplitDataModule(ImageDataset(32), labels=np.zeros(3))
+
+
+def test_fit_a_zoo_bert_on_a_stratified_split_of_dict_samples():
+    from tests.helpers.zoo import HFTextClassifier, TokenDataset
+
+    class Recording(HFTextClassifier):
+        def __init__(self):
+            super().__init__(lr=0.01)
+            self.val_labels: list[int] = []
+
+        def validation_step(self, batch, batch_idx):
+            self.val_labels += batch["labels"].tolist()
+            return super().validation_step(batch, batch_idx)
+
+    ds = TokenDataset(24)  # dict samples {input_ids, attention_mask, labels}
+    dm = SplitDataModule(ds, val=0.25, labels=ds.labels.numpy(), batch_size=6, num_workers=0)
+    model = Recording()
+    trainer = cpu_trainer(max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 3  # 18 training samples in batches of 6
+    counts = Counter(model.val_labels)  # 6 per class; val 6 samples: 1 or 2 of each class
+    assert set(counts) == {0, 1, 2, 3} and all(v in (1, 2) for v in counts.values())
+    assert sorted(model.val_labels) == sorted(int(ds.labels[i]) for i in dm.split_indices[1])

@@ -87,3 +87,14 @@ def test_bad_class_attribute_names_the_attribute():
 
     with pytest.raises(TypeError, match="no_decay_embeddings"):
         Bad(arch="mlp").configure_optimizers()
+
+
+def test_an_optimizer_over_another_models_parameters_is_reported():
+    other = torch.nn.Linear(3, 3)
+
+    class Foreign(NoBiasDecay, ClassifierModule):
+        def configure_optimizers(self):
+            return torch.optim.AdamW(other.parameters(), lr=0.1, weight_decay=0.05)
+
+    with pytest.warns(UserWarning, match="2 parameters in the optimizer are not parameters of this Foreign"):
+        Foreign(arch="mlp").configure_optimizers()

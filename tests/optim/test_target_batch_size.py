@@ -138,3 +138,109 @@ def test_ddp_world_size_and_rank_mean(tmp_path):
         expected.append(sum(loss * n for loss, n in window) / sum(n for _, n in window))
     logged = scalars(tmp_path / "tb" / "version_0")
     assert [v for _, v in logged["actual_loss"]] == pytest.approx(expected, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- batch sizes of HF-style batches
+
+from torch.utils.data import DataLoader, default_collate  # noqa: E402
+
+from tests.helpers.zoo import HFTextClassifier, TokenDataset  # noqa: E402
+
+KEYS = ("input_ids", "attention_mask", "labels")
+
+
+class RecordingText(HFTextClassifier):
+    """HF-style BERT: dict batches, ``forward(**batch)``; records each batch's loss and size."""
+
+    def __init__(self, return_size: bool = False):
+        super().__init__(lr=0.01)
+        self.seen: list[tuple[float, int]] = []
+        self.return_size = return_size
+
+    def training_step(self, batch, batch_idx):
+        inputs = batch.inputs if isinstance(batch, Opaque) else {k: batch[k] for k in KEYS}
+        loss = self(**inputs).loss * (1 + batch_idx)  # batches of clearly different losses
+        n = len(inputs["input_ids"])
+        self.seen.append((float(loss.detach()), n))
+        return {"loss": loss, "batch_size": n} if self.return_size else loss
+
+
+def with_scalar_first(samples):
+    """An HF-style dict batch whose first entry is a 0-d tensor (e.g. a token count)."""
+    batch = default_collate(samples)
+    return {"num_items_in_batch": batch["attention_mask"].sum(), **batch}
+
+
+class Opaque:
+    """A batch object with no tensors the automatic rule can see (like a graph batch)."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+
+def opaque(samples):
+    return Opaque(default_collate(samples))
+
+
+def window_means(seen, per_window=2):
+    out = []
+    for start in range(0, len(seen), per_window):
+        window = seen[start : start + per_window]
+        out.append(sum(loss * n for loss, n in window) / sum(n for _, n in window))
+    return out
+
+
+def fit_text(tmp_path, collate, **callback_kw):
+    model = RecordingText(return_size=callback_kw.pop("return_size", False))
+    loader = DataLoader(TokenDataset(56), batch_size=16, collate_fn=collate)  # 16, 16, 16, 8
+    trainer = cpu_trainer(
+        callbacks=[TargetBatchSize(global_batch_size=32, **callback_kw)],
+        max_epochs=1,
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, loader)
+    return model, [v for _, v in scalars(trainer.logger.log_dir)["actual_loss"]]
+
+
+def test_hf_dict_batches_are_weighted_by_their_number_of_samples(tmp_path, recwarn):
+    model, actual = fit_text(tmp_path, with_scalar_first)
+    assert [n for _, n in model.seen] == [16, 16, 16, 8]
+    assert actual == pytest.approx(window_means(model.seen), rel=1e-5)  # (16 x a + 8 x b) / 24
+    assert not [w for w in recwarn if "TargetBatchSize" in str(w.message)]
+
+
+def test_unmeasurable_batches_warn_once_and_count_as_full_batches(tmp_path):
+    with pytest.warns(UserWarning, match="cannot find the number of samples .* of type Opaque") as record:
+        model, actual = fit_text(tmp_path, opaque)
+    ours = [str(w.message) for w in record if "TargetBatchSize" in str(w.message)]
+    assert len(ours) == 1 and "batch_size_fn" in ours[0]
+    full = [(loss, 16) for loss, _ in model.seen]  # never unit weights mixed with sample counts
+    assert actual == pytest.approx(window_means(full), rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["batch_size_fn", "training_step"])
+def test_the_user_can_give_the_batch_size(tmp_path, recwarn, how):
+    kw = (
+        {"batch_size_fn": lambda b: len(b.inputs["labels"])}
+        if how == "batch_size_fn"
+        else {"return_size": True}
+    )
+    model, actual = fit_text(tmp_path, opaque, **kw)
+    assert actual == pytest.approx(window_means(model.seen), rel=1e-5)
+    assert not [w for w in recwarn if "TargetBatchSize" in str(w.message)]
+
+
+def test_ambiguous_leading_dims_warn_once():
+    from lightning_tricks.functional.optim.accumulation import _leading_dims
+
+    callback = TargetBatchSize(global_batch_size=32)
+    batch = {"class_weights": torch.ones(4), "x": torch.zeros(16, 3)}
+    assert _leading_dims(batch) == [4, 16]
+    with pytest.warns(UserWarning, match=r"different leading dimensions \[4, 16\]"):
+        assert callback._batch_weight(batch, None) == 4.0
+    with pytest.raises(TypeError, match="batch_size_fn"):
+        TargetBatchSize(global_batch_size=32, batch_size_fn=3)
+    returns_tensor = TargetBatchSize(global_batch_size=32, batch_size_fn=lambda b: torch.tensor(16))
+    with pytest.raises(ValueError, match=r"`batch_size_fn` must return a positive int.*device sync"):
+        returns_tensor._batch_weight(batch, None)

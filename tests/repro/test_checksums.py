@@ -61,10 +61,14 @@ def test_one_device_to_host_transfer_for_all_tensors(monkeypatch):
 def test_large_tensor_is_hashed_in_chunks_consistently(monkeypatch):
     import lightning_tricks.functional.repro.checksums as mod
 
-    t = torch.randn(1000)
+    monkeypatch.setattr(mod, "_BLOCK", 64)
+    monkeypatch.setattr(mod, "_cache", {})
+    t = torch.randn(1000)  # 15 full blocks and a tail
     whole = tensor_checksums({"t": t})["t"]
-    monkeypatch.setattr(mod, "_CHUNK", 64)
+    monkeypatch.setattr(mod, "_CHUNK_BLOCKS", 1)
     assert tensor_checksums({"t": t})["t"] == whole
+    t[999] += 1  # a change in the tail is seen
+    assert tensor_checksums({"t": t})["t"]["hash"] != whole["hash"]
 
 
 def test_first_divergence_names_first_epoch_and_parameter():
@@ -118,6 +122,58 @@ def test_bad_input_is_named(tmp_path):
     bad.write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a checksum file"):
         load_checksums(bad)
+    bad.write_text('{"format": "lightning-tricks/checksums", "version": 1, "epochs": []}')
+    with pytest.raises(ValueError, match="version 1, whose hashes cannot be compared"):
+        load_checksums(bad)
     bad.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_checksums(bad)
+
+
+def _words(*values: int) -> torch.Tensor:
+    """float32 tensor with these 32-bit patterns."""
+    return torch.tensor(list(values), dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+STRUCTURED_PAIRS = {
+    # words differing by exactly 2**31 - 1 (the old modulus): 0.0 vs the bit pattern 0x7FFFFFFF
+    "zero_vs_7fffffff": (_words(0, 0, 0), _words(0, 0x7FFFFFFF, 0)),
+    "one_vs_80000000": (_words(1, 5), _words(-0x80000000, 5)),  # 1 and 0x80000000 (== -2**31)
+    "minus_one_vs_7ffffffe": (_words(-1), _words(0x7FFFFFFE)),  # 0xFFFFFFFF and 0x7FFFFFFE
+    "two_words": (_words(0, 0), _words(0x7FFFFFFF, 0x7FFFFFFF)),
+    # second differences (+1, -2, +1) cancel for weights linear in the position
+    "second_difference": (_words(10, 10, 10, 10), _words(10, 11, 8, 11)),
+    "third_difference": (_words(10, 10, 10, 10, 10), _words(10, 11, 7, 13, 9)),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURED_PAIRS))
+def test_structured_word_patterns_do_not_collide(name):
+    a, b = STRUCTURED_PAIRS[name]
+    assert not torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert tensor_checksums({"t": a})["t"]["hash"] != tensor_checksums({"t": b})["t"]["hash"]
+
+
+def test_every_single_word_change_of_a_long_tensor_changes_the_hash():
+    # a change of one 32-bit word by any amount is detected with certainty, at any position
+    t = torch.zeros(4096, dtype=torch.int32)
+    base = tensor_checksums({"t": t})["t"]["hash"]
+    for pos, value in [(0, 0x7FFFFFFF), (1, -1), (4095, -0x80000000), (2048, 0x7FFFFFFF), (17, 1)]:
+        changed = t.clone()
+        changed[pos] = value
+        assert tensor_checksums({"t": changed})["t"]["hash"] != base, (pos, value)
+
+
+def test_first_divergence_finds_the_first_differing_tensor_despite_equal_sums():
+    zero, pattern = STRUCTURED_PAIRS["zero_vs_7fffffff"]  # 0x7FFFFFFF is a NaN
+    ref = {0: tensor_checksums({"a": torch.ones(2), "b": zero, "c": torch.ones(1)})}
+    run = {0: tensor_checksums({"a": torch.ones(2), "b": pattern, "c": torch.zeros(1)})}
+    found = first_divergence(run, ref)
+    assert found is not None and (found.epoch, found.name) == (0, "b")
+
+
+def test_an_equal_hash_with_different_sums_is_still_a_divergence():
+    ref = {0: tensor_checksums({"a": torch.ones(2)})}
+    run = {0: {"a": {**ref[0]["a"], "sum": 3.0}}}  # as if two different tensors' hashes collided
+    found = first_divergence(run, ref)
+    assert found is not None and found.name == "a" and "sum" in found.reason

@@ -134,7 +134,7 @@ def split_indices(
     if labels is None:
         order = torch.randperm(n, generator=g).tolist()
     else:
-        keys = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        keys = labels.tolist() if isinstance(labels, torch.Tensor) else [_label_key(k) for k in labels]
         if len(keys) != n:
             raise ValueError(f"`labels` must have one entry per sample ({n}); got {len(keys)}")
         try:
@@ -149,6 +149,14 @@ def split_indices(
         out.append(sorted(order[start : start + count]))
         start += count
     return out
+
+
+def _label_key(label: Any) -> Any:
+    """A hashable class key: 0-d tensors/numpy scalars by value (tensors hash by identity)."""
+    if hasattr(label, "tolist") and not isinstance(label, list):
+        value = label.tolist()
+        return tuple(value) if isinstance(value, list) else value
+    return label
 
 
 def _stratified(
@@ -178,6 +186,45 @@ def _stratified(
     return [sorted(part) for part in out[: len(counts)]]
 
 
+_LABELS_ALLOWED = (
+    "a sequence of labels (list, tuple, tensor, numpy array), the name of a dataset attribute "
+    "holding them, the index of the label in each sample, or a callable sample -> label"
+)
+
+
+def _is_array_like(labels: Any) -> bool:
+    """A list/tuple/tensor/numpy array (anything sized with ``tolist``), not a string."""
+    if isinstance(labels, str | bytes):
+        return False
+    return isinstance(labels, Sequence | torch.Tensor) or (
+        hasattr(labels, "tolist") and hasattr(labels, "__len__") and getattr(labels, "ndim", 1) >= 1
+    )
+
+
+def _check_labels(dataset: Any, labels: Any) -> Any:
+    """Validate ``labels`` without loading samples: the forms :func:`split_dataset` accepts.
+
+    Raises:
+        TypeError: ``labels`` is of none of the accepted forms.
+        ValueError: a sequence of the wrong length, or an attribute name the dataset lacks.
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        if not hasattr(dataset, labels):
+            raise ValueError(f"`labels` names no attribute {labels!r} of the {type(dataset).__name__}")
+        return labels
+    if isinstance(labels, Integral) and not isinstance(labels, bool):
+        return labels
+    if _is_array_like(labels):
+        if len(labels) != len(dataset):
+            raise ValueError(f"`labels` must have one entry per sample ({len(dataset)}); got {len(labels)}")
+        return labels
+    if callable(labels) and not isinstance(labels, type):
+        return labels
+    raise TypeError(f"`labels` must be {_LABELS_ALLOWED}; got {labels!r:.60} of type {type(labels).__name__}")
+
+
 def _dataset_labels(dataset: Any, labels: Any) -> Any:
     """Resolve ``labels`` given as a sequence, attribute name, sample index or callable."""
     if labels is None or isinstance(labels, torch.Tensor):
@@ -194,14 +241,11 @@ def _dataset_labels(dataset: Any, labels: Any) -> Any:
             return [dataset[i][labels] for i in range(len(dataset))]
         except (IndexError, KeyError, TypeError) as err:
             raise ValueError(f"`labels`={labels} is not a valid index into the samples: {err}") from None
-    if callable(labels):
-        return [labels(dataset[i]) for i in range(len(dataset))]
-    if isinstance(labels, Sequence) or hasattr(labels, "tolist"):
+    if _is_array_like(labels):
         return labels.tolist() if hasattr(labels, "tolist") else labels
-    raise TypeError(
-        "`labels` must be a sequence of labels, an attribute name of the dataset, an index into "
-        f"each sample, or a callable sample -> label; got {type(labels).__name__}"
-    )
+    if callable(labels) and not isinstance(labels, type):
+        return [labels(dataset[i]) for i in range(len(dataset))]
+    raise TypeError(f"`labels` must be {_LABELS_ALLOWED}; got {labels!r:.60} of type {type(labels).__name__}")
 
 
 def split_dataset(
@@ -243,6 +287,7 @@ def split_dataset(
             "`dataset` must be a map-style dataset (with __getitem__ and __len__); "
             f"got {type(dataset).__name__}"
         )
+    labels = _check_labels(dataset, labels)
     indices = split_indices(len(dataset), sizes, seed=seed, labels=_dataset_labels(dataset, labels))
     return [Subset(dataset, idx) for idx in indices]
 

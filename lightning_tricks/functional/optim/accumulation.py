@@ -10,11 +10,37 @@ over the last window under-reports it. :class:`WindowMean` keeps the mean of the
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from lightning_tricks.functional._checks import check_int, check_number
 
 __all__ = ["WindowMean", "accumulation_steps"]
+
+
+def _leading_dims(batch: Any, _depth: int = 0) -> list[int]:
+    """Leading dims of the tensors in ``batch`` with at least one dim, in order.
+
+    Looks into mappings (dicts, ``ModelOutput``, ``BatchEncoding``), lists and tuples
+    (named ones too) and dataclasses, the same way for each; 0-d tensors (scalars such
+    as a temperature or a token count) have no batch dimension and are skipped.
+    """
+    if isinstance(batch, torch.Tensor):
+        return [int(batch.shape[0])] if batch.ndim else []
+    if _depth > 16 or isinstance(batch, str | bytes):
+        return []
+    if isinstance(batch, Mapping):
+        items: Any = batch.values()
+    elif isinstance(batch, list | tuple):
+        items = batch
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        items = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    else:
+        return []
+    return [d for item in items for d in _leading_dims(item, _depth + 1)]
 
 
 def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int = 1) -> int:

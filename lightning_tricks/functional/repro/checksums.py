@@ -1,9 +1,17 @@
 """Per-tensor checksums of a model's weights, and where two runs' checksums first diverge.
 
-A checksum holds two 31-bit position-weighted hashes of the tensor's raw bytes (so a
-single flipped bit changes it), plus the float64 sum and L2 norm (for comparisons with
-a tolerance). All tensors are reduced on their own device and the results leave it in
-ONE transfer.
+A checksum holds two position-weighted hashes of the tensor's raw bytes, plus the
+float64 sum and L2 norm (for comparisons with a tolerance). All tensors are reduced on
+their own device and the results leave it in ONE transfer.
+
+The hashes are exact for structured differences: each hash is
+``sum_i w_i * r_i mod p`` over the tensor's 32-bit words ``w_i`` read as unsigned
+(``0 <= w_i < 2**32``), with a prime ``p > 2**32`` and pseudo-random weights
+``0 < r_i < 2**31`` (so every product fits in int64 and no two words are equal mod
+``p``). A change of any one word by any amount therefore changes both hashes, and the
+weights are not a polynomial of the position, so patterns such as ``(+1, -2, +1)`` do
+not cancel. The two hashes use different primes and weights; other differences
+(swapped elements included) go unnoticed only by chance, about 2**-62.
 """
 
 from __future__ import annotations
@@ -29,41 +37,87 @@ __all__ = [
     "tensor_checksums",
 ]
 
-_P = 2**31 - 1  # Mersenne prime: products of two residues fit in int64 without overflow
-_SALTS = ((48271, 11), (69621, 7))  # (multiplier, offset) of the two position weightings
-_CHUNK = 2**22
+_PRIMES = (4294967311, 4294967357)  # the two smallest primes above 2**32
+_M = 2**31 - 1  # weights live in [1, _M - 1]: word * weight < 2**63
+_MIX = ((48271, 11, 69621), (16807, 7, 40692))  # per hash: multiplier, offset, second multiplier
+_BLOCK = 2**16  # position i has weight table[i % _BLOCK] * salt[i // _BLOCK] (mod p)
+_CHUNK_BLOCKS = 16  # blocks per chunk: bounded temporary memory; sums stay < 2**63
+_MASK32 = 2**32 - 1
 FORMAT = "lightning-tricks/checksums"
-VERSION = 1
+VERSION = 2  # version 1 hashed residues mod 2**31 - 1 (structured collisions); not comparable
+_cache: dict[tuple[str, int | None, str], torch.Tensor] = {}
+
+
+def _mix(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Pseudo-random values in ``[1, _M - 1]`` of the int64 positions ``x``, for hash ``k``."""
+    mult, offset, mult2 = _MIX[k]
+    x = (x % _M * mult + offset) % _M
+    x = x ^ (x >> 16)  # the xor-shifts make the weights non-polynomial in the position
+    x = x * mult2 % _M
+    x = x ^ (x >> 13)
+    return x % (_M - 1) + 1
+
+
+def _table(device: torch.device, kind: str, n: int) -> torch.Tensor:
+    """Cached per device: ``(2, n)`` weights (``kind="w"``) or block salts (``"s"``, < 2**30)."""
+    key = (device.type, device.index, kind)
+    cached = _cache.get(key)
+    if cached is None or cached.shape[1] < n:
+        size = max(n, 2 * cached.shape[1]) if cached is not None else max(n, 64)
+        if kind == "w":
+            size = min(size, _BLOCK)
+        pos = torch.arange(size, dtype=torch.int64, device=device)
+        rows = [_mix(pos, k) for k in range(len(_PRIMES))]
+        if kind == "s":  # salt * (residue < p) must stay below 2**63
+            rows = [r % (2**30 - 1) + 1 for r in rows]
+        cached = torch.stack(rows)
+        _cache[key] = cached
+    return cached[:, :n]
 
 
 def _int_view(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's raw bytes as a flat int64 tensor of 32/16/8-bit words (no value change)."""
+    """The tensor's raw bytes as a flat int64 tensor of unsigned 32/16/8-bit words."""
     flat = t.detach().contiguous().reshape(-1)
     if flat.dtype.is_complex:
         flat = torch.view_as_real(flat).reshape(-1)
     raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
     for dtype, size in ((torch.int32, 4), (torch.int16, 2)):
         if raw.numel() % size == 0:
-            return raw.view(dtype).to(torch.int64)
+            return raw.view(dtype).to(torch.int64) & _MASK32
     return raw.to(torch.int64)
 
 
 def _summary(t: torch.Tensor) -> torch.Tensor:
     """int64 tensor of 4: two byte hashes, and the float64 sum and norm reinterpreted as int64."""
     words = _int_view(t)
-    hashes = [words.new_zeros(()) for _ in _SALTS]
-    for start in range(0, words.numel(), _CHUNK):  # bounded temporary memory for huge tensors
-        chunk = torch.remainder(words[start : start + _CHUNK], _P)
-        pos = torch.arange(start, start + chunk.numel(), device=words.device, dtype=torch.int64)
-        for k, (mult, offset) in enumerate(_SALTS):
-            weights = torch.remainder(pos * mult + offset, _P)
-            hashes[k] = hashes[k] + torch.remainder(chunk * weights, _P).sum()
-    hashes = [torch.remainder(h, _P) for h in hashes]
+    n, device = words.numel(), words.device
+    primes = _cache.get((device.type, device.index, "p"))
+    if primes is None:  # one host-to-device copy per device, not per tensor
+        primes = _cache[(device.type, device.index, "p")] = torch.tensor(_PRIMES, device=device)
+    hashes = words.new_zeros(len(_PRIMES))
+    salts = _table(device, "s", max(1, -(-n // _BLOCK)))
+    step = _BLOCK * _CHUNK_BLOCKS
+    for start in range(0, n, step):  # bounded temporary memory for huge tensors
+        chunk = words[start : start + step]
+        full, tail = divmod(chunk.numel(), _BLOCK)
+        first = start // _BLOCK
+        parts = []
+        if full:
+            blocks = chunk[: full * _BLOCK].view(1, full, _BLOCK)
+            weights = _table(device, "w", _BLOCK)[:, None, :]
+            sums = torch.remainder(blocks * weights, primes[:, None, None]).sum(-1)  # (2, full)
+            parts.append(sums % primes[:, None] * salts[:, first : first + full])
+        if tail:
+            rest = chunk[full * _BLOCK :][None, :] * _table(device, "w", tail)
+            sums = torch.remainder(rest, primes[:, None]).sum(-1, keepdim=True)
+            parts.append(sums % primes[:, None] * salts[:, first + full : first + full + 1])
+        for part in parts:  # each entry < 2**63; reduce before adding
+            hashes = (hashes + (part % primes[:, None]).sum(-1)) % primes
     values = t.detach().reshape(-1)
     values = torch.view_as_real(values).reshape(-1) if values.dtype.is_complex else values
     values = values.to(torch.float64)
     stats = torch.stack([values.sum(), values.norm()]) if values.numel() else values.new_zeros(2)
-    return torch.cat([torch.stack(hashes), stats.view(torch.int64)])
+    return torch.cat([hashes, stats.view(torch.int64)])
 
 
 def tensor_checksums(
@@ -80,9 +134,10 @@ def tensor_checksums(
         buffers: with a module, include its buffers (e.g. BatchNorm running stats).
 
     Returns:
-        name -> ``{"hash": 16 hex digits, "sum": float, "norm": float, "shape": [...],
-        "dtype": "float32"}``, in the order given. Equal ``hash`` means bitwise-equal
-        contents (up to a ~2**-62 collision chance).
+        name -> ``{"hash": 18 hex digits, "sum": float, "norm": float, "shape": [...],
+        "dtype": "float32"}``, in the order given. A change of any single 32-bit word
+        always changes ``hash``; other differences leave it equal only by chance (about
+        2**-62).
 
     Raises:
         TypeError: ``tensors`` holds something that is not a tensor.
@@ -129,7 +184,7 @@ def tensor_checksums(
     out = {}
     for (name, t), (h, f) in zip(items, rows):
         out[str(name)] = {
-            "hash": f"{h[0]:08x}{h[1]:08x}",
+            "hash": f"{h[0]:09x}{h[1]:09x}",
             "sum": f[0],
             "norm": f[1],
             "shape": list(t.shape),
@@ -172,6 +227,10 @@ def _compare(name: str, run: Mapping[str, Any], ref: Mapping[str, Any], rtol: fl
     if run["dtype"] != ref["dtype"]:
         return f"dtype {run['dtype']} != reference {ref['dtype']}"
     if run["hash"] == ref["hash"]:
+        # equal bytes give equal sums and norms; trust an equal hash only when they agree
+        for key in ("sum", "norm"):
+            if not _close(run[key], ref[key], 0.0, 0.0):
+                return f"hash equal but {key} {run[key]!r} != reference {ref[key]!r} (hash collision)"
         return ""
     if rtol == 0 and atol == 0:
         return f"bitwise different (sum {run['sum']!r} vs reference {ref['sum']!r})"
@@ -262,7 +321,8 @@ def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a checksum file.
+        ValueError: the file is not a checksum file, or one of another format version
+            (version 1 files, whose hashes could collide, must be recorded again).
 
     Example:
         >>> import tempfile, os
@@ -278,6 +338,11 @@ def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
             raise ValueError(f"checksum file {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a checksum file (expected format {FORMAT!r})")
+    if payload.get("version", 0) < VERSION:
+        raise ValueError(
+            f"checksum file {str(path)!r} has version {payload.get('version')}, whose hashes cannot be "
+            f"compared with this version's ({VERSION}); record it again (rerun the reference run)"
+        )
     if payload.get("version", 0) > VERSION:
         raise ValueError(
             f"checksum file {str(path)!r} has version {payload['version']}; this reads <= {VERSION}"
