@@ -127,12 +127,58 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def _tied_elsewhere(model: nn.Module, name: str) -> dict[str, str]:
+    """Own parameters of the layer ``name`` that are also registered outside it: own -> other name."""
+    layer = model.get_submodule(name)
+    own = {id(p): f"{name}.{pn}" for pn, p in layer.named_parameters()}
+    tied: dict[str, str] = {}
+    for other, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in own and not other.startswith(f"{name}."):
+            tied.setdefault(own[id(p)], other)
+    return tied
+
+
+def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
+    """``model`` and every module on the way down to the layer ``name`` (excluded), deepest first."""
+    parts = name.split(".")
+    return [model.get_submodule(".".join(parts[:i])) if i else model for i in range(len(parts))][::-1]
+
+
+def _set_num_labels(model: nn.Module, name: str, old_count: int, new_count: int) -> None:
+    """Keep the label counts of the models holding the head consistent with its new size.
+
+    HF ``transformers`` models keep ``config.num_labels`` (which sizes the loss and
+    ``save_pretrained``/``from_pretrained``; setting it rebuilds ``id2label``/``label2id``)
+    and a ``num_labels`` attribute; timm models keep ``num_classes``. Only counts that
+    described the old head (equal to its old size) are changed.
+    """
+    for module in _ancestors(model, name):
+        config = getattr(module, "config", None)
+        count = getattr(config, "num_labels", None)
+        if isinstance(count, int) and not isinstance(count, bool) and count == old_count:
+            config.num_labels = new_count  # type: ignore[union-attr]
+        for attr in ("num_labels", "num_classes"):
+            value = getattr(module, attr, None)
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (value == old_count or (module is model and attr == "num_classes"))
+            ):
+                setattr(module, attr, new_count)
+
+
 def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) -> nn.Module:
     """Replace the classifier layer by a fresh ``nn.Linear`` with ``num_outputs`` outputs.
 
     The new layer has the old one's ``in_features``, bias setting, device and dtype,
     and PyTorch's default initialisation (see :func:`init_weights` for others). The
-    model is changed in place; a timm-style integer ``model.num_classes`` is updated.
+    model is changed in place. Label counts that described the old head are updated on
+    ``model`` and on every module holding the head: a timm-style integer
+    ``num_classes``, and for HF ``transformers`` models ``num_labels`` and
+    ``config.num_labels`` (with ``config.id2label``/``label2id`` rebuilt), so that
+    ``model(..., labels=y)`` and ``save_pretrained``/``from_pretrained`` keep working.
+    A head whose parameters are shared with another layer (tied weights, such as a
+    masked-LM decoder tied to the word embeddings) is refused rather than untied.
 
     Args:
         model: the network.
@@ -145,7 +191,8 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     Raises:
         TypeError: bad argument types.
         ValueError: ``num_outputs < 1``, or no head can be found, or the head is not an
-            ``nn.Linear`` (so its input size is unknown).
+            ``nn.Linear`` (so its input size is unknown), or its parameters are tied to
+            another layer's.
 
     Example:
         >>> import torch
@@ -164,14 +211,21 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
             f"the head {name!r} is a {type(old).__name__}, not an nn.Linear, so its input size is "
             f"unknown; pass `attr` naming the final nn.Linear layer"
         )
+    tied = _tied_elsewhere(model, name)
+    if tied:
+        shown = ", ".join(f"{k} is {v}" for k, v in tied.items())
+        raise ValueError(
+            f"the head {name!r} shares parameters with other layers (tied weights: {shown}); a new "
+            f"layer would silently untie them. Resize the tied layers together (for HF models, "
+            f"`resize_token_embeddings`), or pass `attr` naming a layer whose weights are its own"
+        )
     weight = old.weight
     new = nn.Linear(
         old.in_features, num_outputs, bias=old.bias is not None, device=weight.device, dtype=weight.dtype
     )
     new.train(old.training)
     _swap(model, name, new)
-    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
-        model.num_classes = num_outputs
+    _set_num_labels(model, name, old.out_features, num_outputs)
     return old
 
 
@@ -180,7 +234,10 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
 
     Only the final layer is swapped, in place, so the model's own ``forward`` (pooling,
     residual paths, extra inputs) keeps working and now returns the features that fed
-    the head. A timm-style integer ``model.num_classes`` is set to 0.
+    the head. Label counts that described the head are set to 0: a timm-style integer
+    ``num_classes``, and the ``num_labels``/``config.num_labels`` of HF ``transformers``
+    models (their own convention for "no classifier", so ``from_pretrained`` rebuilds
+    the stripped model). A layer tied to another keeps the other one intact.
 
     Args:
         model: the network.
@@ -204,6 +261,9 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
     _check_module("model", model)
     name = find_head(model, attr)
     old = _swap(model, name, nn.Identity())
-    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
+    out = getattr(old, "out_features", None)
+    if isinstance(out, int):
+        _set_num_labels(model, name, out, 0)
+    elif isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
         model.num_classes = 0
     return old
