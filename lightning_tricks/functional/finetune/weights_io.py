@@ -142,12 +142,21 @@ def read_weights(
         >>> read_weights(p)
         {'w': tensor([1., 1.])}
     """
+    return read_checkpoint(path, safe_globals=safe_globals)[0]
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, safe_globals: Iterable[Any] = ()
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Like :func:`read_weights`, and also the checkpoint's top-level integers and strings
+    (``epoch``, ``global_step`` of a Lightning checkpoint; empty for a bare state dict
+    or a ``.safetensors`` file)."""
     path = _check_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"`path` {str(path)!r} is not a file")
     kind = fmt.sniff(path)
     if kind == "safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path), {}
     if kind == "zip":
         kind, detail = fmt.zip_kind(path)
         if kind == "zip_corrupt":
@@ -172,7 +181,14 @@ def read_weights(
         raise fmt.unreadable(path, kind, detail) from None
     except (EOFError, RuntimeError, OSError, ValueError, struct.error, zipfile.BadZipFile) as err:
         raise fmt.unreadable(path, kind, _first_line(err)) from None
-    return _unwrap(ckpt, path)
+    info: dict[str, Any] = {}
+    if isinstance(ckpt, Mapping):
+        info = {
+            k: v
+            for k, v in ckpt.items()
+            if isinstance(k, str) and isinstance(v, int | str) and not isinstance(v, bool)
+        }
+    return _unwrap(ckpt, path), info
 
 
 def _first_line(err: BaseException) -> str:
