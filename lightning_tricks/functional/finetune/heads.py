@@ -9,6 +9,8 @@ swap the head *in place*, at the attribute where it lives.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int
@@ -57,14 +59,48 @@ def _last_linear(module: nn.Module) -> str | None:
     return found
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _out_count(layer: nn.Module) -> int | None:
+    """Outputs of a classifier layer: a Linear's ``out_features``, a 1x1 Conv's ``out_channels``."""
+    if isinstance(layer, nn.Linear) and not isinstance(
+        layer, nn.modules.linear.NonDynamicallyQuantizableLinear
+    ):
+        return layer.out_features
+    if type(layer) in _CONVS and layer.groups == 1 and all(k == 1 for k in layer.kernel_size):  # type: ignore[union-attr]
+        return int(layer.out_channels)  # type: ignore[arg-type]
+    return None
+
+
+def _hf_label_layer(model: nn.Module) -> str | None:
+    """In the outermost HF-style model (a ``config`` with ``num_labels``) inside ``model``, the
+    last Linear or 1x1 Conv with ``num_labels`` outputs: e.g. Segformer's ``decode_head.classifier``."""
+    for root_name, root in model.named_modules():
+        count = getattr(getattr(root, "config", None), "num_labels", None)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            continue
+        found = None
+        for name, sub in root.named_modules():
+            if name and _out_count(sub) == count:
+                found = name
+        if found is None:
+            return None
+        return f"{root_name}.{found}" if root_name else found
+    return None
+
+
 def find_head(model: nn.Module, attr: str | None = None) -> str:
     """Return the dotted name of the model's last classifier layer.
 
     With ``attr`` given, the head is that submodule; if it is a container (an
     ``nn.Sequential`` such as ``pool -> flatten -> linear``, or a head module with a
     norm and an ``fc``), the last ``nn.Linear`` inside it. Without ``attr``: the module
-    returned by a timm-style ``model.get_classifier()`` if the model has one, else the
-    last registered ``nn.Linear`` of the model (attention projections excluded).
+    returned by a timm-style ``model.get_classifier()`` if the model has one; else, in an
+    HF ``transformers`` model (found at any depth by its ``config.num_labels``), the last
+    ``nn.Linear`` or 1x1 convolution with ``num_labels`` outputs (Segformer's
+    ``decode_head.classifier``); else the last registered ``nn.Linear`` of the model
+    (attention projections excluded).
 
     Args:
         model: the network.
@@ -104,6 +140,9 @@ def find_head(model: nn.Module, attr: str | None = None) -> str:
             for name, sub in model.named_modules():
                 if sub is head and name:
                     return name
+    hf = _hf_label_layer(model)
+    if hf is not None:
+        return hf
     name = _last_linear(model)
     if not name:
         raise ValueError(
@@ -170,7 +209,9 @@ def _set_num_labels(model: nn.Module, name: str, old_count: int, new_count: int)
 def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) -> nn.Module:
     """Replace the classifier layer by a fresh ``nn.Linear`` with ``num_outputs`` outputs.
 
-    The new layer has the old one's ``in_features``, bias setting, device and dtype,
+    The new layer has the old one's ``in_features``, bias setting, device and dtype
+    (a 1x1 convolution head, as in dense-prediction models, becomes a new one with
+    ``num_outputs`` channels),
     and PyTorch's default initialisation (see :func:`init_weights` for others). The
     model is changed in place. Label counts that described the old head are updated on
     ``model`` and on every module holding the head: a timm-style integer
@@ -206,10 +247,11 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     num_outputs = check_int("num_outputs", num_outputs, minimum=1)
     name = find_head(model, attr)
     old = model.get_submodule(name)
-    if not isinstance(old, nn.Linear):
+    old_count = _out_count(old)
+    if old_count is None:
         raise ValueError(
-            f"the head {name!r} is a {type(old).__name__}, not an nn.Linear, so its input size is "
-            f"unknown; pass `attr` naming the final nn.Linear layer"
+            f"the head {name!r} is a {type(old).__name__}, not an nn.Linear (or a 1x1 convolution), so "
+            f"its input size is unknown; pass `attr` naming the final nn.Linear layer"
         )
     tied = _tied_elsewhere(model, name)
     if tied:
@@ -219,13 +261,27 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
             f"layer would silently untie them. Resize the tied layers together (for HF models, "
             f"`resize_token_embeddings`), or pass `attr` naming a layer whose weights are its own"
         )
-    weight = old.weight
-    new = nn.Linear(
-        old.in_features, num_outputs, bias=old.bias is not None, device=weight.device, dtype=weight.dtype
-    )
+    weight, bias = old.weight, old.bias is not None
+    new: nn.Module
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_outputs, bias=bias, device=weight.device, dtype=weight.dtype)
+    else:  # a 1x1 convolution (dense classifier): same geometry, new number of channels
+        conv: Any = old
+        new = type(conv)(
+            conv.in_channels,
+            num_outputs,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=bias,
+            padding_mode=conv.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
     new.train(old.training)
     _swap(model, name, new)
-    _set_num_labels(model, name, old.out_features, num_outputs)
+    _set_num_labels(model, name, old_count, num_outputs)
     return old
 
 
@@ -261,8 +317,8 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
     _check_module("model", model)
     name = find_head(model, attr)
     old = _swap(model, name, nn.Identity())
-    out = getattr(old, "out_features", None)
-    if isinstance(out, int):
+    out = _out_count(old)
+    if out is not None:
         _set_num_labels(model, name, out, 0)
     elif isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
         model.num_classes = 0

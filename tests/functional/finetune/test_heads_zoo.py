@@ -73,3 +73,14 @@ def test_replace_head_refuses_to_untie_tied_weights_silently():
     with pytest.raises(ValueError, match=r"tied.*bert\.embeddings\.word_embeddings\.weight"):
         replace_head(mlm, 7)
     assert mlm.cls.predictions.decoder.weight is emb  # unchanged
+
+
+def test_segformer_head_is_the_1x1_classifier_conv_and_can_be_replaced():
+    model = ZOO["segformer"]()
+    assert find_head(model) == "decode_head.classifier"  # not the last Linear (an MLP projection)
+    old = replace_head(model, 5)
+    assert isinstance(old, torch.nn.Conv2d) and model.decode_head.classifier.out_channels == 5
+    assert model.config.num_labels == 5
+    x = _inputs("segformer")["pixel_values"]
+    out = model(pixel_values=x, labels=torch.randint(0, 5, (3, IMAGE_SIZE, IMAGE_SIZE)))
+    assert out.logits.shape == (3, 5, IMAGE_SIZE // 4, IMAGE_SIZE // 4) and torch.isfinite(out.loss)
