@@ -12,7 +12,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_tricks.functional._checks import check_choice, check_str
-from lightning_tricks.functional.finetune.weights_io import read_weights, save_weights
+from lightning_tricks.functional.finetune.weights_io import read_checkpoint, save_weights
 
 __all__ = ["ExportWeights"]
 
@@ -25,6 +25,12 @@ class ExportWeights(Callback):
     ``source="best"`` the weights come from the ``ModelCheckpoint``'s best checkpoint
     (read weights-only) rather than the last step; if no best checkpoint exists when
     fit ends, the final weights are written with a warning.
+
+    The file's metadata records ``source`` (``"final"`` or ``"best:<checkpoint name>"``)
+    and the ``epoch`` and ``global_step`` the weights come from: for ``"best"`` those
+    stored in the checkpoint, for ``"final"`` the last epoch that ran (0-based) and the
+    final step; the numbers Lightning puts in a checkpoint name such as
+    ``epoch=2-step=60.ckpt``.
 
     Args:
         dirpath: output folder; ``None`` for the trainer's log dir.
@@ -70,8 +76,9 @@ class ExportWeights(Callback):
         self.source = source
         self.submodule = submodule
         self.last_path: str | None = None
+        self._last_epoch: int | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         if self.submodule is not None:
@@ -89,35 +96,44 @@ class ExportWeights(Callback):
                 "use source='final' or add one"
             )
 
-    def _state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, str]:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._last_epoch = None
+        self._check(trainer, pl_module, stage)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the epoch that just ended, before Lightning counts it as completed: the number
+        # that ModelCheckpoint writes into its file names ("epoch=2-step=60.ckpt")
+        self._last_epoch = trainer.current_epoch
+
+    def _state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, dict[str, str]]:
+        """The tensors to write and the metadata describing where they come from."""
         if self.source == "best":
             ckpt = trainer.checkpoint_callback
             best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
             if best and Path(best).is_file():
-                state = read_weights(best)
-                if self.submodule is None:
-                    return state, f"best:{Path(best).name}"
-                p = self.submodule + "."
-                return {
-                    k[len(p) :]: v for k, v in state.items() if k.startswith(p)
-                }, f"best:{Path(best).name}"
+                state, info = read_checkpoint(best)
+                if self.submodule is not None:
+                    p = self.submodule + "."
+                    state = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+                meta = {"source": f"best:{Path(best).name}"}
+                meta.update({k: str(info[k]) for k in ("epoch", "global_step") if k in info})
+                return state, meta
             rank_zero_warn(
                 "ExportWeights(source='best'): no best checkpoint was saved; exporting the final weights"
             )
         module = pl_module if self.submodule is None else pl_module.get_submodule(self.submodule)
-        return module.state_dict(), "final"
+        # no epoch ended in this fit (e.g. resumed after its last epoch): the last completed one
+        epoch = self._last_epoch if self._last_epoch is not None else max(trainer.current_epoch - 1, 0)
+        meta = {"source": "final", "epoch": str(epoch), "global_step": str(trainer.global_step)}
+        return module.state_dict(), meta
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dirpath = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
         path = Path(dirpath) / self.filename
         if trainer.is_global_zero:
-            state, origin = self._state(trainer, pl_module)
-            metadata = {
-                "source": origin,
-                "epoch": str(trainer.current_epoch),
-                "global_step": str(trainer.global_step),
-            }
+            state, metadata = self._state(trainer, pl_module)
             save_weights(state, path, metadata=metadata)
-            rank_zero_info(f"ExportWeights: wrote {len(state)} tensors ({origin}) to {path}")
+            rank_zero_info(f"ExportWeights: wrote {len(state)} tensors ({metadata['source']}) to {path}")
         self.last_path = str(path)
         trainer.strategy.barrier("ExportWeights")

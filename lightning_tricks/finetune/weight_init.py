@@ -13,7 +13,12 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_tricks.functional._checks import check_bool, check_optional_int
-from lightning_tricks.functional.finetune.weight_init import InitReport, check_init_options, init_weights
+from lightning_tricks.functional.finetune.weight_init import (
+    InitReport,
+    check_init_options,
+    frozen_roots,
+    init_weights,
+)
 
 __all__ = ["WeightInit"]
 
@@ -24,11 +29,15 @@ class WeightInit(Callback):
     """Initialise the LightningModule's weights in ``setup``, before DDP wraps the model.
 
     Runs :func:`~lightning_tricks.functional.init_weights` once per ``fit`` with a
-    private generator seeded from ``seed`` (the global random state is untouched, and
-    every rank draws the same numbers; with ``seed=None`` rank 0 draws a seed and
-    broadcasts it). Tensors filled by :func:`~lightning_tricks.functional.load_weights`
-    are left alone, so a pretrained backbone keeps its weights and only the rest (e.g.
-    a new head) is initialised. It never re-initialises a model it already initialised
+    private generator seeded from ``seed``, so every rank draws the same numbers and the
+    global random streams (dropout masks, shuffles) are exactly as in a run without this
+    callback, on every rank. With ``seed=None`` rank 0 derives a seed from the global
+    torch RNG state without advancing it (so ``seed_everything`` still makes the run
+    reproducible) and broadcasts it. Tensors filled by
+    :func:`~lightning_tricks.functional.load_weights` are left alone, and so are
+    parameters that are frozen (``requires_grad=False``) at ``setup``, such as a
+    backbone loaded with ``from_pretrained`` and frozen; only the rest (e.g. a new head)
+    is initialised, and the frozen ones are named in the log. It never re-initialises a model it already initialised
     (a second ``fit`` of the same module), nor when ``trainer.ckpt_path`` is set; with
     ``trainer.fit(ckpt_path=...)`` Lightning restores the checkpoint's weights after
     ``setup``, replacing the initialisation, so a resumed run continues from the
@@ -51,7 +60,10 @@ class WeightInit(Callback):
         zero_bias: biases of the selected layers to 0.
         zero_init_last_bn: zero the last BatchNorm weight of each residual block.
         skip_pretrained: leave tensors loaded with ``load_weights`` alone.
-        seed: seed of the initialisation; ``None`` to draw one on rank 0 and broadcast it.
+        include_frozen: also initialise parameters that are frozen (``requires_grad=False``)
+            at ``setup``; by default they keep their weights.
+        seed: seed of the initialisation; ``None`` to derive one on rank 0 from the global
+            torch RNG state (without consuming it) and broadcast it.
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -92,6 +104,7 @@ class WeightInit(Callback):
         zero_init_last_bn: bool = False,
         skip_pretrained: bool = True,
         seed: int | None = 0,
+        include_frozen: bool = False,
     ) -> None:
         self.options = check_init_options(
             scheme=scheme,
@@ -110,6 +123,7 @@ class WeightInit(Callback):
         )
         self.skip_pretrained = check_bool("skip_pretrained", skip_pretrained)
         self.seed = check_optional_int("seed", seed, minimum=0)
+        self.include_frozen = check_bool("include_frozen", include_frozen)
         self.report: InitReport | None = None
         self._done: Any = None  # weakref to the last module initialised
 
@@ -129,16 +143,38 @@ class WeightInit(Callback):
             return
         seed = self.seed
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item()) if trainer.is_global_zero else 0
-        seed = trainer.strategy.broadcast(seed, src=0)
+            seed = _seed_from_global_rng() if trainer.is_global_zero else 0
+            seed = trainer.strategy.broadcast(seed, src=0)
         generator = torch.Generator().manual_seed(seed)
         opts = dict(self.options)
         self.report = init_weights(
-            pl_module, **opts, skip_pretrained=self.skip_pretrained, generator=generator
+            pl_module,
+            **opts,
+            skip_pretrained=self.skip_pretrained,
+            include_frozen=self.include_frozen,
+            generator=generator,
         )
         self._done = weakref.ref(pl_module)
         rank_zero_info(f"WeightInit ({opts['scheme']}, seed {seed}): {self.report}")
+        if self.report.frozen:
+            roots = frozen_roots(pl_module, self.report.frozen)
+            shown = ", ".join(roots[:8]) + (f", ... ({len(roots) - 8} more)" if len(roots) > 8 else "")
+            rank_zero_info(
+                f"WeightInit: left {len(self.report.frozen)} frozen parameters unchanged in {shown}; "
+                f"pass include_frozen=True to initialise them too"
+            )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("include_frozen", False)  # pickles of older versions
+        self.__dict__.update(state)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.report is not None:
             rank_zero_info("WeightInit: resuming from a checkpoint; its weights replace the initialisation")
+
+
+def _seed_from_global_rng() -> int:
+    """A seed drawn from the global CPU torch RNG, which is then restored: the global stream
+    continues as if nothing had been drawn, yet the seed follows ``seed_everything``."""
+    with torch.random.fork_rng(devices=[]):
+        return int(torch.randint(0, 2**62, (1,)).item())

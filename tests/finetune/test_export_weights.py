@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -8,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lightning_tricks import ExportWeights
+from lightning_tricks.functional import load_weights
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
 
 
@@ -76,3 +79,39 @@ def test_constructor_errors_name_the_argument():
         ExportWeights(source="last")
     with pytest.raises(TypeError, match="`dirpath`"):
         ExportWeights(dirpath=3)
+
+
+def _metadata(path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_best_export_records_the_epoch_and_step_of_the_best_checkpoint_on_a_zoo_model(tmp_path):
+    from tests.helpers.zoo import zoo_loaders, zoo_module
+
+    torch.manual_seed(0)
+    model = zoo_module("resnet", lr=0.1)
+    # every epoch is kept, named the Lightning way; "best" = highest val_loss, so it is not the last
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ck", monitor="val_loss", mode="max", save_top_k=-1, filename="{epoch}-{step}"
+    )
+    best = ExportWeights(dirpath=str(tmp_path), filename="best.safetensors", source="best", submodule="model")
+    final = ExportWeights(dirpath=str(tmp_path), filename="final.safetensors")
+    trainer = cpu_trainer(
+        max_epochs=3, limit_train_batches=2, callbacks=[ckpt, best, final], enable_checkpointing=True
+    )
+    train, val = zoo_loaders("resnet", n=16, batch_size=8)
+    trainer.fit(model, train, val)
+    saved = torch.load(ckpt.best_model_path, weights_only=True)
+    meta = _metadata(tmp_path / "best.safetensors")
+    assert (meta["epoch"], meta["global_step"]) == (str(saved["epoch"]), str(saved["global_step"]))
+    assert f"epoch={meta['epoch']}-step={meta['global_step']}.ckpt" == Path(ckpt.best_model_path).name
+    assert meta["global_step"] != str(trainer.global_step)  # the best is not the end of fit here
+    # the exported HF weights load into a fresh HF model
+    fresh = zoo_module("resnet").model
+    assert load_weights(fresh, tmp_path / "best.safetensors", strict=True).ok
+    # the final export names the last completed epoch, as Lightning names its checkpoints
+    last = max(ckpt.best_k_models, key=lambda p: torch.load(p, weights_only=True)["global_step"])
+    meta = _metadata(tmp_path / "final.safetensors")
+    assert f"epoch={meta['epoch']}-step={meta['global_step']}.ckpt" == Path(last).name
+    assert meta["epoch"] == "2" and meta["global_step"] == str(trainer.global_step)

@@ -45,6 +45,58 @@ def test_same_seed_same_weights_and_global_rng_untouched():
     assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
 
 
+class RngAtSetup(Callback):
+    """The global torch RNG state when its ``setup`` runs (callbacks run in list order)."""
+
+    def setup(self, trainer, pl_module, stage):
+        self.state = torch.random.get_rng_state()
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_setup_leaves_the_global_rng_stream_as_it_was(seed):
+    starts = []
+    for global_seed in (7, 7, 8):
+        torch.manual_seed(global_seed)
+        before, after, cap = RngAtSetup(), RngAtSetup(), Capture()
+        cb = WeightInit("normal", seed=seed)
+        trainer = cpu_trainer(max_epochs=1, limit_train_batches=1, callbacks=[before, cb, after, cap])
+        trainer.fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16))
+        assert torch.equal(before.state, after.state)  # dropout masks, shuffles: as without WeightInit
+        starts.append(cap.start)
+    # seed=None is still reproducible under a global seed, and follows it
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    assert any(not torch.equal(starts[0][k], starts[2][k]) for k in starts[0]) == (seed is None)
+
+
+def test_frozen_pretrained_hf_backbone_is_left_alone_and_reported(caplog):
+    from tests.helpers.zoo import zoo_loaders, zoo_module
+
+    train, val = zoo_loaders("resnet", n=8)
+    for include_frozen in (False, True):
+        module = zoo_module("resnet")
+        module.model.resnet.requires_grad_(False)  # a from_pretrained backbone, frozen by the user
+        backbone = state_of(module.model.resnet, params_only=False)
+        cb, cap = WeightInit("normal", std=1.0, include_frozen=include_frozen), Capture()
+        with caplog.at_level(logging.INFO):
+            cpu_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[cb, cap]).fit(
+                module, train, val
+            )
+        after = {
+            k.removeprefix("model.resnet."): v for k, v in cap.start.items() if k.startswith("model.resnet.")
+        }
+        unchanged = [torch.equal(after[k], backbone[k]) for k in after]
+        assert cap.start["model.classifier.1.bias"].abs().sum() == 0  # the head was initialised
+        if include_frozen:
+            assert not cb.report.frozen and all(f"model.resnet.{k}" in cb.report.initialized for k in after)
+            convs = [k for k in after if k.endswith("convolution.weight")]
+            assert convs and not any(torch.equal(after[k], backbone[k]) for k in convs)
+        else:
+            assert all(unchanged) and len(cb.report.frozen) == len(after)
+            assert set(cb.report.initialized) == {"model.classifier.1.weight", "model.classifier.1.bias"}
+            assert f"left {len(after)} frozen parameters unchanged in model.resnet" in caplog.text
+            assert "include_frozen=True" in caplog.text
+
+
 def test_report_is_logged(caplog):
     with caplog.at_level(logging.INFO):
         cpu_trainer(max_epochs=1, limit_train_batches=1, callbacks=[WeightInit("orthogonal")]).fit(
@@ -106,25 +158,28 @@ def test_errors_name_the_argument():
 
 
 class DesyncRanks(Callback):
-    """Makes every rank's model and global RNG different before WeightInit runs."""
+    """Makes every rank's model different (the global RNG stays the same) before WeightInit runs."""
 
     def setup(self, trainer, pl_module, stage):
-        torch.manual_seed(100 + trainer.global_rank)
+        torch.manual_seed(100)
         with torch.no_grad():
             for p in pl_module.parameters():
                 p.add_(trainer.global_rank)
 
 
 class SaveAtSetup(Callback):
+    """Saves the weights after WeightInit and the next draws of the global RNG, per rank."""
+
     def __init__(self, d):
         self.d = d
 
     def setup(self, trainer, pl_module, stage):
-        torch.save(state_of(pl_module), f"{self.d}/rank{trainer.global_rank}.pt")
+        state = {**state_of(pl_module), "draws": torch.rand(8)}
+        torch.save(state, f"{self.d}/rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.ddp
-def test_ranks_start_equal_before_ddp_wraps(tmp_path):
+def test_ranks_start_equal_before_ddp_wraps_and_keep_equal_rng_streams(tmp_path):
     trainer = cpu_trainer(
         max_epochs=1,
         limit_train_batches=1,
@@ -136,4 +191,5 @@ def test_ranks_start_equal_before_ddp_wraps(tmp_path):
     trainer.fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16))
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0 if k != "draws")
+    assert torch.equal(w0["draws"], w1["draws"])  # seed=None drew nothing from rank 0's stream

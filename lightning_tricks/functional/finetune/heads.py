@@ -9,6 +9,8 @@ swap the head *in place*, at the attribute where it lives.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int
@@ -57,14 +59,48 @@ def _last_linear(module: nn.Module) -> str | None:
     return found
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _out_count(layer: nn.Module) -> int | None:
+    """Outputs of a classifier layer: a Linear's ``out_features``, a 1x1 Conv's ``out_channels``."""
+    if isinstance(layer, nn.Linear) and not isinstance(
+        layer, nn.modules.linear.NonDynamicallyQuantizableLinear
+    ):
+        return layer.out_features
+    if type(layer) in _CONVS and layer.groups == 1 and all(k == 1 for k in layer.kernel_size):  # type: ignore[union-attr]
+        return int(layer.out_channels)  # type: ignore[arg-type]
+    return None
+
+
+def _hf_label_layer(model: nn.Module) -> str | None:
+    """In the outermost HF-style model (a ``config`` with ``num_labels``) inside ``model``, the
+    last Linear or 1x1 Conv with ``num_labels`` outputs: e.g. Segformer's ``decode_head.classifier``."""
+    for root_name, root in model.named_modules():
+        count = getattr(getattr(root, "config", None), "num_labels", None)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            continue
+        found = None
+        for name, sub in root.named_modules():
+            if name and _out_count(sub) == count:
+                found = name
+        if found is None:
+            return None
+        return f"{root_name}.{found}" if root_name else found
+    return None
+
+
 def find_head(model: nn.Module, attr: str | None = None) -> str:
     """Return the dotted name of the model's last classifier layer.
 
     With ``attr`` given, the head is that submodule; if it is a container (an
     ``nn.Sequential`` such as ``pool -> flatten -> linear``, or a head module with a
     norm and an ``fc``), the last ``nn.Linear`` inside it. Without ``attr``: the module
-    returned by a timm-style ``model.get_classifier()`` if the model has one, else the
-    last registered ``nn.Linear`` of the model (attention projections excluded).
+    returned by a timm-style ``model.get_classifier()`` if the model has one; else, in an
+    HF ``transformers`` model (found at any depth by its ``config.num_labels``), the last
+    ``nn.Linear`` or 1x1 convolution with ``num_labels`` outputs (Segformer's
+    ``decode_head.classifier``); else the last registered ``nn.Linear`` of the model
+    (attention projections excluded).
 
     Args:
         model: the network.
@@ -104,6 +140,9 @@ def find_head(model: nn.Module, attr: str | None = None) -> str:
             for name, sub in model.named_modules():
                 if sub is head and name:
                     return name
+    hf = _hf_label_layer(model)
+    if hf is not None:
+        return hf
     name = _last_linear(model)
     if not name:
         raise ValueError(
@@ -127,12 +166,60 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def _tied_elsewhere(model: nn.Module, name: str) -> dict[str, str]:
+    """Own parameters of the layer ``name`` that are also registered outside it: own -> other name."""
+    layer = model.get_submodule(name)
+    own = {id(p): f"{name}.{pn}" for pn, p in layer.named_parameters()}
+    tied: dict[str, str] = {}
+    for other, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in own and not other.startswith(f"{name}."):
+            tied.setdefault(own[id(p)], other)
+    return tied
+
+
+def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
+    """``model`` and every module on the way down to the layer ``name`` (excluded), deepest first."""
+    parts = name.split(".")
+    return [model.get_submodule(".".join(parts[:i])) if i else model for i in range(len(parts))][::-1]
+
+
+def _set_num_labels(model: nn.Module, name: str, old_count: int, new_count: int) -> None:
+    """Keep the label counts of the models holding the head consistent with its new size.
+
+    HF ``transformers`` models keep ``config.num_labels`` (which sizes the loss and
+    ``save_pretrained``/``from_pretrained``; setting it rebuilds ``id2label``/``label2id``)
+    and a ``num_labels`` attribute; timm models keep ``num_classes``. Only counts that
+    described the old head (equal to its old size) are changed.
+    """
+    for module in _ancestors(model, name):
+        config = getattr(module, "config", None)
+        count = getattr(config, "num_labels", None)
+        if isinstance(count, int) and not isinstance(count, bool) and count == old_count:
+            config.num_labels = new_count  # type: ignore[union-attr]
+        for attr in ("num_labels", "num_classes"):
+            value = getattr(module, attr, None)
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (value == old_count or (module is model and attr == "num_classes"))
+            ):
+                setattr(module, attr, new_count)
+
+
 def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) -> nn.Module:
     """Replace the classifier layer by a fresh ``nn.Linear`` with ``num_outputs`` outputs.
 
-    The new layer has the old one's ``in_features``, bias setting, device and dtype,
+    The new layer has the old one's ``in_features``, bias setting, device and dtype
+    (a 1x1 convolution head, as in dense-prediction models, becomes a new one with
+    ``num_outputs`` channels),
     and PyTorch's default initialisation (see :func:`init_weights` for others). The
-    model is changed in place; a timm-style integer ``model.num_classes`` is updated.
+    model is changed in place. Label counts that described the old head are updated on
+    ``model`` and on every module holding the head: a timm-style integer
+    ``num_classes``, and for HF ``transformers`` models ``num_labels`` and
+    ``config.num_labels`` (with ``config.id2label``/``label2id`` rebuilt), so that
+    ``model(..., labels=y)`` and ``save_pretrained``/``from_pretrained`` keep working.
+    A head whose parameters are shared with another layer (tied weights, such as a
+    masked-LM decoder tied to the word embeddings) is refused rather than untied.
 
     Args:
         model: the network.
@@ -145,7 +232,8 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     Raises:
         TypeError: bad argument types.
         ValueError: ``num_outputs < 1``, or no head can be found, or the head is not an
-            ``nn.Linear`` (so its input size is unknown).
+            ``nn.Linear`` (so its input size is unknown), or its parameters are tied to
+            another layer's.
 
     Example:
         >>> import torch
@@ -159,19 +247,41 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     num_outputs = check_int("num_outputs", num_outputs, minimum=1)
     name = find_head(model, attr)
     old = model.get_submodule(name)
-    if not isinstance(old, nn.Linear):
+    old_count = _out_count(old)
+    if old_count is None:
         raise ValueError(
-            f"the head {name!r} is a {type(old).__name__}, not an nn.Linear, so its input size is "
-            f"unknown; pass `attr` naming the final nn.Linear layer"
+            f"the head {name!r} is a {type(old).__name__}, not an nn.Linear (or a 1x1 convolution), so "
+            f"its input size is unknown; pass `attr` naming the final nn.Linear layer"
         )
-    weight = old.weight
-    new = nn.Linear(
-        old.in_features, num_outputs, bias=old.bias is not None, device=weight.device, dtype=weight.dtype
-    )
+    tied = _tied_elsewhere(model, name)
+    if tied:
+        shown = ", ".join(f"{k} is {v}" for k, v in tied.items())
+        raise ValueError(
+            f"the head {name!r} shares parameters with other layers (tied weights: {shown}); a new "
+            f"layer would silently untie them. Resize the tied layers together (for HF models, "
+            f"`resize_token_embeddings`), or pass `attr` naming a layer whose weights are its own"
+        )
+    weight, bias = old.weight, old.bias is not None
+    new: nn.Module
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_outputs, bias=bias, device=weight.device, dtype=weight.dtype)
+    else:  # a 1x1 convolution (dense classifier): same geometry, new number of channels
+        conv: Any = old
+        new = type(conv)(
+            conv.in_channels,
+            num_outputs,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=bias,
+            padding_mode=conv.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
     new.train(old.training)
     _swap(model, name, new)
-    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
-        model.num_classes = num_outputs
+    _set_num_labels(model, name, old_count, num_outputs)
     return old
 
 
@@ -180,7 +290,10 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
 
     Only the final layer is swapped, in place, so the model's own ``forward`` (pooling,
     residual paths, extra inputs) keeps working and now returns the features that fed
-    the head. A timm-style integer ``model.num_classes`` is set to 0.
+    the head. Label counts that described the head are set to 0: a timm-style integer
+    ``num_classes``, and the ``num_labels``/``config.num_labels`` of HF ``transformers``
+    models (their own convention for "no classifier", so ``from_pretrained`` rebuilds
+    the stripped model). A layer tied to another keeps the other one intact.
 
     Args:
         model: the network.
@@ -204,6 +317,9 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
     _check_module("model", model)
     name = find_head(model, attr)
     old = _swap(model, name, nn.Identity())
-    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
+    out = _out_count(old)
+    if out is not None:
+        _set_num_labels(model, name, out, 0)
+    elif isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
         model.num_classes = 0
     return old

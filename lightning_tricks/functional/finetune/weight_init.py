@@ -25,7 +25,15 @@ from lightning_tricks.functional._checks import (
 from lightning_tricks.functional._modules import glob_match
 from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
-__all__ = ["DEFAULT_TYPES", "SCHEMES", "InitReport", "check_init_options", "init_weights", "pretrained_keys"]
+__all__ = [
+    "DEFAULT_TYPES",
+    "SCHEMES",
+    "InitReport",
+    "check_init_options",
+    "frozen_roots",
+    "init_weights",
+    "pretrained_keys",
+]
 
 Scheme = Literal[
     "normal",
@@ -62,22 +70,28 @@ class InitReport:
     Attributes:
         initialized: parameter name -> description, e.g. ``"kaiming_normal(fan_in, relu)"``,
             ``"ones"``, ``"zeros"``, ``"zeros (last BatchNorm of block)"``.
-        skipped: parameters left as they were (not selected, or excluded).
+        skipped: parameters left as they were (not selected, excluded, pretrained or frozen).
+        frozen: the skipped parameters that were left alone because they do not require
+            gradients (``include_frozen=False``).
 
     Example:
         >>> print(InitReport({"fc.weight": "ones", "fc.bias": "zeros"}, ["emb.weight"]))
         initialised 2 tensors (1 x ones, 1 x zeros); left 1 unchanged
+        >>> print(InitReport({"fc.weight": "ones"}, ["emb.weight"], frozen=["emb.weight"]))
+        initialised 1 tensors (1 x ones); left 1 unchanged (1 frozen)
     """
 
     initialized: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         counts: dict[str, int] = {}
         for how in self.initialized.values():
             counts[how] = counts.get(how, 0) + 1
         parts = ", ".join(f"{n} x {how}" for how, n in sorted(counts.items()))
-        return f"initialised {len(self.initialized)} tensors ({parts}); left {len(self.skipped)} unchanged"
+        frozen = f" ({len(self.frozen)} frozen)" if self.frozen else ""
+        return f"initialised {len(self.initialized)} tensors ({parts}); left {len(self.skipped)} unchanged{frozen}"
 
 
 def _type_names(module: nn.Module) -> set[str]:
@@ -181,6 +195,7 @@ def init_weights(
     zero_init_last_bn: bool = False,
     skip: Sequence[str] = (),
     skip_pretrained: bool = True,
+    include_frozen: bool = False,
     generator: torch.Generator | None = None,
 ) -> InitReport:
     """Initialise ``module``'s weights in place and return a report of what was touched.
@@ -215,6 +230,9 @@ def init_weights(
             (``load_weights(...).loaded``).
         skip_pretrained: also skip every tensor that :func:`load_weights` filled in
             ``module`` or any of its submodules.
+        include_frozen: also initialise parameters that do not require gradients. By
+            default they are left alone (a frozen backbone loaded with
+            ``from_pretrained`` keeps its weights) and listed in ``report.frozen``.
         generator: random generator; pass one seeded identically on every rank.
 
     Returns:
@@ -257,6 +275,7 @@ def init_weights(
     negative_slope, gain, std, bound = opts["negative_slope"], opts["gain"], opts["std"], opts["bound"]
     skip_set = set(check_str_sequence("skip", skip, allow_empty=True))
     check_bool("skip_pretrained", skip_pretrained)
+    check_bool("include_frozen", include_frozen)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator or None; got {type(generator).__name__}")
 
@@ -322,8 +341,13 @@ def init_weights(
     def selected(name: str) -> bool:
         return (include is None or _matches(name, include)) and not _matches(name, exclude)
 
+    frozen: set[str] = set()
+
     def do(pname: str, t: torch.Tensor, how: str, fn) -> None:
         if pname in skip_set:
+            return
+        if not include_frozen and not t.requires_grad:
+            frozen.add(pname)
             return
         with torch.no_grad():
             fn(t)
@@ -356,9 +380,13 @@ def init_weights(
             if not selected(name):
                 continue
             if callable(getattr(block, "zero_init_last", None)):
+                done += 1
+                fixed = [n for n, p in block.named_parameters() if not p.requires_grad]
+                if fixed and not include_frozen:
+                    frozen.update(f"{name}.{n}" if name else n for n in fixed)
+                    continue
                 with torch.no_grad():
                     block.zero_init_last()
-                done += 1
                 continue
             last = None
             for sub_name, sub in block.named_modules():
@@ -375,4 +403,30 @@ def init_weights(
                 "'Block' or 'Bottleneck')"
             )
     report.skipped = sorted(param_names - set(report.initialized))
+    report.frozen = sorted(frozen - set(report.initialized))
     return report
+
+
+def frozen_roots(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """The shallowest submodules all of whose parameters are among ``names``, covering them.
+
+    Summarises a long list of (frozen) parameter names for a log line.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), nn.Linear(2, 1))
+        >>> frozen_roots(net, ["0.0.weight", "0.0.bias", "0.1.weight", "0.1.bias", "1.bias"])
+        ['0', '1.bias']
+    """
+    chosen = set(names)
+    out: list[str] = []
+    covered: set[str] = set()
+    for mname, m in module.named_modules():
+        prefix = f"{mname}." if mname else ""
+        params = [prefix + n for n, _ in m.named_parameters()]
+        if not params or any(p in covered for p in params) or not all(p in chosen for p in params):
+            continue
+        out.append(mname or "(all)")
+        covered.update(params)
+    out += [n for n in names if n not in covered]
+    return out

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from torch import nn
 
 from lightning_tricks.functional._checks import check_bool
 from lightning_tricks.functional._io import atomic_write
+from lightning_tricks.functional.finetune import _weights_format as fmt
 
 __all__ = ["LoadReport", "load_weights", "read_weights", "save_weights"]
 
@@ -77,15 +80,6 @@ def _check_path(path: Any) -> Path:
     return Path(path)
 
 
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
-
-
 def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
@@ -135,8 +129,11 @@ def read_weights(
     Raises:
         TypeError: ``path`` is not a path.
         FileNotFoundError: no such file.
-        ValueError: the file holds objects that weights-only loading refuses (for example
-            a pickle that would run code), or no state dict.
+        ValueError: the file cannot be read as weights; one message names the path and
+            what is wrong: empty, truncated or corrupt (``.safetensors`` or PyTorch), a
+            text, JSON or NumPy file, a pickle not written by ``torch.save``, no state
+            dict inside; or (``"refusing to load"``) its pickle references classes or
+            functions outside weights-only loading's allow-list, which could run code.
 
     Example:
         >>> import tempfile, torch
@@ -145,31 +142,82 @@ def read_weights(
         >>> read_weights(p)
         {'w': tensor([1., 1.])}
     """
+    return read_checkpoint(path, safe_globals=safe_globals)[0]
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, safe_globals: Iterable[Any] = ()
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Like :func:`read_weights`, and also the checkpoint's top-level integers and strings
+    (``epoch``, ``global_step`` of a Lightning checkpoint; empty for a bare state dict
+    or a ``.safetensors`` file)."""
     path = _check_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"`path` {str(path)!r} is not a file")
-    if _is_safetensors(path):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        for alias, kept in json.loads(meta.get(_ALIASES_KEY, "{}")).items():
-            if kept in tensors:
-                tensors[alias] = tensors[kept]
-        return tensors
+    kind = fmt.sniff(path)
+    if kind == "safetensors":
+        return _read_safetensors(path), {}
+    if kind == "zip":
+        kind, detail = fmt.zip_kind(path)
+        if kind == "zip_corrupt":
+            raise fmt.unreadable(path, "zip", detail)
+    if kind == "pickle":
+        # A pickle without torch's header: torch.load cannot read it. Say why, without unpickling.
+        names, complete = fmt.pickle_globals(path.read_bytes())
+        bad = fmt.disallowed(names)
+        if bad:
+            raise fmt.refusal(path, bad)
+        raise fmt.unreadable(path, "pickle", "" if complete else "and it is truncated")
+    if kind not in ("zip", "torch_legacy"):
+        raise fmt.unreadable(path, kind)
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"refusing to load `path` {str(path)!r}: weights-only loading found objects other than "
-            f"tensors and plain containers, which could run code when unpickled. If you trust the "
-            f"file, pass their classes in `safe_globals`, or convert it to .safetensors. Details: "
-            f"{str(err).splitlines()[0]}"
-        ) from None
-    return _unwrap(ckpt, path)
+        name = fmt.unsupported_global(str(err))
+        if name is not None and fmt.global_exists(name):
+            raise fmt.refusal(path, [name]) from None
+        detail = f"it names {name!r}, which does not exist" if name else _first_line(err)
+        raise fmt.unreadable(path, kind, detail) from None
+    except (EOFError, RuntimeError, OSError, ValueError, struct.error, zipfile.BadZipFile) as err:
+        raise fmt.unreadable(path, kind, _first_line(err)) from None
+    info: dict[str, Any] = {}
+    if isinstance(ckpt, Mapping):
+        info = {
+            k: v
+            for k, v in ckpt.items()
+            if isinstance(k, str) and isinstance(v, int | str) and not isinstance(v, bool)
+        }
+    return _unwrap(ckpt, path), info
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size
+    if header_len > size - 8:
+        raise fmt.unreadable(
+            path, "safetensors", f"its header says {header_len} bytes but the file has {size}"
+        )
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        aliases = json.loads(meta.get(_ALIASES_KEY, "{}"))
+    except Exception as err:  # SafetensorError is not importable as a stable class
+        raise fmt.unreadable(path, "safetensors", _first_line(err)) from None
+    for alias, kept in aliases.items():
+        if kept in tensors:
+            tensors[alias] = tensors[kept]
+    return tensors
 
 
 def save_weights(

@@ -96,6 +96,6 @@ def test_clear_errors():
     with pytest.raises(TypeError, match="`model`"):
         strip_head("resnet18")
     with pytest.raises(ValueError, match=r"not an nn.Linear"):
-        replace_head(nn.Sequential(nn.Conv2d(3, 4, 1)), 3, attr="0")
+        replace_head(nn.Sequential(nn.Conv2d(3, 4, 3)), 3, attr="0")  # a 1x1 conv is a dense head
     with pytest.raises(ValueError, match=r"contains no nn.Linear"):
         find_head(SmallCNN(), attr="backbone.0")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import builtins
 import pickle
+import re
 import shutil
 
 import pytest
@@ -161,3 +162,65 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="not a state dict"):
         read_weights(tmp_path / "list.pt")
     assert isinstance(LoadReport(), LoadReport) and LoadReport().ok
+
+
+def _bad_files(tmp_path) -> dict[str, tuple[object, str]]:
+    """name -> (path, what the error must say); every one is a file a user might pass by mistake."""
+    import json
+
+    import numpy as np
+
+    net = make_mlp()
+    zip_pt = save_weights(net, tmp_path / "full.pt").read_bytes()
+    legacy = tmp_path / "legacy.pt"
+    torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    legacy_bytes = legacy.read_bytes()
+    st = save_weights(net, tmp_path / "full.safetensors").read_bytes()
+    files = {
+        "empty.pt": (b"", r"is empty \(0 bytes\)"),
+        "truncated.pt": (zip_pt[: len(zip_pt) // 2], r"truncated or corrupt PyTorch"),
+        "truncated_legacy.pt": (legacy_bytes[: len(legacy_bytes) // 2], r"truncated or corrupt"),
+        "short_legacy.pt": (legacy_bytes[:30], r"truncated or corrupt"),
+        # cut inside a global's name: torch reports an "unsupported global" that does not exist
+        "cut_in_global.pt": (
+            legacy_bytes[: legacy_bytes.index(b"_rebuild_tensor") + 10],
+            r"truncated or corrupt PyTorch file \(it names 'torch\._utils\._rebuild_\w*', which does not exist",
+        ),
+        "notes.pt": (b"hello world\nthese are not weights\n", r"is a text file"),
+        "truncated.safetensors": (st[:-10], r"truncated or corrupt \.safetensors"),
+        "cut_header.safetensors": (st[:20], r"truncated or corrupt \.safetensors"),
+        "weights.json": (json.dumps({"weight": [[1.0, 2.0]]}).encode(), r"is a JSON file"),
+        "plain_pickle.pkl": (pickle.dumps({"w": [1.0, 2.0]}), r"not written by torch\.save"),
+    }
+    np.save(tmp_path / "arr.npy", np.ones(3))
+    np.savez(tmp_path / "arrs.npz", a=np.ones(2))
+    out = {}
+    for name, (data, expected) in files.items():
+        (tmp_path / name).write_bytes(data)
+        out[name] = (tmp_path / name, expected)
+    out["arr.npy"] = (tmp_path / "arr.npy", r"is a NumPy \.npy array")
+    out["arrs.npz"] = (tmp_path / "arrs.npz", r"is a NumPy \.npz archive")
+    return out
+
+
+def test_unreadable_files_give_one_clear_value_error(tmp_path):
+    for name, (path, expected) in _bad_files(tmp_path).items():
+        for fn in (read_weights, lambda p: load_weights(make_mlp(), p)):
+            with pytest.raises(ValueError) as info:
+                fn(path)
+            msg = str(info.value)
+            assert str(path) in msg and "`path`" in msg, (name, msg)
+            assert re.search(expected, msg), (name, msg)
+            # the security wording is for pickles that reference disallowed globals only
+            assert "run code" not in msg and "safe_globals" not in msg, (name, msg)
+
+
+def test_security_wording_names_the_disallowed_global(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"w": 1.0, "evil": Evil(tmp_path / "x")}))
+    with pytest.raises(ValueError, match=r"refusing to load.*builtins\.exec.*could run code"):
+        read_weights(path)
+    torch.save({"w": torch.ones(2), "evil": Evil(tmp_path / "x")}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"refusing to load.*exec.*could run code"):
+        read_weights(tmp_path / "evil.pt")
+    assert not (tmp_path / "x").exists()
