@@ -103,6 +103,7 @@ class GradientMonitor(Callback):
         self._tracker: IntermediateGrads | None = None
         self._nonfinite: NonFiniteTracker | None = None
         self._recording: Any = None
+        self._order_known = False
         self._scaled = False
         self._warned_without_grad: set[str] = set()
 
@@ -129,11 +130,7 @@ class GradientMonitor(Callback):
     ):
         if self._tracker is not None and self._sampled(trainer):
             self._tracker.attach()
-        if (
-            self._nonfinite is not None
-            and self._recording is None
-            and not getattr(self, "_order_known", False)
-        ):
+        if self._nonfinite is not None and self._recording is None and not self._order_known:
             self._recording = self._nonfinite.record_forward_order()  # forward pre-hooks for this step only
             self._recording.__enter__()
 
@@ -158,6 +155,9 @@ class GradientMonitor(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._nonfinite is not None:
             self._report_nonfinite(trainer, self._nonfinite.read())  # the one host transfer of the epoch
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_epoch_end(trainer, pl_module)  # a fit stopped mid-epoch (max_steps) is read too
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         if self._nonfinite is not None:
