@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_tricks.functional._checks import check_int, check_number, check_str_sequence
 from lightning_tricks.functional._io import atomic_write_text
@@ -21,6 +23,7 @@ from lightning_tricks.functional.inspect.activations import (
     activation_histogram,
     activation_stats,
     capture_activations,
+    feature_dim_of,
     feature_map_grid,
     histogram_image,
     select_layers,
@@ -44,20 +47,47 @@ def _inputs_of(batch: Any) -> torch.Tensor | None:
         return batch
     if isinstance(batch, (list, tuple)) and batch:
         return _inputs_of(batch[0])
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         for value in batch.values():
             if isinstance(value, torch.Tensor):
                 return value
     return None
 
 
+def _head(batch: Any, n: int) -> Any:
+    """A detached copy of ``batch`` with every tensor cut to its first ``n`` rows."""
+    if isinstance(batch, torch.Tensor):
+        return (batch[:n] if batch.dim() else batch).detach().clone()
+    if isinstance(batch, Mapping):
+        return {k: _head(v, n) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_head(v, n) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_head(v, n) for v in batch)
+    return batch
+
+
 class ActivationVisualizer(Callback):
     """Log what chosen layers output on a fixed sample batch, every N epochs and at the end of fit.
 
     The sample batch is taken once (the first validation batch, else the first training
-    batch, unless given with :meth:`set_sample`). A capture runs the model in eval mode
-    without gradients, with forward hooks that exist only during the capture, and leaves
-    weights, train/eval flags and the global RNG untouched. Only global rank 0 captures.
+    batch, unless given with :meth:`set_sample`), cut to ``num_samples`` rows. A capture
+    runs the model on it in eval mode without gradients, with forward hooks that exist
+    only during the capture, and leaves weights, train/eval flags and the global RNG
+    untouched. Only global rank 0 captures.
+
+    The sample is replayed the way training steps usually call the model: a dict batch
+    as ``pl_module(**batch)`` when ``forward`` takes those keywords (the HuggingFace
+    habit), an ``(x, y)`` batch as ``pl_module(x)``, a tensor as ``pl_module(batch)``.
+    A module that needs something else defines ``activation_forward(self, batch)``, which
+    the callback then calls instead. If a capture fails, the callback warns once, naming
+    the error, and stops capturing; training goes on.
+
+    Statistics are per unit: a unit is a channel of a conv feature map ``(B, C, H, W)``
+    and a feature of a token sequence ``(B, T, F)`` or a vector ``(B, F)`` (the module
+    type decides: :func:`~lightning_tricks.functional.inspect.activations.feature_dim_of`).
+    A unit is dead when it is near zero for every sample and position. Sequences are
+    drawn as a tokens x features heat map per sample.
 
     With a TensorBoard logger each layer gets, under ``activations/<layer>/``: an image
     grid of its first feature maps, a histogram, scalars ``mean``, ``std``,
@@ -99,17 +129,18 @@ class ActivationVisualizer(Callback):
         self.max_channels = check_int("max_channels", max_channels, minimum=1)
         self.bins = check_int("bins", bins, minimum=2, maximum=10_000)
         self.near_zero = check_number("near_zero", near_zero, minimum=0.0)
-        self._user_sample: torch.Tensor | None = None
+        self._user_sample: Any = None
         self._reset()
 
     def _reset(self) -> None:
-        self.sample: torch.Tensor | None = self._user_sample
+        self.sample: Any = self._user_sample
         self.history: dict[str, list[list[float]]] = {}
         self.ranges: dict[str, tuple[float, float]] = {}
         self.last_stats: dict[str, dict[str, float]] = {}
         self._layer_names: list[str] = []
         self._captured_step: int | None = None
         self._told_where = False
+        self._failed = False
         self._out_dir = Path("activations")
 
     @property
@@ -117,22 +148,22 @@ class ActivationVisualizer(Callback):
         return f"ActivationVisualizer[layers={self.layers},bins={self.bins}]"
 
     def set_sample(self, batch: Any) -> None:
-        """Use ``batch`` (a tensor, or a batch whose first tensor is the input) as the sample.
+        """Use ``batch`` as the sample: a tensor, or a whole batch as the loader yields it
+        (``(x, y)``, a dict), replayed the way the class docstring describes.
 
         Raises:
-            TypeError: if no input tensor can be found in ``batch``.
+            TypeError: if ``batch`` holds no tensor.
 
         Example:
             >>> import torch
-            >>> cb = ActivationVisualizer()
-            >>> cb.set_sample((torch.zeros(2, 3), torch.zeros(2)))
-            >>> cb.sample.shape
-            torch.Size([2, 3])
+            >>> cb = ActivationVisualizer(num_samples=2)
+            >>> cb.set_sample((torch.zeros(5, 3), torch.zeros(5)))
+            >>> [t.shape for t in cb.sample]
+            [torch.Size([2, 3]), torch.Size([2])]
         """
-        x = _inputs_of(batch)
-        if x is None:
+        if _inputs_of(batch) is None:
             raise TypeError(f"`batch` must be a tensor or hold one; got {type(batch).__name__}")
-        self._user_sample = x[: self.num_samples].detach().clone()
+        self._user_sample = _head(batch, self.num_samples)
         self.sample = self._user_sample
 
     # ------------------------------------------------------------------ hooks
@@ -163,7 +194,7 @@ class ActivationVisualizer(Callback):
         self.ranges = {k: tuple(v) for k, v in state_dict.get("ranges", {}).items()}
 
     # ---------------------------------------------------------------- capture
-    def _take_sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor | None:
+    def _take_sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         loaders: list[Any] = []
         for source in (trainer.val_dataloaders, trainer.datamodule, pl_module, trainer.train_dataloader):
             if source is None:
@@ -171,22 +202,37 @@ class ActivationVisualizer(Callback):
             if isinstance(source, (L.LightningDataModule, L.LightningModule)):
                 try:
                     source = source.val_dataloader()
-                except Exception:
+                except (MisconfigurationException, NotImplementedError):  # no validation loader defined
+                    continue
+                except Exception as err:
+                    self._probe_failed(f"`{type(source).__name__}.val_dataloader()`", err)
                     continue
             loaders.extend(source if isinstance(source, (list, tuple)) else [source])
         for loader in loaders:
             try:
-                with torch.random.fork_rng(devices=[]):
-                    batch = next(iter(loader))
-            except Exception:
+                batches = iter(loader)
+            except TypeError:  # not a loader
                 continue
-            x = _inputs_of(batch)
-            if x is not None:
-                return x[: self.num_samples].detach().clone()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(batches)
+            except StopIteration:  # an empty loader
+                continue
+            except Exception as err:
+                self._probe_failed(f"the first batch of {type(loader).__name__}", err)
+                continue
+            if _inputs_of(batch) is not None:
+                return _head(batch, self.num_samples)
         return None
 
+    def _probe_failed(self, what: str, err: Exception) -> None:
+        rank_zero_warn(
+            f"ActivationVisualizer: taking a sample batch from {what} raised {type(err).__name__}: {err}; "
+            f"trying the next source (call `set_sample(batch)` to choose the sample yourself)."
+        )
+
     def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not self._layer_names:
+        if not trainer.is_global_zero or not self._layer_names or self._failed:
             return
         if self._captured_step == trainer.global_step:
             return
@@ -197,8 +243,20 @@ class ActivationVisualizer(Callback):
                 rank_zero_warn("ActivationVisualizer found no sample batch; call `set_sample(batch)`.")
                 self._layer_names = []
                 return
-        x = self.sample.to(pl_module.device)
-        acts = capture_activations(pl_module, x, self._layer_names, trainer.precision_plugin.forward_context)
+        try:
+            acts = self._run(trainer, pl_module)
+        except Exception as err:  # a side activity must never stop training
+            self._failed = True
+            rank_zero_warn(
+                f"ActivationVisualizer: capturing activations failed with {type(err).__name__}: {err}. "
+                f"No more captures in this fit; training goes on. Define `activation_forward(self, batch)` "
+                f"on your LightningModule to tell it how to run the model on a batch."
+            )
+            return
+        if not acts:
+            return
+        modules = dict(pl_module.named_modules())
+        dims = {n: feature_dim_of(modules.get(n), a) for n, a in acts.items()}
         names = [n for n in self._layer_names if n in acts]
         for n in names:
             if n not in self.ranges:
@@ -208,7 +266,7 @@ class ActivationVisualizer(Callback):
                     lo, hi = lo - 0.5, hi + 0.5
                 self.ranges[n] = (lo, hi)
         # all per-layer numbers go to the host in one transfer
-        stats = torch.stack([activation_stats(acts[n], self.near_zero) for n in names]).cpu()
+        stats = torch.stack([activation_stats(acts[n], self.near_zero, dims[n]) for n in names]).cpu()
         hists = torch.stack([activation_histogram(acts[n], self.bins, *self.ranges[n]) for n in names]).cpu()
         step, epoch = trainer.global_step, trainer.current_epoch
         for i, n in enumerate(names):
@@ -218,7 +276,11 @@ class ActivationVisualizer(Callback):
         if writer is not None:
             for n in names:
                 tag = f"activations/{n}"
-                writer.add_image(f"{tag}/feature_maps", feature_map_grid(acts[n], self.max_channels), step)
+                writer.add_image(
+                    f"{tag}/feature_maps",
+                    feature_map_grid(acts[n], self.max_channels, feature_dim=dims[n]),
+                    step,
+                )
                 writer.add_histogram(f"{tag}/histogram", acts[n].float().cpu(), step)
                 for k, v in self.last_stats[n].items():
                     writer.add_scalar(f"{tag}/{k}", v, step)
@@ -227,15 +289,28 @@ class ActivationVisualizer(Callback):
                 )
             writer.flush()
         else:
-            self._write_files(trainer, acts, names, epoch, step)
+            self._write_files(trainer, acts, names, epoch, step, dims)
 
-    def _write_files(self, trainer: L.Trainer, acts: dict, names: list[str], epoch: int, step: int) -> None:
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        sample = move_data_to_device(self.sample, pl_module.device)
+        forward_fn = getattr(pl_module, "activation_forward", None)
+        return capture_activations(
+            pl_module,
+            sample,
+            self._layer_names,
+            trainer.precision_plugin.forward_context,
+            forward_fn=forward_fn if callable(forward_fn) else None,
+        )
+
+    def _write_files(
+        self, trainer: L.Trainer, acts: dict, names: list[str], epoch: int, step: int, dims: dict[str, int]
+    ) -> None:
         root = self._out_dir
         for n in names:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", n)
             write_png(
                 root / f"epoch{epoch:03d}_step{step:06d}" / f"{safe}.png",
-                feature_map_grid(acts[n], self.max_channels),
+                feature_map_grid(acts[n], self.max_channels, feature_dim=dims[n]),
             )
             write_png(root / f"{safe}_colorful_dimension.png", histogram_image(torch.tensor(self.history[n])))
         path = root / "activation_stats.csv"

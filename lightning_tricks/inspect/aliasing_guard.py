@@ -64,6 +64,7 @@ class AliasingGuard(Callback):
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
         self.mode = check_choice("mode", mode, ("warn", "raise"))
         self._watch: list[tuple[str, torch.Tensor, str, int, torch.Tensor]] = []
+        self._step = 0
         self._reported: set[str] = set()
         self._storages: dict[int, str] | None = None
 
@@ -77,6 +78,9 @@ class AliasingGuard(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ):
         self._watch = []
+        self._step = (
+            trainer.global_step
+        )  # the step this batch belongs to (it is incremented before batch end)
         if trainer.global_step % self.every_n_steps != 0:
             return
         if self._storages is None:  # once per epoch, on its first sampled step
@@ -96,7 +100,7 @@ class AliasingGuard(Callback):
             self._reported.add(path)
             msg = (
                 f"AliasingGuard: `{path}` shares memory with `{name}` and was modified in place during "
-                f"training step {trainer.global_step}; the dataset now holds the modified values for every "
+                f"training step {self._step}; the dataset now holds the modified values for every "
                 f"later epoch. Work on a copy (`x = x.clone()`, or `x = x - mean` instead of `x -= mean`)."
             )
             if self.mode == "raise":

@@ -18,7 +18,11 @@ from lightning_tricks.functional._checks import (
     check_number,
     check_str_sequence,
 )
-from lightning_tricks.functional.inspect.gradients import IntermediateGrads, first_nonfinite, layer_grad_norms
+from lightning_tricks.functional.inspect.gradients import (
+    IntermediateGrads,
+    NonFiniteTracker,
+    layer_grad_norms,
+)
 
 __all__ = ["GradientMonitor", "NonFiniteGradientError"]
 
@@ -38,9 +42,19 @@ class GradientMonitor(Callback):
     Norms are computed in ``on_before_optimizer_step``, i.e. after the AMP gradient
     scaler has unscaled the gradients (Lightning unscales before that hook), for all
     layers at once on the device, and moved to the host in one transfer on sampled steps
-    only: on other steps the callback does nothing. Non-finite detection reads the same
-    transferred norms, so it is also only done on sampled steps (use ``every_n_steps=1``
-    to check every step, at the cost of one host sync per step).
+    only.
+
+    Non-finite gradients are noticed on **every** step without a host sync: each step
+    folds "is any gradient NaN/Inf" into a flag on the device (one ``_foreach_norm`` over
+    the gradients), which is read on sampled steps (in the same transfer as the norms)
+    and at the end of every training epoch. The report names the first step with a
+    non-finite gradient and the layer **nearest its origin**: the non-finite layer that
+    backward reached first, i.e. the one that ran last in the forward pass (a NaN/Inf
+    spreads from where it arose to every layer before it; the forward order is recorded
+    once, on the first training step). Under fp16 mixed precision with a loss scaler,
+    non-finite gradients are what the scaler expects now and then: it skips those steps
+    and lowers the scale. They are then counted in :attr:`skipped_steps` (logged as
+    ``gradient_monitor/skipped_steps``) instead of warned about or raised.
 
     Logged (global rank 0): ``grad_norm/<layer>``, ``grad_norm/total`` and, for each
     module named in ``intermediate``, ``grad_norm/output/<name>``; with a TensorBoard
@@ -52,9 +66,13 @@ class GradientMonitor(Callback):
         every_n_steps: sample every N-th optimizer step (step 0 included).
         norm_type: p of the p-norm (``inf`` for the max norm).
         log_histograms: also log gradient histograms (TensorBoard only).
-        detect_nonfinite: ``"warn"`` or ``"raise"`` when a sampled step has a NaN/Inf
-            gradient, naming the first such layer in model order; ``None`` to only log.
-        intermediate: names of modules whose output gradients to keep and log.
+        detect_nonfinite: ``"warn"`` or ``"raise"`` (:class:`NonFiniteGradientError`) when a
+            step had a NaN/Inf gradient, naming the step and the layer nearest its origin;
+            ``None`` to only log (and pay nothing on unsampled steps).
+        intermediate: names of modules whose output gradients to keep and log. For a module
+            returning a tuple, dict or ``ModelOutput``, the gradient of its first tensor that
+            requires grad (a transformer layer's hidden states); a module whose output holds
+            no such tensor is named in a warning.
 
     Example:
         >>> from lightning_tricks import GradientMonitor
@@ -81,7 +99,13 @@ class GradientMonitor(Callback):
         self.detect_nonfinite = detect_nonfinite
         self.intermediate = check_str_sequence("intermediate", intermediate, allow_empty=True)
         self.last_norms: dict[str, float] = {}
+        self.skipped_steps = 0
         self._tracker: IntermediateGrads | None = None
+        self._nonfinite: NonFiniteTracker | None = None
+        self._recording: Any = None
+        self._order_known = False
+        self._scaled = False
+        self._warned_without_grad: set[str] = set()
 
     @property
     def intermediate_grads(self) -> dict[str, torch.Tensor]:
@@ -95,31 +119,58 @@ class GradientMonitor(Callback):
         if stage != "fit":  # keep the last fit's norms readable after trainer.test/validate
             return
         self.last_norms = {}
+        self.skipped_steps = 0
+        self._warned_without_grad = set()
         self._tracker = IntermediateGrads(pl_module, self.intermediate) if self.intermediate else None
+        self._nonfinite = NonFiniteTracker(pl_module) if self.detect_nonfinite is not None else None
+        self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ):
         if self._tracker is not None and self._sampled(trainer):
             self._tracker.attach()
+        if self._nonfinite is not None and self._recording is None and not self._order_known:
+            self._recording = self._nonfinite.record_forward_order()  # forward pre-hooks for this step only
+            self._recording.__enter__()
+
+    def _stop_recording(self) -> None:
+        if self._recording is not None:
+            self._recording.__exit__(None, None, None)
+            self._recording, self._order_known = None, True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_recording()
         if self._tracker is not None:
             self._tracker.detach()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop_recording()
         if self._tracker is not None:
             self._tracker.detach()
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._order_known = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._nonfinite is not None:
+            self._report_nonfinite(trainer, self._nonfinite.read())  # the one host transfer of the epoch
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_epoch_end(trainer, pl_module)  # a fit stopped mid-epoch (max_steps) is read too
+
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self._nonfinite is not None:
+            self._nonfinite.update(trainer.global_step)  # device ops only, every step
         if not self._sampled(trainer):
             return
         log = trainer.is_global_zero
-        if not log and self.detect_nonfinite is None:
+        if not log and self._nonfinite is None:
             return
         names, norms = layer_grad_norms(pl_module, self.norm_type)
         if not names:
             return
+        self._warn_without_grad()
         extra = [] if self._tracker is None else [n for n in self.intermediate if n in self._tracker.grads]
         parts = [norms.float()]
         if extra:
@@ -130,32 +181,54 @@ class GradientMonitor(Callback):
                 inter = inter / scaler.get_scale()
             parts.append(inter)
         total = norms.norm(self.norm_type) if not math.isinf(self.norm_type) else norms.max()
-        values = torch.cat([*parts, total.reshape(1)]).tolist()  # the one host transfer
+        pending = [] if self._nonfinite is None else [t.to(norms.device) for t in self._nonfinite.pending()]
+        values = torch.cat([*parts, total.reshape(1), *pending]).tolist()  # the one host transfer
+        n_norms = len(names) + len(extra) + 1
         layer_values = values[: len(names)]
         self.last_norms = dict(zip(names, layer_values))
-        self.last_norms["total"] = values[-1]
+        self.last_norms["total"] = values[n_norms - 1]
         for i, n in enumerate(extra):
             self.last_norms[f"output/{n}"] = values[len(names) + i]
+        if self._nonfinite is not None and pending:
+            self._report_nonfinite(trainer, self._nonfinite.read(values[n_norms:]))
         if log:
             metrics = {f"grad_norm/{k}": v for k, v in self.last_norms.items()}
+            if self._scaled and self._nonfinite is not None:
+                metrics["gradient_monitor/skipped_steps"] = float(self.skipped_steps)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
             if self.log_histograms:
                 self._log_histograms(trainer, pl_module)
-        if self.detect_nonfinite is not None:
-            bad = first_nonfinite(names, layer_values)
-            if bad is not None:
-                value = self.last_norms[bad]
-                msg = (
-                    f"GradientMonitor: the gradient of layer {bad!r} is "
-                    f"{'NaN' if math.isnan(value) else 'infinite'} at step {trainer.global_step} "
-                    f"(first such layer in model order)."
-                )
-                if getattr(trainer.precision_plugin, "scaler", None) is not None:
-                    msg += " Under fp16 AMP the GradScaler skips this step and lowers the loss scale."
-                if self.detect_nonfinite == "raise":
-                    raise NonFiniteGradientError(msg)
-                rank_zero_warn(msg)
+
+    def _warn_without_grad(self) -> None:
+        if self._tracker is None:
+            return
+        for name in sorted(self._tracker.without_grad - self._warned_without_grad):
+            self._warned_without_grad.add(name)
+            rank_zero_warn(
+                f"GradientMonitor: the output of `intermediate` module {name!r} holds no tensor that "
+                f"requires grad (or the module did not run), so no output gradient is recorded for it."
+            )
+
+    def _report_nonfinite(self, trainer: L.Trainer, found: tuple | None) -> None:
+        if found is None or self._nonfinite is None:
+            return
+        self._nonfinite.reset()
+        first, layer, bad, kind, num_steps = found
+        if self._scaled:
+            # the loss scaler skips exactly these steps (the gradients we see are unscaled ones,
+            # non-finite iff the scaler found an inf) and lowers its scale: normal under fp16
+            self.skipped_steps += num_steps
+            return
+        msg = (
+            f"GradientMonitor: the gradient of layer {layer!r} is {kind} at step {first} (the layer "
+            f"nearest the origin: the first in backward order with a non-finite gradient; "
+            f"{len(bad)} layer(s) were non-finite at that step; {num_steps} step(s) with non-finite "
+            f"gradients since the last check)."
+        )
+        if self.detect_nonfinite == "raise":
+            raise NonFiniteGradientError(msg)
+        rank_zero_warn(msg)
 
     def _log_histograms(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:

@@ -45,15 +45,17 @@ def describe(found: RetainedGraph) -> str:
 class RetainedGraphGuard(Callback):
     """Warn (or raise) when the LightningModule keeps a tensor's autograd graph alive across steps.
 
-    Every ``every_n_steps`` optimizer steps, at the start of a training batch, the
-    module's attributes (and its submodules', not parameters or buffers), including
-    nested lists, tuples and dicts, are scanned for tensors with a ``grad_fn``: at that
+    At the start of the first training batch after the fit starts (or resumes: at the
+    very first batch nothing can be retained yet), then every ``every_n_steps`` optimizer
+    steps after it, and at the end of every training epoch (before the module's own
+    ``on_train_epoch_end``), the module's attributes (and its submodules', not parameters
+    or buffers), including nested lists, tuples and dicts, are scanned for tensors with a ``grad_fn``: at that
     point none should exist. The classic case is ``self.losses.append(loss)``. The
     message names the attribute and estimates the memory it holds. Each attribute is
     reported once per fit. The scan is pure Python (no device sync) and bounded.
 
     Args:
-        every_n_steps: scan at every N-th step.
+        every_n_steps: scan every N steps after the first scan (which is one step after the start).
         mode: ``"warn"`` or ``"raise"`` (:class:`RetainedGraphError`).
         max_depth: container nesting levels to look into.
 
@@ -70,15 +72,30 @@ class RetainedGraphGuard(Callback):
         self.mode = check_choice("mode", mode, ("warn", "raise"))
         self.max_depth = check_int("max_depth", max_depth, minimum=0, maximum=20)
         self._reported: set[str] = set()
+        self._start = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reported = set()
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = trainer.global_step  # 0, or the step a resumed run starts from
+
+    def _due(self, step: int) -> bool:
+        # nothing can be retained before the first step has run: the first scan is one step
+        # after the start, then every N steps after that one
+        start = getattr(self, "_start", 0)
+        return step > start and (step - start - 1) % self.every_n_steps == 0
+
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ):
-        if trainer.global_step % self.every_n_steps != 0:
-            return
+        if self._due(trainer.global_step):
+            self._scan(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._scan(trainer, pl_module)  # before the module's own `on_train_epoch_end` clears its lists
+
+    def _scan(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for found in find_retained_graphs(pl_module, max_depth=self.max_depth):
             if found.path in self._reported:
                 continue

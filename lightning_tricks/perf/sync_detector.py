@@ -19,8 +19,8 @@ _MODES = ("warn", "raise", "count")
 
 
 class SyncDetector(L.Callback):
-    """Find ``.item()``, ``.cpu()``, ``if tensor:``, boolean-mask indexing, ``nonzero``,
-    ``torch.tensor(...).to(device)`` and the like inside ``training_step``.
+    """Find ``.item()``, ``.cpu()``, ``if tensor:``, ``print(tensor)``, boolean-mask indexing,
+    ``nonzero``, ``torch.tensor(...).to(device)`` and the like inside ``training_step``.
 
     On sampled steps, ``training_step`` runs under :func:`~lightning_tricks.functional.detect_syncs`:
     every operation that forces the host to wait for the accelerator (or that builds a

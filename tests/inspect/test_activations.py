@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -197,3 +198,129 @@ def test_no_hooks_between_captures(tmp_path):
     with pytest.warns(UserWarning):
         trainer.fit(model, ImageDataModule())
     assert seen and set(seen) == {0}
+
+
+# ------------------------------------------------------------------ zoo models (issue 11)
+def _kill_half_the_units(linear: torch.nn.Linear) -> None:
+    """Zero the weight rows and bias of half the output units: those units (and GELU of them) are 0."""
+    with torch.no_grad():
+        half = linear.out_features // 2
+        linear.weight[:half] = 0.0
+        linear.bias[:half] = 0.0
+
+
+ZOO_LAYERS = {  # (layer with half its units dead, its activation function after it)
+    "bert": ("model.bert.encoder.layer.0.intermediate.dense", "model.bert.encoder.layer.0.intermediate"),
+    "vit": ("model.vit.layers.0.mlp.fc1", "model.vit.layers.0.mlp.activation_fn"),
+}
+
+
+def _zoo_fit(tmp_path, name, cb, **trainer_args):
+    from tests.helpers.zoo import zoo_loaders, zoo_module
+
+    torch.manual_seed(0)
+    model = zoo_module(name, lr=0.0)  # lr 0: the units killed below stay dead
+    train, val = zoo_loaders(name, n=8, batch_size=8)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = cpu_trainer(**{"max_epochs": 1, "logger": logger, "callbacks": [cb], **trainer_args})
+    return model, train, val, trainer, logger
+
+
+@pytest.mark.parametrize("name", ["bert", "vit"])
+def test_sequence_activations_have_per_feature_stats_and_heat_maps(tmp_path, name):
+    """(B, T, F) outputs: a unit is a feature, not a token; half the FFN units dead reads 0.5."""
+    dense, act = ZOO_LAYERS[name]
+    cb = ActivationVisualizer(layers=[dense, act], num_samples=4)
+    model, train, val, trainer, logger = _zoo_fit(tmp_path, name, cb)
+    _kill_half_the_units(model.get_submodule(dense))
+    trainer.fit(model, train, val)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    for layer in (dense, act):
+        (dead,) = acc.Scalars(f"activations/{layer}/dead_fraction")
+        assert dead.value == pytest.approx(0.5)
+        assert cb.last_stats[layer]["dead_fraction"] == pytest.approx(0.5)
+        assert cb.last_stats[layer]["near_zero_fraction"] >= 0.5
+        (img,) = acc.Images(f"activations/{layer}/feature_maps")
+        tokens = 12 if name == "bert" else 17  # BERT's sequence; ViT's 16 patches + CLS
+        # one tokens x features heat map per sample (4 samples, 1-pixel gaps), not 1-pixel strips
+        assert (img.width, img.height) == (32, 4 * (tokens + 1) - 1)
+
+
+def test_conv_activations_have_per_channel_stats_on_resnet(tmp_path):
+    conv = "model.resnet.embedder.embedder.convolution"
+    cb = ActivationVisualizer(max_layers=2)  # the default: the first Conv2d layers
+    model, train, val, trainer, logger = _zoo_fit(tmp_path, "resnet", cb)
+    with torch.no_grad():
+        model.get_submodule(conv).weight[:4] = 0.0  # 4 of 8 output channels dead
+    trainer.fit(model, train, val)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert acc.Scalars(f"activations/{conv}/dead_fraction")[0].value == pytest.approx(0.5)
+    other = "model.resnet.encoder.stages.0.layers.0.layer.0.convolution"
+    assert acc.Scalars(f"activations/{other}/dead_fraction")[0].value < 0.5
+    (img,) = acc.Images(f"activations/{conv}/feature_maps")
+    assert (img.width, img.height) == (3 * 17 - 1, 3 * 17 - 1)  # 8 maps of 16x16 in a 3x3 grid
+
+
+def test_keyword_forward_module_is_replayed_with_its_dict_batch(tmp_path):
+    """`forward(self, **batch)` (HF habit): the sample is replayed as `pl_module(**batch)`, no crash."""
+    cb = ActivationVisualizer(every_n_epochs=1)
+    model, train, val, trainer, _ = _zoo_fit(tmp_path, "bert", cb, max_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*(LeafSpec|workers|litlogger|log_every_n_steps).*")
+        trainer.fit(model, train, val)
+    assert set(cb.last_stats) == set(select_layers(model))
+    assert cb.sample["input_ids"].shape == (8, 12) and set(cb.sample) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+    }
+    assert all(len(h) == 2 for h in cb.history.values())  # a capture after each epoch
+
+
+def test_user_forward_hook_and_failures_never_stop_training(tmp_path):
+    from tests.helpers.zoo import HFTextClassifier
+
+    class OwnForward(HFTextClassifier):
+        def activation_forward(self, batch):
+            self.replayed = sorted(batch)
+            return self.model(input_ids=batch["input_ids"])
+
+    cb = ActivationVisualizer(layers=["model.bert.encoder.layer.0.output.dense"])
+    model, train, val, trainer, _ = _zoo_fit(tmp_path, "bert", cb)
+    model = OwnForward(lr=0.0)
+    trainer.fit(model, train, val)
+    assert model.replayed == ["attention_mask", "input_ids", "labels"]
+    assert cb.last_stats
+
+    class Broken(HFTextClassifier):
+        def activation_forward(self, batch):
+            raise RuntimeError("no such head")
+
+    cb = ActivationVisualizer(every_n_epochs=1)
+    model, train, val, trainer, _ = _zoo_fit(tmp_path / "b", "bert", cb, max_epochs=2)
+    with pytest.warns(UserWarning, match="RuntimeError: no such head") as record:
+        trainer.fit(Broken(lr=0.0), train, val)
+    assert sum("capturing activations failed" in str(w.message) for w in record) == 1  # once
+    assert trainer.current_epoch == 2 and not cb.last_stats
+
+
+def test_unexpected_loader_errors_are_named_not_swallowed(tmp_path):
+    from torch.utils.data import DataLoader, Dataset
+
+    class Corrupt(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise OSError("corrupt shard 3")
+
+    cb = ActivationVisualizer(max_layers=1)
+    trainer = cpu_trainer(max_epochs=1, callbacks=[cb], limit_val_batches=0, logger=False)
+    dm = ImageDataModule()
+    dm.val_dataloader = lambda: DataLoader(Corrupt(), batch_size=2)
+    with pytest.warns(UserWarning, match="OSError: corrupt shard 3"):
+        trainer.fit(ClassifierModule("cnn"), dm)
+    assert cb.sample is not None and cb.last_stats  # fell back to the training loader

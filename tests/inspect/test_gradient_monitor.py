@@ -16,6 +16,7 @@ import lightning_tricks.inspect.gradient_monitor as gm_module
 from lightning_tricks import GradientMonitor, NonFiniteGradientError
 from lightning_tricks.functional.inspect import IntermediateGrads, layer_grad_norms
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+from tests.helpers.zoo import HFImageClassifier, zoo_loaders, zoo_module
 
 
 def test_layer_grad_norms_match_manual():
@@ -140,3 +141,109 @@ def test_last_norms_survive_trainer_test():
     assert norms
     trainer.test(model, datamodule=ImageDataModule(), verbose=False)
     assert monitor.last_norms == norms
+
+
+# ------------------------------------------------------------------ zoo models (issue 11)
+STAGE0 = "model.resnet.encoder.stages.0"
+STAGE0_LAST = "model.resnet.encoder.stages.0.layers.0.layer.1.normalization"  # last to run in stage 0
+
+
+class PoisonStage(HFImageClassifier):
+    """HF ResNet whose stage-0 output gradient is NaN on one step: the NaN arises there and
+    spreads to every layer before it (the stem first in model order), none after it."""
+
+    def __init__(self, bad_step: int):
+        super().__init__("resnet", lr=0.0)
+        self.bad_step = bad_step
+        self.get_submodule(STAGE0).register_forward_hook(self._poison_output)
+
+    def _poison_output(self, module, args, output):
+        if self.training and self.global_step == self.bad_step:
+            output.register_hook(lambda g: g * float("nan"))
+
+
+def test_nonfinite_on_an_unsampled_step_is_caught_with_the_layer_nearest_its_origin(tmp_path):
+    train, _ = zoo_loaders("resnet", n=32, batch_size=8)  # 4 steps; defaults sample step 0 only
+    monitor = GradientMonitor(detect_nonfinite="raise")
+    with pytest.raises(NonFiniteGradientError, match=rf"'{STAGE0_LAST}' is NaN at step 1 ") as err:
+        cpu_trainer(max_epochs=1, callbacks=[monitor]).fit(PoisonStage(bad_step=1), train)
+    assert "model.resnet.embedder" not in str(err.value)  # not the stem, first in model order
+
+
+def test_a_step_the_fp16_scaler_skips_is_counted_not_raised(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class InfOnce(Callback):
+        def on_after_backward(self, trainer, pl_module):  # scaled gradients, before unscaling
+            if trainer.global_step == 2:
+                next(pl_module.parameters()).grad.view(-1)[0] = float("inf")
+
+    train, _ = zoo_loaders("resnet", n=32, batch_size=8)
+    monitor = GradientMonitor(every_n_steps=1, detect_nonfinite="raise")
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = cpu_trainer(
+        max_epochs=1,
+        callbacks=[monitor, InfOnce()],
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+    )
+    trainer.fit(zoo_module("resnet"), train)
+    assert trainer.global_step == 4 and monitor.skipped_steps == 1
+    assert scaler.get_scale() < 2.0**16  # the scaler did skip it and lower its scale
+
+
+@pytest.mark.parametrize("name", ["bert", "resnet"])
+def test_intermediate_tuple_and_model_output_modules_record_gradients(tmp_path, name):
+    modules = {
+        "bert": ["model.bert.encoder.layer.0", "model.bert.encoder", "model.bert.embeddings"],
+        "resnet": [STAGE0, "model.resnet.encoder", "model.resnet"],  # tensor, BaseModelOutput, ...
+    }[name]
+    train, _ = zoo_loaders(name, n=8, batch_size=8)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    monitor = GradientMonitor(every_n_steps=1, intermediate=modules)
+    trainer = cpu_trainer(max_epochs=1, logger=logger, callbacks=[monitor], log_every_n_steps=1)
+    model = zoo_module(name)
+    trainer.fit(model, train)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    for m in modules:
+        assert acc.Scalars(f"grad_norm/output/{m}")[0].value > 0
+    grads = monitor.intermediate_grads
+    if name == "bert":
+        assert grads["model.bert.encoder.layer.0"].shape == (8, 12, 16)  # the hidden states
+        assert grads["model.bert.encoder"].shape == (8, 12, 16)  # last_hidden_state
+    else:
+        assert grads[STAGE0].shape == (8, 8, 8, 8)
+        assert grads["model.resnet.encoder"].shape == (8, 16, 4, 4)
+
+
+def test_intermediate_module_without_a_gradient_is_named():
+    train, _ = zoo_loaders("resnet", n=8, batch_size=8)
+    monitor = GradientMonitor(every_n_steps=1, intermediate=["model.resnet.embedder.pooler"])
+    model = zoo_module("resnet")
+
+    class NoGradPooler(torch.nn.Module):  # e.g. a pooler fed from a detached/frozen stem
+        def forward(self, x):
+            return x.detach()
+
+    model.model.resnet.embedder.pooler = NoGradPooler()
+    with pytest.warns(UserWarning, match="'model.resnet.embedder.pooler' holds no tensor that requires grad"):
+        cpu_trainer(max_epochs=1, callbacks=[monitor]).fit(model, train)
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit", "bert"])
+def test_zoo_norms_through_tensorboard(tmp_path, name):
+    """Per-layer norms of every layer with parameters; the total is their 2-norm."""
+    train, _ = zoo_loaders(name, n=8, batch_size=8)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    monitor = GradientMonitor(every_n_steps=1)
+    model = zoo_module(name)
+    cpu_trainer(max_epochs=1, logger=logger, callbacks=[monitor], log_every_n_steps=1).fit(model, train)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    layers = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.grad is not None}
+    tags = {t[len("grad_norm/") :] for t in acc.Tags()["scalars"] if t.startswith("grad_norm/")}
+    assert layers <= tags and "total" in tags
+    per_layer = [acc.Scalars(f"grad_norm/{n}")[0].value for n in layers]
+    assert acc.Scalars("grad_norm/total")[0].value == pytest.approx(
+        math.sqrt(sum(v * v for v in per_layer)), rel=1e-4
+    )

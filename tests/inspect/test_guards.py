@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_tricks import AliasingError, AliasingGuard, RetainedGraphError, RetainedGraphGuard
 from lightning_tricks.functional.inspect import find_retained_graphs, graph_saved_bytes
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, make_image_dataset
+from tests.helpers.zoo import HFImageClassifier, make_zoo_images, zoo_loaders
 
 
 def _silently(fn):
@@ -144,3 +145,59 @@ def test_guard_arguments():
         AliasingGuard(mode="ignore")
     with pytest.raises(ValueError, match="every_n_steps"):
         RetainedGraphGuard(every_n_steps=0)
+
+
+# ------------------------------------------------------------------ zoo models (issue 11)
+class ZooKeepsLosses(HFImageClassifier):
+    """An HF ResNet classifier that keeps every loss with its graph."""
+
+    def __init__(self):
+        super().__init__("resnet")
+        self.losses = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(loss)
+        return loss
+
+
+def test_retained_graph_defaults_catch_a_short_fit_on_a_zoo_model():
+    """At defaults (every 50 steps) a 2-step fit is scanned at the first step after start and at epoch end."""
+    train, _ = zoo_loaders("resnet", n=16, batch_size=8)
+    guard = RetainedGraphGuard(mode="raise")  # every_n_steps=50
+    with pytest.raises(RetainedGraphError, match=r"self\.losses"):
+        cpu_trainer(max_epochs=1, callbacks=[guard]).fit(ZooKeepsLosses(), train)
+
+
+def test_retained_graph_scan_schedule():
+    """Scans: the first step after start, every N after it, and each epoch end."""
+    scanned = []
+    guard = RetainedGraphGuard(every_n_steps=3)
+    real = guard._scan
+    guard._scan = lambda trainer, pl_module: scanned.append(trainer.global_step) or real(trainer, pl_module)
+    cpu_trainer(max_epochs=2, callbacks=[guard]).fit(KeepsLosses(detach=True), ImageDataModule())  # 8 steps
+    assert scanned == [1, 4, 4, 7, 8]  # steps 1, 4, 7 at batch start; epoch ends after steps 4 and 8
+
+
+def test_aliasing_names_the_step_that_changed_the_tensor():
+    class ZooNormalises(HFImageClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            x -= x.mean()
+            return super().training_step((x, y), batch_idx)
+
+    class Slices(Dataset):
+        def __init__(self):
+            self.x, self.y = make_zoo_images(16)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return self.x[8 * i : 8 * i + 8], self.y[8 * i : 8 * i + 8]
+
+    guard = AliasingGuard(every_n_steps=1, mode="raise")
+    with pytest.raises(AliasingError, match=r"during training step 0;"):
+        cpu_trainer(max_epochs=1, callbacks=[guard]).fit(
+            ZooNormalises("resnet"), DataLoader(Slices(), batch_size=None)
+        )

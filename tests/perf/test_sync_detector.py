@@ -115,3 +115,19 @@ def test_finds_syncs_on_gpu():
     trainer.fit(DirtyModule(), ImageDataModule())
     assert cb.report.total == 12, cb.report.format()
     assert torch.cuda.get_sync_debug_mode() == 0
+
+
+def test_print_of_a_tensor_in_a_zoo_training_step_is_found():
+    from tests.helpers.zoo import HFTextClassifier, zoo_loaders
+
+    class Prints(HFTextClassifier):
+        def training_step(self, batch, batch_idx):
+            loss = self(**batch).loss
+            print(loss)  # the mistake
+            return loss
+
+    train, _ = zoo_loaders("bert", n=8, batch_size=8)
+    cb = SyncDetector(mode="count", every_n_steps=1)
+    cpu_trainer(max_epochs=1, callbacks=[cb]).fit(Prints(), train)
+    (finding,) = [f for f in cb.report.findings if f["site"].startswith(__file__)]  # transformers has its own
+    assert "print" in finding["what"] and finding["code"] == "print(loss)  # the mistake"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,9 @@ from lightning_tricks.functional._modules import match_modules, unknown_module_e
 __all__ = [
     "activation_histogram",
     "activation_stats",
+    "call_with_batch",
     "capture_activations",
+    "feature_dim_of",
     "feature_map_grid",
     "histogram_image",
     "select_layers",
@@ -103,23 +106,105 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
+def _accepts_keywords(forward: Callable[..., Any], keys: Sequence[str]) -> bool:
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):  # builtins, C extensions: no signature to read
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return True
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return all(k in names for k in keys)
+
+
+def call_with_batch(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on a batch the way training steps usually do.
+
+    * a tensor: ``model(batch)``;
+    * a mapping (``{"input_ids": ..., "attention_mask": ...}``, the HuggingFace habit):
+      ``model(**batch)`` when ``model.forward`` takes those keywords (or ``**kwargs``),
+      else ``model(first tensor)``;
+    * a list or tuple (``(x, y)``): ``model(batch[0])``, the input first.
+
+    For anything else, give the model a method (see ``ActivationVisualizer``) or pass
+    your own ``forward_fn`` to :func:`capture_activations`.
+
+    Args:
+        model: the network.
+        batch: the batch.
+
+    Returns:
+        Whatever the model returns.
+
+    Raises:
+        TypeError: if ``batch`` holds no tensor to feed.
+
+    Example:
+        >>> class KeywordNet(nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None):
+        ...         return input_ids * attention_mask
+        >>> call_with_batch(KeywordNet(), {"input_ids": torch.ones(2), "attention_mask": torch.zeros(2)})
+        tensor([0., 0.])
+    """
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        if _accepts_keywords(model.forward, [str(k) for k in batch]):
+            return model(**batch)
+        first = _first_tensor(dict(batch))
+        if first is not None:
+            return model(first)
+    if isinstance(batch, (list, tuple)) and batch:
+        return call_with_batch(model, batch[0]) if not isinstance(batch[0], torch.Tensor) else model(batch[0])
+    raise TypeError(
+        f"`batch` must be a tensor, or a mapping/list/tuple holding one; got {type(batch).__name__}"
+    )
+
+
+def feature_dim_of(module: nn.Module | None, activation: torch.Tensor) -> int:
+    """The dimension of ``activation`` (an output of ``module``) that indexes features (units).
+
+    Convolutions, BatchNorm and GroupNorm put channels at dimension 1 (``(B, C, H, W)``,
+    ``(B, C, L)``); Linear, LayerNorm and Embedding put features last (``(B, F)``,
+    ``(B, T, F)``, channels-last ``(B, H, W, C)``). For any other module: dimension 1 for
+    outputs with 4+ dimensions (conv feature maps), the last dimension otherwise (token
+    sequences ``(B, T, F)`` of transformer blocks, ``(B, F)`` vectors).
+
+    Example:
+        >>> feature_dim_of(nn.Conv1d(3, 4, 1), torch.zeros(2, 4, 9)), feature_dim_of(nn.GELU(), torch.zeros(2, 9, 4))
+        (1, 2)
+    """
+    nd = activation.dim()
+    if nd <= 2:
+        return nd - 1 if nd else 0
+    channels_first = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)
+    if isinstance(module, channels_first):
+        return 1
+    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding, nn.RMSNorm)):
+        return nd - 1
+    return 1 if nd >= 4 else nd - 1
+
+
 def capture_activations(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     layers: Sequence[str],
     forward_context: Callable[[], Any] | None = None,
+    forward_fn: Callable[[Any], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Run ``model(inputs)`` in eval mode without gradients and return the named layers' outputs.
+    """Run the model on ``inputs`` in eval mode without gradients and return the named layers' outputs.
 
     Forward hooks exist only during this call; every module's train/eval flag is
     restored afterwards, and the global RNG state is left untouched.
 
     Args:
         model: the network (or LightningModule).
-        inputs: the input batch.
+        inputs: the input batch: a tensor, or a whole batch (see :func:`call_with_batch`).
         layers: qualified module names, e.g. from :func:`select_layers`.
         forward_context: optional context manager factory wrapping the forward pass
             (e.g. autocast).
+        forward_fn: how to run the model on ``inputs`` (called as ``forward_fn(inputs)``);
+            by default :func:`call_with_batch`.
 
     Returns:
         Layer name -> detached output (the first tensor when a layer returns several).
@@ -145,7 +230,8 @@ def capture_activations(
 
         return hook
 
-    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    first = inputs if isinstance(inputs, torch.Tensor) else _first_tensor(inputs)
+    devices = [first.device] if first is not None and first.device.type == "cuda" else []
     try:
         for name in layers:
             handles.append(modules[name].register_forward_hook(make_hook(name)))
@@ -155,24 +241,33 @@ def capture_activations(
             torch.no_grad(),
             forward_context() if forward_context is not None else contextlib.nullcontext(),
         ):
-            model(inputs)
+            if forward_fn is not None:
+                forward_fn(inputs)
+            else:
+                call_with_batch(model, inputs)
     finally:
         for h in handles:
             h.remove()
     return captured
 
 
-def activation_stats(activation: torch.Tensor, near_zero: float = 1e-3) -> torch.Tensor:
+def activation_stats(
+    activation: torch.Tensor, near_zero: float = 1e-3, feature_dim: int | None = None
+) -> torch.Tensor:
     """Mean, std, fraction of near-zero values and fraction of dead units, as one tensor.
 
-    A unit is a channel (dimension 1) for outputs with 3+ dimensions, a feature (last
-    dimension) otherwise; it is dead when it is near zero for every sample and position.
-    The result stays on the activation's device (no host sync), so several layers can be
-    stacked and transferred at once.
+    A unit is one index of ``feature_dim``: a channel of a conv feature map
+    ``(B, C, H, W)``, a feature of a token sequence ``(B, T, F)`` or of a vector
+    ``(B, F)``. It is dead when it is near zero for every sample and every position
+    (pixel or token). The result stays on the activation's device (no host sync), so
+    several layers can be stacked and transferred at once.
 
     Args:
         activation: a layer output, batch first.
         near_zero: absolute threshold below which a value counts as zero.
+        feature_dim: the dimension that indexes units; by default dimension 1 for outputs
+            with 4+ dimensions and the last dimension otherwise (see :func:`feature_dim_of`,
+            which also looks at the module type).
 
     Returns:
         A float tensor of 4 values, in the order ``mean, std, near_zero_fraction, dead_fraction``.
@@ -184,10 +279,14 @@ def activation_stats(activation: torch.Tensor, near_zero: float = 1e-3) -> torch
     near_zero = check_number("near_zero", near_zero, minimum=0.0)
     a = activation.detach().float()
     zero = a.abs() <= near_zero
-    if a.dim() >= 3:
-        per_unit = zero.transpose(0, 1).reshape(a.shape[1], -1)
-    else:
-        per_unit = zero.reshape(-1, a.shape[-1]).t()
+    if a.dim() == 0:
+        zero = zero.reshape(1)
+    fd = feature_dim_of(None, a) if feature_dim is None else feature_dim
+    if not -max(zero.dim(), 1) <= fd < max(zero.dim(), 1):
+        raise ValueError(
+            f"`feature_dim` must index a dimension of the activation of shape {tuple(a.shape)}; got {fd}"
+        )
+    per_unit = zero.movedim(fd, 0).reshape(zero.shape[fd], -1)
     dead = per_unit.all(dim=1).float().mean()
     std = a.std() if a.numel() > 1 else torch.zeros((), device=a.device)
     return torch.stack([a.mean(), std, zero.float().mean(), dead])
@@ -216,17 +315,24 @@ def activation_histogram(activation: torch.Tensor, bins: int, low: float, high: 
     return torch.histc(a, bins=bins, min=low, max=high)
 
 
-def feature_map_grid(activation: torch.Tensor, max_channels: int = 16, padding: int = 1) -> torch.Tensor:
-    """An image of the first ``max_channels`` feature maps of the first sample, each normalised to [0, 1].
+def feature_map_grid(
+    activation: torch.Tensor, max_channels: int = 16, padding: int = 1, feature_dim: int | None = None
+) -> torch.Tensor:
+    """An image of a layer output, normalised to [0, 1].
 
-    For outputs with spatial dimensions ``(B, C, H, W, ...)`` the maps are tiled in a
-    near-square grid; for ``(B, F)`` outputs the image is the batch-by-features matrix,
-    normalised as a whole.
+    * Feature maps ``(B, C, H, W, ...)`` (``feature_dim`` 1): the first ``max_channels``
+      maps of the first sample, each normalised, tiled in a near-square grid.
+    * Token sequences ``(B, T, F)`` (``feature_dim`` last): one ``T x F`` heat map
+      (rows: tokens, columns: features) per sample for the first ``max_channels // 4``
+      samples (at least 1, at most 4), stacked vertically, each normalised.
+      Channels-last maps ``(B, H, W, C)`` are shown as feature maps.
+    * Vectors ``(B, F)``: the batch-by-features matrix, normalised as a whole.
 
     Args:
         activation: a layer output, batch first.
         max_channels: how many channels to show.
         padding: pixels between tiles.
+        feature_dim: the dimension that indexes features (see :func:`activation_stats`).
 
     Returns:
         A ``(1, H, W)`` float image in ``[0, 1]`` (channels first, as TensorBoard expects).
@@ -246,6 +352,16 @@ def feature_map_grid(activation: torch.Tensor, max_channels: int = 16, padding: 
     if a.dim() <= 2:
         mat = a.reshape(a.shape[0], -1) if a.dim() == 2 else a.reshape(1, -1)
         return norm(mat, (0, 1)).unsqueeze(0)
+    fd = feature_dim_of(None, a) if feature_dim is None else feature_dim % a.dim()
+    if a.dim() == 3 and fd == 2:  # (B, T, F): a tokens x features heat map per sample
+        n = max(1, min(4, max_channels // 4, a.shape[0]))
+        maps = norm(a[:n], (1, 2))
+        t, f = maps.shape[1:]
+        grid = torch.zeros(n * (t + padding) - padding, f, device=a.device)
+        for i in range(n):
+            grid[i * (t + padding) : i * (t + padding) + t] = maps[i]
+        return grid.unsqueeze(0)
+    a = a.movedim(fd, 1)
     maps = a[0, :max_channels]
     maps = maps.reshape(maps.shape[0], maps.shape[1], -1)  # fold extra spatial dims into width
     maps = norm(maps, (1, 2))

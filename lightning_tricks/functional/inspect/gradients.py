@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_tricks.functional._modules import unknown_module_error
 
-__all__ = ["IntermediateGrads", "first_nonfinite", "layer_grad_norms"]
+__all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms"]
 
 
 def _layer_of(param_name: str) -> str:
@@ -71,12 +72,34 @@ def first_nonfinite(names: Sequence[str], values: Sequence[float]) -> str | None
     return None
 
 
+def _tensors(output: Any, depth: int = 3) -> Iterator[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        yield output
+    elif depth > 0 and isinstance(output, Mapping):  # dicts and HuggingFace ModelOutputs
+        for value in output.values():
+            yield from _tensors(value, depth - 1)
+    elif depth > 0 and isinstance(output, (list, tuple)):
+        for value in output:
+            yield from _tensors(value, depth - 1)
+
+
+def _main_output(output: Any) -> torch.Tensor | None:
+    """The tensor of a module output whose gradient is kept: the output itself, else the
+    first tensor that requires grad in a tuple/list/dict/``ModelOutput`` (in HuggingFace
+    models, the hidden states or ``last_hidden_state``/``logits``)."""
+    return next((t for t in _tensors(output) if t.requires_grad), None)
+
+
 class IntermediateGrads:
     """Keep the gradients of named modules' outputs (the ``retain_grad`` trick) for one backward.
 
     Inside the ``with`` block, a forward hook on each named module registers a tensor
     hook on its output; during backward the gradient is stored in :attr:`grads`. All
-    hooks are removed when the block exits.
+    hooks are removed when the block exits. For a module returning a tuple, list, dict
+    or HuggingFace ``ModelOutput``, the gradient of its first tensor that requires grad
+    is kept (a transformer layer's hidden states, an encoder's ``last_hidden_state``).
+    Modules whose output held no such tensor during the last forward are listed in
+    :attr:`without_grad`.
 
     Args:
         model: the network.
@@ -100,6 +123,7 @@ class IntermediateGrads:
                 raise unknown_module_error("intermediate", name, model)
         self._modules = [(n, modules[n]) for n in names]
         self.grads: dict[str, torch.Tensor] = {}
+        self.without_grad: set[str] = set()
         self._handles: list = []
 
     def attach(self) -> None:
@@ -120,8 +144,12 @@ class IntermediateGrads:
             self.grads[name] = grad.detach()
 
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                output.register_hook(store)
+            tensor = _main_output(output) if torch.is_grad_enabled() else None
+            if tensor is None:
+                self.without_grad.add(name)
+                return
+            self.without_grad.discard(name)
+            tensor.register_hook(store)
 
         return hook
 
@@ -131,3 +159,140 @@ class IntermediateGrads:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+class NonFiniteTracker:
+    """Notice a NaN/Inf gradient on any step, without a host sync per step.
+
+    Call :meth:`update` after each backward (after unscaling, under a loss scaler): it
+    computes each parameter's max-abs gradient with one ``torch._foreach_norm`` and folds
+    "is any non-finite" into tensors on the device: the first such step and every
+    parameter's gradient norm at that step. Nothing goes to the host until
+    :meth:`read`, which you call when you log anyway (e.g. every N steps and at the end
+    of an epoch): one transfer.
+
+    The layer **nearest the origin** of a non-finite gradient is the non-finite layer
+    that backward reached first. Backward runs from the loss towards the inputs and a
+    NaN/Inf spreads from the layer where it arose to every layer before it in the
+    forward pass, so that is the non-finite layer that ran *last in the forward pass*.
+    The forward order is recorded once with :meth:`record_forward_order` (forward
+    pre-hooks for one forward pass); without it the registration order of the modules
+    stands in for the forward order.
+
+    Args:
+        model: the network.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> tracker = NonFiniteTracker(net)
+        >>> with tracker.record_forward_order():
+        ...     net(torch.ones(1, 2)).sum().backward()
+        >>> tracker.update(step=0)
+        >>> net[0].weight.grad[0, 0] = float("nan")
+        >>> tracker.update(step=1)
+        >>> tracker.read()
+        (1, '0', ['0'], 'NaN', 1)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        named = list(model.named_parameters())
+        self._params = [p for _, p in named]
+        self._layers = [_layer_of(n) for n, _ in named]
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        self._order = {layer: order.get(layer, -1) for layer in self._layers}
+        self._model = model
+        self._index_key: tuple[int, ...] | None = None
+        self._index: torch.Tensor | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was seen (after it was reported)."""
+        self._first_step: torch.Tensor | None = None
+        self._first_norms: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+
+    def record_forward_order(self) -> Any:
+        """A context manager: the order in which layers run in the forward inside it is kept."""
+        tracker = self
+        modules = dict(self._model.named_modules())
+
+        class _Record:
+            def __enter__(self) -> None:
+                seen: dict[str, int] = {}
+                self.handles = [
+                    modules[n].register_forward_pre_hook(lambda m, a, n=n: seen.__setitem__(n, len(seen)))
+                    for n in dict.fromkeys(tracker._layers)
+                    if n in modules
+                ]
+                self.seen = seen
+
+            def __exit__(self, *exc: object) -> None:
+                for h in self.handles:
+                    h.remove()
+                if self.seen:  # layers that did not run go first: backward reaches them last
+                    tracker._order = {layer: self.seen.get(layer, -1) for layer in tracker._layers}
+
+        return _Record()
+
+    def update(self, step: int) -> None:
+        """Fold the current gradients in (device ops only; no host sync)."""
+        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
+        if not idx:
+            return
+        grads = [self._params[i].grad.detach() for i in idx]
+        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, math.inf)])
+        device = norms.device
+        if self._first_step is None:
+            self._first_step = torch.full((), -1, dtype=torch.long, device=device)
+            self._first_norms = torch.zeros(len(self._params), device=device)
+            self._count = torch.zeros((), dtype=torch.long, device=device)
+        key = tuple(idx)
+        if key != self._index_key or self._index is None or self._index.device != device:
+            self._index_key, self._index = key, torch.tensor(idx, device=device)
+        full = torch.zeros(len(self._params), device=device).index_copy(0, self._index, norms)
+        bad = ~torch.isfinite(norms).all()
+        new = bad & (self._first_step < 0)
+        self._first_step = torch.where(
+            new, torch.full((), step, dtype=torch.long, device=device), self._first_step
+        )
+        self._first_norms = torch.where(new, full, self._first_norms)
+        self._count = self._count + bad.long()
+
+    @property
+    def count(self) -> torch.Tensor | None:
+        """Steps with a non-finite gradient since the last :meth:`reset`, on the device."""
+        return self._count
+
+    def pending(self) -> list[torch.Tensor]:
+        """The device tensors :meth:`read` needs, to be moved to the host with other numbers."""
+        if self._first_step is None:
+            return []
+        return [self._first_step.reshape(1).float(), self._count.reshape(1).float(), self._first_norms]
+
+    def read(self, values: Sequence[float] | None = None) -> tuple[int, str, list[str], str, int] | None:
+        """``(first_step, layer_nearest_origin, non_finite_layers, "NaN" or "infinite", num_steps)``,
+        or ``None`` if every gradient was finite since the last :meth:`reset`. ``num_steps``
+        counts the steps with a non-finite gradient.
+
+        Args:
+            values: the host copy of ``torch.cat(self.pending())``, if already transferred.
+        """
+        if values is None:
+            pending = self.pending()
+            if not pending:
+                return None
+            values = torch.cat(pending).tolist()
+        first = int(values[0])
+        if first < 0:
+            return None
+        norms = values[2:]
+        bad_layers = list(
+            dict.fromkeys(layer for layer, v in zip(self._layers, norms) if not math.isfinite(v))
+        )
+        nearest = max(bad_layers, key=lambda layer: self._order.get(layer, -1))
+        kind = (
+            "NaN"
+            if any(math.isnan(v) for layer, v in zip(self._layers, norms) if layer == nearest)
+            else "infinite"
+        )
+        return first, nearest, bad_layers, kind, int(values[1])

@@ -40,6 +40,7 @@ _METHODS = {
     "__float__": f"`float(tensor)` {_HOST}",
     "__index__": f"using a tensor as a Python index {_HOST}",
     "__format__": f"formatting a tensor (f-string) {_HOST}",
+    "__repr__": f"printing a tensor (`print(tensor)`, `str(tensor)`, `repr(tensor)`) {_HOST}",
     "tolist": f"`.tolist()` {_HOST}",
     "numpy": f"`.numpy()` {_HOST}",
     "cpu": f"`.cpu()` {_HOST}",
@@ -298,7 +299,8 @@ def detect_syncs(
     """Record host-device syncs and CPU-built tensors in the block, per user call site.
 
     Recognised: ``.item()``, ``bool()``/``int()``/``float()`` of a tensor (``if loss > 0:``),
-    f-string formatting, ``.tolist()``, ``.numpy()``, ``.cpu()``, device-to-host copies,
+    f-string formatting, ``print(tensor)``/``str(tensor)``/``repr(tensor)``, ``.tolist()``,
+    ``.numpy()``, ``.cpu()``, device-to-host copies,
     ``nonzero``/``torch.where(cond)``, boolean-mask indexing and assignment,
     ``masked_select``, ``unique``, ``bincount``, ``torch.equal``, ``repeat_interleave``
     without ``output_size``, and tensors made by a factory (``torch.tensor``,

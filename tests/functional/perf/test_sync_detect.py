@@ -127,3 +127,16 @@ def test_real_cuda_syncs_are_found_and_mode_restored():
     kinds = [f["what"] for f in report.findings]
     assert report.total == 4, report.format()
     assert any("device-to-host" in w for w in kinds) and any("built on the CPU" in w for w in kinds)
+
+
+@pytest.mark.parametrize("how", ["print", "str", "repr"])
+def test_print_and_str_of_a_tensor_are_found(how, capsys):
+    with detect_syncs(device="cpu") as report:
+        if how == "print":
+            print(X.sum())
+        elif how == "str":
+            str(X.sum())
+        else:
+            repr(X.sum())
+    assert report.total == 1, report.format()
+    assert "print" in report.findings[0]["what"] and report.findings[0]["code"].startswith(how)
