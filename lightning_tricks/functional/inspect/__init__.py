@@ -8,7 +8,12 @@ from lightning_tricks.functional.inspect.activations import (
     histogram_image,
     select_layers,
 )
-from lightning_tricks.functional.inspect.gradients import IntermediateGrads, first_nonfinite, layer_grad_norms
+from lightning_tricks.functional.inspect.gradients import (
+    IntermediateGrads,
+    NonFiniteTracker,
+    first_nonfinite,
+    layer_grad_norms,
+)
 from lightning_tricks.functional.inspect.guards import (
     RetainedGraph,
     dataset_storages,
@@ -21,6 +26,7 @@ from lightning_tricks.functional.inspect.png import encode_png, to_uint8_image, 
 
 __all__: list[str] = [
     "IntermediateGrads",
+    "NonFiniteTracker",
     "RetainedGraph",
     "activation_histogram",
     "activation_stats",

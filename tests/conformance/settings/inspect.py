@@ -35,11 +35,6 @@ SETTINGS: dict = {
                 "intermediate": ["backbone.0", "head"],
             },
             id="raise",
-            xfail={
-                "fp16": "GradientMonitor defect: detect_nonfinite='raise' raises NonFiniteGradientError on the "
-                "inf gradient of a step that the fp16 loss scaler skips (an expected event under 16-mixed), "
-                "so every fp16 run with an overflow is killed",
-            },
         ),
         # warns on the fp16 step the loss scaler skips and logs (unscaled) norms every step
         Spec(
