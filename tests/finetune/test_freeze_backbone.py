@@ -484,6 +484,7 @@ def test_unfreeze_into_optimizer_moves_splits_and_keeps_schedules():
 
     net, opt, stray = _frozen_cnn()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    opt.step()
     sched.step()
     thawed = unfreeze_into_optimizer(
         net, "backbone", opt, [sched], lr_factor=0.2, split=lambda g: split_by_weight_decay(g, net)
@@ -497,6 +498,7 @@ def test_unfreeze_into_optimizer_moves_splits_and_keeps_schedules():
     assert [g["weight_decay"] for g in opt.param_groups[2:]] == [0.05, 0.0]
     assert {id(p) for p in opt.param_groups[2]["params"]} == {id(net.backbone[i][0].weight) for i in (0, 1)}
     assert len(sched.base_lrs) == len(opt.param_groups) == 4
+    opt.step()
     sched.step()
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs[0] == pytest.approx(0.025) and lrs[2:] == [pytest.approx(0.2 * 0.025)] * 2
