@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -36,6 +36,8 @@ from lightning_tricks.functional.finetune.parameter_counts import count_paramete
 
 __all__ = ["FreezeBackbone"]
 
+UnfreezeMode = Literal["all", "gradual"]
+
 
 class FreezeBackbone(Callback):
     """Freeze a backbone for fine-tuning and optionally unfreeze it at an epoch.
@@ -54,8 +56,9 @@ class FreezeBackbone(Callback):
     group) and follow its learning rate at a fixed ratio, also when it is 0 at that
     moment (a warm-up from 0); every LR scheduler of that optimizer is extended to the
     new groups (see :func:`lightning_tricks.functional.unfreeze_into_optimizer`, the
-    functional entry point that does this). If the LightningModule has ``split_param_group(group)`` (e.g. the ``NoBiasDecay``
-    mixin), the new groups are split with it. Under DDP the model is re-wrapped after
+    functional entry point that does this). If the LightningModule has
+    ``split_param_group(group)`` (e.g. the ``NoBiasDecay`` mixin), the new groups are
+    split with it. Under DDP the model is re-wrapped after
     unfreezing, so that the new parameters' gradients are all-reduced and all ranks stay
     identical. The number of unfrozen blocks is saved in checkpoints; resuming rebuilds
     the same groups before the optimizer state is loaded.
@@ -108,7 +111,7 @@ class FreezeBackbone(Callback):
         self,
         backbone: str | Sequence[str] = "backbone",
         unfreeze_at_epoch: int | None = None,
-        unfreeze_mode: Literal["all", "gradual"] = "all",
+        unfreeze_mode: UnfreezeMode = "all",
         backbone_lr: float | None = None,
         backbone_lr_factor: float = 0.1,
         train_bn: bool = False,
@@ -116,7 +119,7 @@ class FreezeBackbone(Callback):
     ) -> None:
         self.backbone = name_entries("backbone", backbone)
         self.unfreeze_at_epoch = check_optional_int("unfreeze_at_epoch", unfreeze_at_epoch, minimum=0)
-        self.unfreeze_mode = check_choice("unfreeze_mode", unfreeze_mode, ("all", "gradual"))
+        self.unfreeze_mode = check_choice("unfreeze_mode", unfreeze_mode, get_args(UnfreezeMode))
         self.backbone_lr = (
             None
             if backbone_lr is None
