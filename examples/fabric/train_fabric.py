@@ -6,9 +6,9 @@ No LightningModule, no callbacks: the same tricks as plain functions on an ``nn.
 2. Fine-tune on 5-9: ``replace_head``, ``freeze_modules`` the backbone and train the head
    (each epoch starts with ``set_train_mode``, not ``model.train()``, so the frozen
    BatchNorm layers stay in eval mode and keep their running statistics);
-   then ``unfreeze_modules`` and add the backbone to the optimizer with
-   ``add_param_groups`` (a tenth of the head's learning rate, split into decay and
-   no-decay parts by ``split_by_weight_decay``).
+   then ``unfreeze_into_optimizer``: the backbone trains again and joins the optimizer
+   (a tenth of the head's learning rate, split into decay and no-decay parts by
+   ``split_by_weight_decay``), as the ``FreezeBackbone`` callback does it.
 Gradient checkpointing (``apply_gradient_checkpointing``) recomputes each residual
 block's activations in the backward pass instead of storing them: less memory, a
 little more compute (the gradients are the same).
@@ -47,7 +47,6 @@ from examples.digits.common import (
     write_summary,
 )
 from lightning_tricks.functional import (
-    add_param_groups,
     apply_gradient_checkpointing,
     count_parameters,
     extract_features,
@@ -59,7 +58,7 @@ from lightning_tricks.functional import (
     split_by_weight_decay,
     split_dataset,
     tta_predict,
-    unfreeze_modules,
+    unfreeze_into_optimizer,
 )
 
 TTA_VIEWS = ["five_crop:14"]
@@ -131,16 +130,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_set, test_set = split_dataset(target, [0.5, None], seed=args.seed, labels="targets")
     replace_head(net, 5, attr="head")
     frozen = freeze_modules(net, "backbone")  # requires_grad=False, BatchNorm in eval mode (kept
-    # there by ``set_train_mode`` in ``train_epochs``; ``unfreeze_modules`` lets it train again)
+    # there by ``set_train_mode`` in ``train_epochs``; unfreezing lets it train again)
     counts_frozen = count_parameters(net)
     opt = torch.optim.AdamW(no_bias_decay_groups(net, 0.05), lr=args.lr)  # head only: trainable_only
     model, optimizer = fabric.setup(net, opt)
     loader = fabric.setup_dataloaders(DataLoader(train_set, batch_size=64, shuffle=True))
     train_epochs(fabric, model, optimizer, loader, args.freeze_epochs, args.limit_batches)
 
-    thawed = unfreeze_modules(net, "backbone")
-    group = {"params": thawed, "lr": args.lr / 10, "weight_decay": 0.05}
-    add_param_groups(opt, split_by_weight_decay(group, net))
+    # new groups copy the head's decayed group (AdamW, weight decay 0.05) at a tenth of its lr
+    unfreeze_into_optimizer(
+        net, "backbone", opt, lr_factor=0.1, split=lambda g: split_by_weight_decay(g, net)
+    )
     if fabric.world_size > 1:  # DDP registered only the trainable parameters: wrap again
         model = fabric.setup_module(net)
     train_epochs(fabric, model, optimizer, loader, args.epochs - args.freeze_epochs, args.limit_batches)

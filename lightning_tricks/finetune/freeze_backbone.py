@@ -1,59 +1,42 @@
-"""``FreezeBackbone``: freeze part of a model, optionally unfreeze it later (at once or gradually)."""
+"""``FreezeBackbone``: freeze part of a model, optionally unfreeze it later (at once or gradually).
+
+The callback decides when to freeze and unfreeze, on which rank to log and what; the work
+is done by the functional core in :mod:`lightning_tricks.functional.finetune.freeze_backbone`
+(:func:`~lightning_tricks.functional.freeze_modules` when the fit starts,
+:func:`~lightning_tricks.functional.unfreeze_units` for gradual unfreezing, and
+:func:`~lightning_tricks.functional.unfreeze_into_optimizer` at each unfreezing step).
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lightning_tricks.functional._checks import (
-    check_bool,
-    check_choice,
-    check_number,
-    check_optional_int,
-    check_str_sequence,
-)
-from lightning_tricks.functional.finetune.freeze import (
-    _unfreeze,
+from lightning_tricks._compat import rewrap_ddp_model
+from lightning_tricks._logging import log_scalars
+from lightning_tricks.functional._checks import check_bool, check_choice, check_number, check_optional_int
+from lightning_tricks.functional._modules import name_entries
+from lightning_tricks.functional.finetune.freeze_backbone import (
     batchnorm_eval,
     freeze_modules,
     select_modules,
+    unfreeze_into_optimizer,
     unfreeze_units,
 )
-from lightning_tricks.functional.finetune.params import count_parameters
-from lightning_tricks.functional.optim.param_groups import add_param_groups
+from lightning_tricks.functional.finetune.parameter_counts import count_parameters
 
-__all__ = ["FreezeBackbone", "log_parameter_counts"]
+__all__ = ["FreezeBackbone"]
 
-
-def log_parameter_counts(model: nn.Module, loggers: Logger | Sequence[Logger]) -> dict[str, int]:
-    """Log total, trainable and frozen parameter counts to the loggers' hyperparameters.
-
-    Args:
-        model: the model to count (see :func:`lightning_tricks.functional.count_parameters`).
-        loggers: one Lightning logger or several (e.g. ``trainer.loggers``).
-
-    Returns:
-        The counts that were logged, as ``params/total``, ``params/trainable``, ``params/frozen``.
-
-    Example:
-        >>> from lightning.pytorch.loggers import CSVLogger
-        >>> from torch import nn
-        >>> log_parameter_counts(nn.Linear(3, 2), CSVLogger("logs"))
-        {'params/total': 8, 'params/trainable': 8, 'params/frozen': 0}
-    """
-    counts = {f"params/{k}": v for k, v in count_parameters(model).items()}
-    for logger in [loggers] if isinstance(loggers, Logger) else list(loggers):
-        logger.log_hyperparams(counts)
-    return counts
+UnfreezeMode = Literal["all", "gradual"]
 
 
 class FreezeBackbone(Callback):
@@ -72,22 +55,30 @@ class FreezeBackbone(Callback):
     hyperparameters of its first group with the largest weight decay (the "head"
     group) and follow its learning rate at a fixed ratio, also when it is 0 at that
     moment (a warm-up from 0); every LR scheduler of that optimizer is extended to the
-    new groups (see :func:`lightning_tricks.functional.add_param_groups`).
-    If the LightningModule has ``split_param_group(group)`` (e.g. the ``NoBiasDecay``
-    mixin), the new groups are split with it. Under DDP the model is re-wrapped after
+    new groups (see :func:`lightning_tricks.functional.unfreeze_into_optimizer`, the
+    functional entry point that does this). If the LightningModule has
+    ``split_param_group(group)`` (e.g. the ``NoBiasDecay`` mixin), the new groups are
+    split with it. Under DDP the model is re-wrapped after
     unfreezing, so that the new parameters' gradients are all-reduced and all ranks stay
     identical. The number of unfrozen blocks is saved in checkpoints; resuming rebuilds
     the same groups before the optimizer state is loaded.
 
-    Trainable and frozen parameter counts are logged (``params/trainable``,
-    ``params/frozen``) whenever they change.
+    Trainable and frozen parameter counts are logged once per change, through
+    ``LightningModule.log`` (so every logger, ``EarlyStopping`` and ``ModelCheckpoint``
+    see them): ``freeze_backbone/params_trainable`` and ``freeze_backbone/params_frozen``,
+    at the end of the first epoch and of every epoch in which unfreezing changed them.
+    For the model's size in the hyperparameters, call
+    :func:`lightning_tricks.log_parameter_counts` yourself (the callback does not).
 
     Your ``configure_optimizers`` must leave frozen parameters out (``filter(lambda p:
     p.requires_grad, self.parameters())``); if it does not, they are moved into the new
     groups when unfrozen.
 
     Args:
-        backbone: attribute path(s) or glob(s) over ``named_modules()`` to freeze.
+        backbone: the submodules to freeze: qualified names (``"backbone"``), globs over
+            ``named_modules()`` (``"encoder.layer.*"``; ``*`` stays within a dotted
+            segment, ``**`` spans segments), or class names (``"ResNetStage"``); a lone
+            string is one name. Gradual unfreezing goes from the last entry to the first.
         unfreeze_at_epoch: epoch at which to start unfreezing; ``None`` keeps it frozen.
         unfreeze_mode: ``"all"`` at once, or ``"gradual"``: one child block per epoch.
         backbone_lr: learning rate of the unfrozen groups at the moment they are added;
@@ -98,7 +89,7 @@ class FreezeBackbone(Callback):
             learning rate is this factor times the head group's, at every step (also
             when the head's learning rate is 0 at the moment of unfreezing).
         train_bn: let frozen BatchNorm layers update their running statistics.
-        log_counts: log parameter counts whenever they change.
+        log_counts: log the trainable and frozen parameter counts whenever they change.
 
     Raises:
         ValueError: bad arguments; in ``setup``, a name that matches no submodule (the
@@ -106,7 +97,8 @@ class FreezeBackbone(Callback):
             trainable parameter (nothing would be left to train).
         MisconfigurationException: unfreezing under a strategy other than single-device
             or DDP (of ``lightning.pytorch`` or of the standalone ``pytorch_lightning``
-            package, both supported).
+            package, both supported); ``backbone_lr`` while the head group's learning
+            rate is 0 and has no schedule.
 
     Example:
         >>> from lightning_tricks.finetune.freeze_backbone import FreezeBackbone
@@ -119,15 +111,15 @@ class FreezeBackbone(Callback):
         self,
         backbone: str | Sequence[str] = "backbone",
         unfreeze_at_epoch: int | None = None,
-        unfreeze_mode: Literal["all", "gradual"] = "all",
+        unfreeze_mode: UnfreezeMode = "all",
         backbone_lr: float | None = None,
         backbone_lr_factor: float = 0.1,
         train_bn: bool = False,
         log_counts: bool = True,
     ) -> None:
-        self.backbone = check_str_sequence("backbone", backbone)
+        self.backbone = name_entries("backbone", backbone)
         self.unfreeze_at_epoch = check_optional_int("unfreeze_at_epoch", unfreeze_at_epoch, minimum=0)
-        self.unfreeze_mode = check_choice("unfreeze_mode", unfreeze_mode, ("all", "gradual"))
+        self.unfreeze_mode = check_choice("unfreeze_mode", unfreeze_mode, get_args(UnfreezeMode))
         self.backbone_lr = (
             None
             if backbone_lr is None
@@ -184,7 +176,6 @@ class FreezeBackbone(Callback):
             self._units = [modules]
         else:
             self._units = [[unit] for unit in unfreeze_units(modules)]
-        self._report(trainer, pl_module)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # resuming after (part of) the unfreezing: rebuild the groups before the
@@ -198,6 +189,7 @@ class FreezeBackbone(Callback):
         if target > self._unfrozen:
             self._unfreeze_to(target, trainer, pl_module)
         self._keep_bn_eval()
+        self._log_counts(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning restores the train/eval modes after validation, but a user's
@@ -226,63 +218,33 @@ class FreezeBackbone(Callback):
 
     def _unfreeze_to(self, target: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         target = min(target, len(self._units))
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+        split = getattr(pl_module, "split_param_group", None)
         while self._unfrozen < target:
             unit = self._units[self._unfrozen]
-            params = _unfreeze(unit, pl_module.training)
+            try:
+                unfreeze_into_optimizer(
+                    pl_module,
+                    unit,
+                    optimizer,
+                    schedulers,
+                    lr=self.backbone_lr,
+                    lr_factor=self.backbone_lr_factor,
+                    split=split if callable(split) else None,
+                )
+            except ValueError as err:  # the learning-rate arguments, named as the callback names them
+                raise MisconfigurationException(
+                    f"FreezeBackbone (`backbone_lr`={self.backbone_lr}, "
+                    f"`backbone_lr_factor`={self.backbone_lr_factor}): {err}"
+                ) from err
             unit_bns = {id(m) for module in unit for m in module.modules()}
             self._bns = [bn for bn in self._bns if id(bn) not in unit_bns]
-            if params and trainer.optimizers:
-                self._add_to_optimizer(params, trainer, pl_module)
             self._unfrozen += 1
         _rewrap_ddp(trainer)
-        self._report(trainer, pl_module)
 
-    def _add_to_optimizer(
-        self, params: list[nn.Parameter], trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
-        optimizer = trainer.optimizers[0]
-        ids = {id(p) for p in params}
-        for group in optimizer.param_groups:  # matched by identity, never by value
-            if any(id(p) in ids for p in group["params"]):
-                group["params"] = [p for p in group["params"] if id(p) not in ids]
-        decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
-        like = decays.index(max(decays))
-        template = optimizer.param_groups[like]
-        ratio = self._lr_ratio(template)
-        group = {k: v for k, v in template.items() if k != "params"}
-        group.update(params=params, lr=ratio * template["lr"])
-        split = getattr(pl_module, "split_param_group", None)
-        groups = split(group) if callable(split) else [group]
-        # parts that keep the group's lr follow the head at ``ratio`` (which ``lr`` alone
-        # cannot say when the head is at 0); a part with an lr of its own keeps it
-        groups = [
-            {k: v for k, v in g.items() if k != "lr"}
-            if isinstance(g, dict) and g.get("lr") is group["lr"]
-            else g
-            for g in groups
-        ]
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-        add_param_groups(optimizer, groups, schedulers, like=like, ratio=ratio)
-
-    def _lr_ratio(self, head: dict[str, Any]) -> float:
-        """The unfrozen groups' learning rate as a multiple of the head group's, for good.
-
-        ``backbone_lr`` is relative to the head's learning rate now or, when that is 0 (a
-        warm-up from 0, a cosine at its end), to its base learning rate (the scheduler's
-        ``initial_lr``): the backbone reaches ``backbone_lr`` when the head reaches its base.
-        """
-        if self.backbone_lr is None:
-            return self.backbone_lr_factor
-        ref = float(head["lr"]) or float(head.get("initial_lr", 0.0) or 0.0)
-        if ref == 0.0:
-            raise MisconfigurationException(
-                f"FreezeBackbone: `backbone_lr`={self.backbone_lr} cannot follow the head group's "
-                "learning rate, which is 0 and has no schedule; use `backbone_lr_factor` or give "
-                "the head a non-zero learning rate"
-            )
-        return self.backbone_lr / ref
-
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log_counts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the counts when they changed (from a hook where ``LightningModule.log`` is allowed)."""
         if not self.log_counts:
             return
         counts = count_parameters(pl_module)
@@ -292,15 +254,16 @@ class FreezeBackbone(Callback):
         rank_zero_info(
             f"FreezeBackbone: {counts['trainable']:,} trainable and {counts['frozen']:,} frozen parameters"
         )
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {
-                        "params/trainable": float(counts["trainable"]),
-                        "params/frozen": float(counts["frozen"]),
-                    },
-                    step=trainer.global_step,
-                )
+        # float64 keeps counts above 2**24 exact (MPS has no float64); the tensors are on the
+        # module's device, as a sync under DDP needs: the counts are identical on every rank, so
+        # that one all-reduce per change only spares Lightning's epoch-level warning
+        device = pl_module.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        values = {
+            f"params_{k}": torch.tensor(float(counts[k]), dtype=dtype, device=device)
+            for k in ("trainable", "frozen")
+        }
+        log_scalars(pl_module, self, values, on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1)
 
 
 def _rewrap_ddp(trainer: pl.Trainer) -> None:
@@ -315,8 +278,7 @@ def _rewrap_ddp(trainer: pl.Trainer) -> None:
 
     strategy = trainer.strategy
     if isinstance(strategy, _strategy_types("ddp")) and isinstance(strategy.model, DistributedDataParallel):
-        strategy.model = strategy._setup_model(strategy.model.module)
-        strategy._register_ddp_hooks()
+        rewrap_ddp_model(strategy)
 
 
 def _strategy_types(kind: Literal["single", "ddp"]) -> tuple[type, ...]:

@@ -85,7 +85,7 @@ def test_transfer_learning(tmp_path):
     assert tuned["loaded_tensors"] == len(load_file(s["weights"]))
     assert tuned["initialised"] == ["head.bias", "head.weight"]  # only the new head
     assert 0.0 <= tuned["test_acc"] <= 1.0 and 0.0 <= scratch["test_acc"] <= 1.0
-    assert "params/trainable" in scalars(tmp_path / "finetune" / "version_0")
+    assert "freeze_backbone/params_trainable" in scalars(tmp_path / "finetune" / "version_0")
     assert "test_acc" in scalars(tmp_path / "scratch" / "version_0")
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from lightning_tricks.functional import IntermediateGrads, extract_features, select_layers
 from lightning_tricks.functional._modules import glob_match, match_modules, unknown_module_error
-from lightning_tricks.functional.finetune.freeze import select_modules
+from lightning_tricks.functional.finetune.freeze_backbone import select_modules
 from lightning_tricks.functional.perf._targets import select_modules as select_targets
 from tests.helpers import BlockNet
 

@@ -1,15 +1,16 @@
 """Pure-PyTorch cores for the `finetune` area."""
 
-from lightning_tricks.functional.finetune.freeze import (
+from lightning_tricks.functional.finetune.freeze_backbone import (
     batchnorm_eval,
     freeze_modules,
     select_modules,
     set_train_mode,
+    unfreeze_into_optimizer,
     unfreeze_modules,
     unfreeze_units,
 )
 from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
-from lightning_tricks.functional.finetune.params import count_parameters
+from lightning_tricks.functional.finetune.parameter_counts import count_parameters
 from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
 from lightning_tricks.functional.finetune.weights_io import (
     LoadReport,
@@ -33,6 +34,7 @@ __all__: list[str] = [
     "select_modules",
     "set_train_mode",
     "strip_head",
+    "unfreeze_into_optimizer",
     "unfreeze_modules",
     "unfreeze_units",
 ]

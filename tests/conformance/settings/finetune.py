@@ -16,7 +16,12 @@ SETTINGS: dict = {
         Spec(
             id="all-onecycle-adamw",
             arch="blocks",
-            init_args={"unfreeze_at_epoch": 2, "backbone_lr": 0.01},
+            # the whole backbone, named by a qualified name and a class name (the one naming rule)
+            init_args={
+                "backbone": ["backbone.embed", "ResidualBlock"],
+                "unfreeze_at_epoch": 2,
+                "backbone_lr": 0.01,
+            },
             model_args={"optimizer": "adamw", "scheduler": "onecycle", "lr": 0.01, "weight_decay": 0.05},
         ),
     ],
