@@ -372,3 +372,20 @@ def test_selective_refuses_a_saved_output_modified_in_place():
     apply_gradient_checkpointing(net, "0", mode="selective")
     with pytest.raises(RuntimeError, match="mutated"):
         net(torch.randn(2, 4, requires_grad=True)).sum().backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_under_torch_compile_batchnorm_statistics_updated_once(mode):
+    torch.manual_seed(0)
+    plain = SmallCNN()
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "backbone.*", mode=mode)
+    compiled = torch.compile(ckpt, backend="aot_eager")
+    x = torch.randn(4, 3, 8, 8)
+    for model in (plain, compiled):
+        for _ in range(2):
+            model(x).square().mean().backward()
+    assert not params_equal(dict(plain.named_buffers()), dict(ckpt.named_buffers()))
+    assert not params_equal(
+        {n: p.grad for n, p in plain.named_parameters()}, {n: p.grad for n, p in ckpt.named_parameters()}
+    )

@@ -85,6 +85,11 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+# under torch.compile the recomputation is part of the compiled backward graph, where buffer
+# mutations are functionalized (applied once, by the forward): only the policy is needed
+_SELECTIVE_CONTEXT_FN = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
+
+
 # --------------------------------------------------------------------------- norm statistics
 
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -261,6 +266,15 @@ class CheckpointedForward(ForwardWrapper):
         if not (self.module.training and torch.is_grad_enabled()):
             return self.call_original(*args, **kwargs)
         fn = functools.partial(self.call_original, **kwargs) if kwargs else self.call_original
+        if torch.compiler.is_compiling():
+            preserve = self.preserve_rng_state
+            if preserve is None:
+                preserve = self._draws_anyway is not False or self._may_draw()
+            if self.mode == "full":
+                return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve)
+            return checkpoint(
+                fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=_SELECTIVE_CONTEXT_FN
+            )
         context_fn: Callable[[], tuple[Any, Any]] = (
             noop_context_fn if self.mode == "full" and self._stats is None else self._contexts
         )
