@@ -7,7 +7,9 @@
 #    compile, MemorySnapshot's overhead, SyncDetector on a deliberate `.item()`;
 # 2. the flagship example with --gpu (16-mixed, real CUDA memory snapshot);
 # 3. benchmarks/callback_overhead.py on the GPU (idle and capturing, 16-mixed);
-# 4. gradient checkpointing and gradient clipping on the GPU.
+# 4. gradient checkpointing (plain vs torch.utils.checkpoint vs full vs selective) and gradient
+#    clipping on the GPU;
+# 5. test-time augmentation against ttach's per-view loop on the GPU.
 # Every part has its own time limit, so one failure or hang does not lose the others.
 # Everything printed goes to $OUT/all.log; the markdown tables also to $OUT/*.md.
 set -u
@@ -33,6 +35,8 @@ part() {
     part flagship 75 $PY examples/digits/flagship.py --gpu
     part callback_overhead 100 $PY benchmarks/callback_overhead.py --accelerator gpu --rounds 3 --steps 30 \
         --out "$OUT/callback_overhead.md"
-    part gradient_checkpointing 45 $PY benchmarks/gradient_checkpointing.py --device cuda --batch 64 --tokens 256 --dim 512
+    part gradient_checkpointing 120 $PY benchmarks/gradient_checkpointing.py --device cuda --rounds 20 \
+        --dim-mlp 1024 --batch-mlp 4096 --out "$OUT/gradient_checkpointing.md"
     part gradient_clipping 30 $PY benchmarks/gradient_clipping.py --device cuda --steps 50 --rounds 3
+    part tta_vs_ttach 120 $PY benchmarks/tta_vs_ttach.py --device cuda
 } 2>&1 | tee "$LOG"

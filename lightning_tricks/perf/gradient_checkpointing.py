@@ -8,9 +8,14 @@ import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_tricks.functional._checks import check_str_sequence
+from lightning_tricks.functional._checks import check_bool, check_choice, check_str_sequence
 from lightning_tricks.functional.perf._targets import find_wrapped, unwrap
-from lightning_tricks.functional.perf.checkpointing import CheckpointedForward, apply_gradient_checkpointing
+from lightning_tricks.functional.perf.checkpointing import (
+    MODES,
+    CheckpointedForward,
+    CheckpointMode,
+    apply_gradient_checkpointing,
+)
 
 __all__ = ["GradientCheckpointing"]
 
@@ -18,33 +23,52 @@ __all__ = ["GradientCheckpointing"]
 class GradientCheckpointing(Callback):
     """Recompute the activations of chosen submodules in backward instead of storing them.
 
-    Trades compute for memory: the saved activations of each wrapped block shrink to its
-    input, at the cost of running its forward a second time in backward (typically
-    20-35% more step time for a whole-network wrap). Wrapping happens in ``setup``, so
-    before DDP/FSDP wraps the model; it uses the non-reentrant
-    ``torch.utils.checkpoint`` (works with frozen layers, inputs that do not require
-    grad, keyword arguments and DDP) and restores the RNG state, so that dropout draws
-    the same mask in the recomputation and gradients equal those of the plain model.
-    Only training-mode forwards with grad enabled are checkpointed; validation and
-    prediction run the plain forward. The wrappers are removed in ``teardown``.
+    Trades compute for memory. ``mode="full"``: the saved activations of each wrapped
+    block shrink to its input, at the cost of running its forward a second time in
+    backward. ``mode="selective"``: the outputs of the expensive ops (matmuls,
+    convolutions, fused attention) are kept too and only the cheap ops between them
+    (activations, norms, dropout) are recomputed: less saving, much less recompute.
+    Wrapping happens in ``setup``, so before DDP/FSDP wraps the model; it uses the
+    non-reentrant ``torch.utils.checkpoint`` (works with frozen layers, inputs that do
+    not require grad, keyword arguments and DDP). Gradients equal those of the plain
+    model: blocks that can draw random numbers (dropout) replay the RNG state in the
+    recomputation, and BatchNorm updates its running statistics once per step. Only
+    training-mode forwards with grad enabled are checkpointed; validation and prediction
+    run the plain forward. The wrappers are removed in ``teardown``.
 
     Args:
         targets: module class names (``"ResidualBlock"``) or globs over qualified
             submodule names of the LightningModule (``"backbone.blocks.*"``). Nested
             matches wrap only the outermost module.
+        mode: ``"full"`` (least memory) or ``"selective"`` (keeps matmul/convolution/
+            attention outputs, recomputes the rest).
+        preserve_rng_state: replay the RNG state in the recomputation. ``None``
+            (default): only for blocks that can draw random numbers (see
+            :func:`~lightning_tricks.functional.apply_gradient_checkpointing`).
 
     Raises:
-        TypeError: if ``targets`` is not a string or a sequence of strings.
-        ValueError: in ``setup``, if ``targets`` matches no submodule.
+        TypeError: if ``targets`` is not a string or a sequence of strings, or
+            ``preserve_rng_state`` is not ``None`` or a bool.
+        ValueError: if ``mode`` is not ``"full"``/``"selective"``; in ``setup``, if
+            ``targets`` matches no submodule.
 
     Example:
         >>> import lightning as L
-        >>> callback = GradientCheckpointing(targets="backbone.blocks.*")
+        >>> callback = GradientCheckpointing(targets="backbone.blocks.*", mode="selective")
         >>> trainer = L.Trainer(callbacks=[callback], accelerator="cpu", logger=False)
     """
 
-    def __init__(self, targets: str | Sequence[str]) -> None:
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        mode: CheckpointMode = "full",
+        preserve_rng_state: bool | None = None,
+    ) -> None:
         self.targets = check_str_sequence("targets", targets)
+        self.mode = check_choice("mode", mode, MODES)
+        self.preserve_rng_state = (
+            None if preserve_rng_state is None else check_bool("preserve_rng_state", preserve_rng_state)
+        )
         self._installed: set[int] = set()
 
     @property
@@ -52,12 +76,14 @@ class GradientCheckpointing(Callback):
         return self._generate_state_key(targets=self.targets)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        wrapped = apply_gradient_checkpointing(pl_module, self.targets)
+        wrapped = apply_gradient_checkpointing(pl_module, self.targets, self.mode, self.preserve_rng_state)
         names = set(wrapped)
         self._installed |= {id(w) for n, w in find_wrapped(pl_module, CheckpointedForward) if n in names}
         if wrapped:
             shown = ", ".join(wrapped[:6]) + (", ..." if len(wrapped) > 6 else "")
-            rank_zero_info(f"GradientCheckpointing: checkpointing {len(wrapped)} module(s): {shown}")
+            rank_zero_info(
+                f"GradientCheckpointing: checkpointing {len(wrapped)} module(s) ({self.mode}): {shown}"
+            )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         unwrap(pl_module, CheckpointedForward, only=self._installed)

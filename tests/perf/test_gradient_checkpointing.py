@@ -1,4 +1,5 @@
-"""Gradient checkpointing: same gradients as the plain model, less saved memory, reversible."""
+"""Gradient checkpointing: same gradients as the plain model, less saved memory, reversible;
+selective mode; BatchNorm statistics updated once per step; RNG replayed only where needed."""
 
 from __future__ import annotations
 
@@ -7,10 +8,26 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import lightning_tricks.functional.perf.checkpointing as ckpt_mod
 from lightning_tricks import GradientCheckpointing
 from lightning_tricks.functional import apply_gradient_checkpointing, remove_gradient_checkpointing
-from tests.helpers import BlockNet, ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
+from tests.helpers import (
+    BlockNet,
+    ClassifierModule,
+    ImageDataModule,
+    SmallCNN,
+    cpu_trainer,
+    params_equal,
+    state_of,
+)
+from tests.helpers.zoo import hf_bert, hf_resnet
+from tests.helpers.zoo_ckpt import GeluMLP, held_bytes
+
+MODES = ["full", "selective"]
 
 
 def _grads(model, x, seed=1):
@@ -33,11 +50,13 @@ def _saved_bytes(model, x):
     return total
 
 
-def test_gradients_equal_plain_model_with_dropout():
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_equal_plain_model_with_dropout(mode):
     torch.manual_seed(0)
     plain = BlockNet(depth=4, dropout=0.1)
     ckpt = copy.deepcopy(plain)
-    assert apply_gradient_checkpointing(ckpt, "ResidualBlock") == [f"backbone.blocks.{i}" for i in range(4)]
+    wrapped = apply_gradient_checkpointing(ckpt, "ResidualBlock", mode=mode)
+    assert wrapped == [f"backbone.blocks.{i}" for i in range(4)]
     x = torch.randn(4, 3, 8, 8)
     g_plain, g_ckpt = _grads(plain, x), _grads(ckpt, x)
     assert g_plain.keys() == g_ckpt.keys() and len(g_plain) > 0
@@ -47,13 +66,14 @@ def test_gradients_equal_plain_model_with_dropout():
     assert not torch.equal(_grads(plain, x, seed=2)["head.fc.weight"], g_plain["head.fc.weight"])
 
 
-def test_frozen_stem_and_input_without_grad():
+@pytest.mark.parametrize("mode", MODES)
+def test_frozen_stem_and_input_without_grad(mode):
     torch.manual_seed(0)
     plain = BlockNet(depth=3)
     for p in [*plain.backbone.embed.parameters(), *plain.backbone.blocks[0].parameters()]:
         p.requires_grad_(False)
     ckpt = copy.deepcopy(plain)
-    apply_gradient_checkpointing(ckpt, "backbone.blocks.*")
+    apply_gradient_checkpointing(ckpt, "backbone.blocks.*", mode=mode)
     x = torch.randn(2, 3, 8, 8)  # does not require grad; the first checkpointed block is frozen
     g_plain, g_ckpt = _grads(plain, x), _grads(ckpt, x)
     assert "backbone.blocks.1.mlp.0.weight" in g_ckpt and "backbone.blocks.0.mlp.0.weight" not in g_ckpt
@@ -70,6 +90,43 @@ def test_saves_fewer_bytes_and_is_reversible():
     assert remove_gradient_checkpointing(model) == [f"backbone.blocks.{i}" for i in range(6)]
     assert _saved_bytes(model, x) == plain_bytes
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def _mlp_held_bytes(mode):
+    torch.manual_seed(0)
+    model = GeluMLP(depth=4, dim=8, hidden=32)
+    if mode != "plain":
+        apply_gradient_checkpointing(model, "blocks.*", mode=mode)
+    x = torch.randn(16, 8)
+    return held_bytes(model, lambda m: m(x).square().mean(), exclude=[x])
+
+
+def test_selective_keeps_matmul_outputs_between_full_and_plain():
+    # counted from the live storages, so the outputs cached by selective mode count too
+    plain, full, selective = (_mlp_held_bytes(m) for m in ("plain", "full", "selective"))
+    assert full <= 0.5 * plain
+    # per block: its input (d) and the two matmul outputs (4d + d) of the plain 10d; GELUs recomputed
+    assert full < selective <= 0.7 * plain
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func] = self.counts.get(func, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("mode", "matmuls"), [("full", 3), ("selective", 2)])
+def test_selective_recomputes_the_activation_but_not_the_matmul(mode, matmuls):
+    net = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4)))
+    apply_gradient_checkpointing(net, "0", mode=mode)
+    with _CountOps() as ops:
+        net(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    assert ops.counts[torch.ops.aten.gelu.default] == 2  # forward + recomputation, both modes
+    assert ops.counts[torch.ops.aten.addmm.default] == matmuls  # full mode recomputes the first matmul
 
 
 def test_eval_and_no_grad_run_the_plain_forward():
@@ -111,17 +168,17 @@ def _fit(callbacks, freeze: bool):
     return model
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_callback_fit_matches_plain_fit_and_unwraps(freeze):
+@pytest.mark.parametrize(("freeze", "mode"), [(False, "full"), (True, "full"), (False, "selective")])
+def test_callback_fit_matches_plain_fit_and_unwraps(freeze, mode):
     seen = {}
 
     class Probe(GradientCheckpointing):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen["wrapped"] = type(pl_module.backbone.blocks[0].__dict__.get("forward")).__name__
+            seen["wrapped"] = pl_module.backbone.blocks[0].__dict__.get("forward")
 
     plain = _fit([], freeze)
-    ckpt = _fit([Probe(targets="backbone.blocks.*")], freeze)
-    assert seen["wrapped"] == "CheckpointedForward"
+    ckpt = _fit([Probe(targets="backbone.blocks.*", mode=mode)], freeze)
+    assert type(seen["wrapped"]).__name__ == "CheckpointedForward" and seen["wrapped"].mode == mode
     assert not params_equal(state_of(plain), state_of(ckpt))
     assert all("forward" not in m.__dict__ for m in ckpt.modules())
 
@@ -129,3 +186,206 @@ def test_callback_fit_matches_plain_fit_and_unwraps(freeze):
 def test_callback_bad_target_fails_in_setup():
     with pytest.raises(ValueError, match="available names"):
         _fit([GradientCheckpointing(targets="encodr")], freeze=False)
+
+
+# --------------------------------------------------------------------------- BatchNorm statistics
+
+
+def _train_then_eval(model, call, steps=3):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(steps + 1)]
+    model.train()
+    for x in xs[:-1]:
+        opt.zero_grad()
+        call(model, x).square().mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return call(model, xs[-1])
+
+
+BN_MODELS = {
+    "cnn": (SmallCNN, "backbone.*", lambda m, x: m(x)),
+    "hf_resnet": (hf_resnet, "resnet.encoder.stages.*", lambda m, x: m(pixel_values=x).logits),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", list(BN_MODELS))
+def test_batchnorm_statistics_updated_once_per_step(arch, mode):
+    build, targets, call = BN_MODELS[arch]
+    torch.manual_seed(0)
+    plain = build()
+    ckpt = copy.deepcopy(plain)
+    assert apply_gradient_checkpointing(ckpt, targets, mode=mode)
+    out_plain, out_ckpt = _train_then_eval(plain, call), _train_then_eval(ckpt, call)
+    buffers_plain, buffers_ckpt = dict(plain.named_buffers()), dict(ckpt.named_buffers())
+    assert any(k.endswith("num_batches_tracked") for k in buffers_plain)
+    for k, v in buffers_plain.items():
+        assert torch.equal(v, buffers_ckpt[k]), k  # running_mean/var and num_batches_tracked
+    assert int(buffers_ckpt[next(k for k in buffers_ckpt if k.endswith("num_batches_tracked"))]) == 3
+    assert torch.equal(out_plain, out_ckpt)
+    assert not params_equal(dict(plain.named_parameters()), dict(ckpt.named_parameters()))
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+@pytest.fixture
+def preserve_flags(monkeypatch):
+    """The ``preserve_rng_state`` of every checkpoint call made by the wrappers."""
+    flags = []
+    real = ckpt_mod.checkpoint
+
+    def spy(*args, **kwargs):
+        flags.append(kwargs["preserve_rng_state"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt_mod, "checkpoint", spy)
+    return flags
+
+
+class _FunctionalDropoutBlock(nn.Module):
+    """Draws random numbers with no dropout module and no "drop" attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return F.dropout(self.fc(x), 0.5, self.training)
+
+
+def _two_steps_equal(plain, ckpt, x, call=lambda m, x: m(x)):
+    for seed in (1, 2):
+        a, b = (list(_grads_of(m, x, seed, call).values()) for m in (plain, ckpt))
+        assert len(a) == len(b) > 0 and all(torch.equal(u, v) for u, v in zip(a, b)), seed
+
+
+def _grads_of(model, x, seed, call):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    call(model, x).square().mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rng_state_replayed_only_for_blocks_that_can_draw(mode, preserve_flags):
+    x = torch.randn(4, 8)
+    deterministic = GeluMLP(depth=2, dim=8, hidden=16)
+    apply_gradient_checkpointing(deterministic, "blocks.*", mode=mode)
+    for _ in range(2):
+        deterministic(x).sum().backward()
+    # the first call of each block replays anyway and checks that nothing was drawn
+    assert preserve_flags == [True, True, False, False]
+
+    preserve_flags.clear()
+    torch.manual_seed(0)
+    plain = nn.Sequential(_FunctionalDropoutBlock(), _FunctionalDropoutBlock())
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "*", mode=mode)
+    _two_steps_equal(plain, ckpt, x)
+    assert preserve_flags == [True] * 4
+
+    preserve_flags.clear()
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.0))  # a dropout schedule starting at 0
+    ckpt = nn.Sequential(copy.deepcopy(plain))
+    apply_gradient_checkpointing(ckpt, "0", mode=mode)
+    for _ in range(2):
+        ckpt(x).sum().backward()
+    assert preserve_flags == [True, False]
+    plain[1].p = ckpt[0][1].p = 0.5  # the rate is read at call time
+    _two_steps_equal(plain, ckpt, x)
+    assert preserve_flags[2:] == [True, True]
+
+
+def test_attention_dropout_applied_functionally_is_detected(preserve_flags):
+    """HF ViT applies attention dropout with ``F.dropout``/SDPA from a float attribute."""
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(
+        image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    plain = ViTModel(cfg, add_pooling_layer=False)
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "layers.*")
+    x = torch.randn(2, 3, 8, 8)
+
+    def call(m, x):
+        return m(pixel_values=x).last_hidden_state
+
+    _two_steps_equal(plain, ckpt, x, call)
+    assert preserve_flags and all(preserve_flags)
+    # the replay matters: without it, the recomputed attention dropout differs
+    forced = copy.deepcopy(plain)
+    apply_gradient_checkpointing(forced, "layers.*", preserve_rng_state=False)
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(_grads_of(plain, x, 1, call).values(), _grads_of(forced, x, 1, call).values())
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hf_bert_layers_gradients_equal(mode, preserve_flags):
+    torch.manual_seed(0)
+    plain = hf_bert()  # dropout 0: no RNG replay needed after the first call
+    ckpt = copy.deepcopy(plain)
+    assert apply_gradient_checkpointing(ckpt, "bert.encoder.layer.*", mode=mode) == [
+        "bert.encoder.layer.0",
+        "bert.encoder.layer.1",
+    ]
+    ids = torch.randint(0, 40, (2, 12))
+    _two_steps_equal(plain, ckpt, ids, lambda m, ids: m(input_ids=ids).logits)
+    assert preserve_flags == [True, True, False, False]
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def test_bad_mode_and_preserve_rng_state():
+    with pytest.raises(ValueError, match=r"`mode` must be one of 'full', 'selective'; got 'selctive'"):
+        apply_gradient_checkpointing(BlockNet(), "ResidualBlock", mode="selctive")
+    with pytest.raises(ValueError, match=r"`mode`.*'fast'"):
+        GradientCheckpointing(targets="backbone.blocks.*", mode="fast")
+    with pytest.raises(TypeError, match=r"`preserve_rng_state`.*'yes'"):
+        GradientCheckpointing(targets="backbone.blocks.*", preserve_rng_state="yes")
+    model = BlockNet()
+    apply_gradient_checkpointing(model, "ResidualBlock")
+    with pytest.raises(ValueError, match=r"already checkpointed with mode='full'.*got mode='selective'"):
+        apply_gradient_checkpointing(model, "ResidualBlock", mode="selective")
+
+
+def test_selective_refuses_a_saved_output_modified_in_place():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x).mul_(2).sigmoid()  # the cached matmul output is changed in place
+
+    net = nn.Sequential(Block())
+    apply_gradient_checkpointing(net, "0", mode="selective")
+    with pytest.raises(RuntimeError, match="mutated"):
+        net(torch.randn(2, 4, requires_grad=True)).sum().backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_under_torch_compile_batchnorm_statistics_updated_once(mode):
+    torch.manual_seed(0)
+    plain = SmallCNN()
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "backbone.*", mode=mode)
+    compiled = torch.compile(ckpt, backend="aot_eager")
+    x = torch.randn(4, 3, 8, 8)
+    for model in (plain, compiled):
+        for _ in range(2):
+            model(x).square().mean().backward()
+    assert not params_equal(dict(plain.named_buffers()), dict(ckpt.named_buffers()))
+    assert not params_equal(
+        {n: p.grad for n, p in plain.named_parameters()}, {n: p.grad for n, p in ckpt.named_parameters()}
+    )

@@ -1,21 +1,43 @@
 """Gradient (activation) checkpointing of chosen submodules, in place and reversibly.
 
 Each target's ``forward`` is replaced by a picklable wrapper that runs the original
-forward under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant, RNG state
-preserved), so its activations are recomputed in backward instead of stored. The module
-keeps its identity and ``state_dict`` keys, so this works before DDP wraps the model,
-with frozen layers, and with checkpoints saved by the plain model.
+forward under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, so its
+activations are recomputed in backward instead of stored. The module keeps its identity
+and ``state_dict`` keys, so this works before DDP wraps the model, with frozen layers,
+and with checkpoints saved by the plain model.
+
+Two modes:
+
+* ``"full"``: keep only the block's inputs; recompute the whole block in backward.
+* ``"selective"``: also keep the outputs of the expensive ops (matrix multiplies,
+  convolutions, fused attention; :data:`SAVED_OPS`) and recompute only the cheap ones
+  (activations, norms, dropout, elementwise ops), through PyTorch's selective-checkpoint
+  policies (:func:`torch.utils.checkpoint.create_selective_checkpoint_contexts`).
+
+Side effects of the recomputation are undone: running statistics of norm layers
+(``BatchNorm``, tracked ``InstanceNorm``) are updated once per step, by the original
+forward only, and the RNG state is replayed only for blocks that can draw random numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+import numbers
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
+from lightning_tricks.functional._checks import check_bool, check_choice
 from lightning_tricks.functional.perf._targets import (
     ForwardWrapper,
     TargetSpec,
@@ -24,7 +46,172 @@ from lightning_tricks.functional.perf._targets import (
     unwrap,
 )
 
-__all__ = ["CheckpointedForward", "apply_gradient_checkpointing", "remove_gradient_checkpointing"]
+__all__ = [
+    "SAVED_OPS",
+    "CheckpointMode",
+    "CheckpointedForward",
+    "apply_gradient_checkpointing",
+    "remove_gradient_checkpointing",
+]
+
+CheckpointMode = Literal["full", "selective"]
+MODES: tuple[str, ...] = get_args(CheckpointMode)
+
+_SAVED_OP_NAMES = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "addbmm",
+    "_addmm_activation",
+    "_scaled_mm",
+    "_int_mm",
+    "convolution",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+)
+SAVED_OPS: frozenset[Any] = frozenset(
+    getattr(torch.ops.aten, name).default for name in _SAVED_OP_NAMES if hasattr(torch.ops.aten, name)
+)
+"""The ``aten`` ops whose outputs ``mode="selective"`` keeps (every other op is recomputed)."""
+
+
+def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+# under torch.compile the recomputation is part of the compiled backward graph, where buffer
+# mutations are functionalized (applied once, by the forward): only the policy is needed
+_SELECTIVE_CONTEXT_FN = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
+
+
+# --------------------------------------------------------------------------- norm statistics
+
+_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _tracks_running_stats(module: nn.Module) -> bool:
+    return getattr(module, "track_running_stats", False) is True and isinstance(
+        getattr(module, "running_mean", None), torch.Tensor
+    )
+
+
+class _FrozenRunningStats:
+    """While active, the norm layers in training mode update scratch copies of their running
+    statistics, so that a recomputed forward leaves the real buffers as the original forward
+    left them (BatchNorm updates its statistics once per step, as in the plain model)."""
+
+    def __init__(self, norms: list[nn.Module]) -> None:
+        self.norms = norms
+        self._stash: list[list[tuple[nn.Module, str, torch.Tensor]]] = []
+
+    def __enter__(self) -> None:
+        swapped = []
+        for m in self.norms:
+            if not m.training:
+                continue
+            for name in _STAT_BUFFERS:
+                buf = m._buffers.get(name)
+                if buf is not None:
+                    swapped.append((m, name, buf))
+                    m._buffers[name] = buf.clone()
+        self._stash.append(swapped)
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, name, buf in self._stash.pop():
+            m._buffers[name] = buf
+
+
+class _Both:
+    """Two context managers entered in order, exited in reverse (the recompute context)."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def __enter__(self) -> None:
+        self.first.__enter__()
+        try:
+            self.second.__enter__()
+        except BaseException:
+            self.first.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.second.__exit__(*exc)
+        finally:
+            self.first.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- randomness
+
+_RANDOM_TYPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+_RANDOM_NAME = re.compile(r"drop|stochastic|noise", re.IGNORECASE)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _random_sources(block: nn.Module) -> tuple[bool, list[tuple[Any, str]]]:
+    """How ``block`` can draw random numbers: ``(always, [(obj, attr), ...])``.
+
+    ``always``: a module that draws whenever it trains (``RReLU``, a dropout-like module
+    without a rate attribute). Otherwise the block draws random numbers in training when
+    any ``getattr(obj, attr) > 0``: the ``p`` of dropout modules and every numeric
+    attribute whose name contains "drop" (``attention_dropout``, ``drop_prob``,
+    ``config.attention_probs_dropout_prob``...), read at call time so that rates changed
+    during training count.
+    """
+    always = False
+    sources: list[tuple[Any, str]] = []
+    for m in block.modules():
+        if isinstance(m, nn.RReLU):
+            always = True
+        elif isinstance(m, _RANDOM_TYPES) or _RANDOM_NAME.search(type(m).__name__):
+            rate = next((a for a in ("p", "drop_prob", "drop_rate") if _is_number(getattr(m, a, None))), None)
+            if rate is None:
+                always = True
+            else:
+                sources.append((m, rate))
+        for owner in (m, getattr(m, "config", None)):
+            attrs = getattr(owner, "__dict__", {}) if owner is not None else {}
+            sources += [(owner, k) for k, v in attrs.items() if "drop" in k.lower() and _is_number(v)]
+    unique = {(id(obj), attr): (obj, attr) for obj, attr in sources}
+    return always, list(unique.values())
+
+
+def _rng_state(device_type: str) -> list[torch.Tensor] | None:
+    """The RNG states a block on ``device_type`` can draw from, or ``None`` if unknown."""
+    states = [torch.get_rng_state()]
+    if device_type == "cuda":
+        if torch.cuda.is_initialized():
+            states += torch.cuda.get_rng_state_all()
+    elif device_type != "cpu":
+        return None
+    return states
+
+
+def _first_device_type(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+    return "cpu"
+
+
+# --------------------------------------------------------------------------- the wrapper
 
 
 class CheckpointedForward(ForwardWrapper):
@@ -32,46 +219,139 @@ class CheckpointedForward(ForwardWrapper):
 
     Only in training mode with grad enabled; in eval mode or under ``torch.no_grad()`` /
     ``torch.inference_mode()`` it calls the original forward directly (nothing to save).
+    What the block contains (norm layers with running statistics, sources of randomness)
+    is read once, here; a call only checks the current dropout rates.
+
+    Args:
+        module: the block to checkpoint.
+        mode: ``"full"`` or ``"selective"`` (see :func:`apply_gradient_checkpointing`).
+        preserve_rng_state: replay the RNG state in the recomputation; ``None`` decides
+            per block (see :func:`apply_gradient_checkpointing`).
 
     Example:
         >>> from torch import nn
         >>> layer = nn.Linear(2, 2)
-        >>> CheckpointedForward(layer).install()
+        >>> CheckpointedForward(layer, mode="selective").install()
         >>> layer(torch.ones(1, 2)).shape
         torch.Size([1, 2])
     """
+
+    def __init__(
+        self, module: nn.Module, mode: CheckpointMode = "full", preserve_rng_state: bool | None = None
+    ) -> None:
+        super().__init__(module)
+        self.mode = check_choice("mode", mode, MODES)
+        self.preserve_rng_state = (
+            None if preserve_rng_state is None else check_bool("preserve_rng_state", preserve_rng_state)
+        )
+        norms = [m for m in module.modules() if _tracks_running_stats(m)]
+        self._stats = _FrozenRunningStats(norms) if norms else None
+        self._always_random, self._rate_sources = _random_sources(module)
+        # set by the first checkpointed call when nothing above says the block is random:
+        # whether that call drew random numbers all the same (a functional dropout, noise)
+        self._draws_anyway: bool | None = None
+
+    def _contexts(self) -> tuple[Any, Any]:
+        if self.mode == "full":
+            return contextlib.nullcontext(), self._stats
+        caching, cached = create_selective_checkpoint_contexts(_selective_policy)
+        return caching, cached if self._stats is None else _Both(self._stats, cached)
+
+    def _may_draw(self) -> bool:
+        if self._always_random or self._draws_anyway:
+            return True
+        return any(getattr(obj, attr) > 0 for obj, attr in self._rate_sources)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not (self.module.training and torch.is_grad_enabled()):
             return self.call_original(*args, **kwargs)
         fn = functools.partial(self.call_original, **kwargs) if kwargs else self.call_original
-        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True)
+        if torch.compiler.is_compiling():
+            preserve = self.preserve_rng_state
+            if preserve is None:
+                preserve = self._draws_anyway is not False or self._may_draw()
+            if self.mode == "full":
+                return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve)
+            return checkpoint(
+                fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=_SELECTIVE_CONTEXT_FN
+            )
+        context_fn: Callable[[], tuple[Any, Any]] = (
+            noop_context_fn if self.mode == "full" and self._stats is None else self._contexts
+        )
+        if self.preserve_rng_state is not None:
+            preserve = self.preserve_rng_state
+        else:
+            preserve = self._may_draw()
+            if not preserve and self._draws_anyway is None:
+                return self._probe(fn, context_fn, args, kwargs)
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=context_fn)
+
+    def _probe(self, fn: Callable[..., Any], context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
+        """First call of a block that looks deterministic: preserve the RNG state anyway and
+        look whether the call drew random numbers; decide for all later calls."""
+        before = _rng_state(_first_device_type(args, kwargs))
+        out = checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True, context_fn=context_fn)
+        after = _rng_state(_first_device_type(args, kwargs))
+        self._draws_anyway = (
+            before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
+        )
+        return out
 
 
-def apply_gradient_checkpointing(model: nn.Module, targets: TargetSpec) -> list[str]:
+def _iter_new(model: nn.Module, targets: TargetSpec) -> Iterator[tuple[str, nn.Module, Any]]:
+    existing = {id(w.module): w for _, w in find_wrapped(model, CheckpointedForward)}
+    for name, module in select_modules(model, targets):
+        yield name, module, existing.get(id(module))
+
+
+def apply_gradient_checkpointing(
+    model: nn.Module,
+    targets: TargetSpec,
+    mode: CheckpointMode = "full",
+    preserve_rng_state: bool | None = None,
+) -> list[str]:
     """Checkpoint the activations of the submodules of ``model`` chosen by ``targets``.
 
     Targets are module classes, class names (``"ResidualBlock"``) or globs over qualified
     submodule names (``"backbone.blocks.*"``); only the outermost match of a nested chain
     is wrapped. Applying twice wraps nothing twice. Gradients are those of the plain model
-    (dropout draws the same mask in the recomputation). Call it before wrapping the model
-    in DDP/FSDP.
+    (dropout draws the same mask in the recomputation), and norm layers update their
+    running statistics once per step, as in the plain model. Call it before wrapping the
+    model in DDP/FSDP.
+
+    ``mode="full"`` keeps only each block's inputs and re-runs the whole block in
+    backward: the least memory, one extra forward of the block. ``mode="selective"``
+    also keeps the outputs of :data:`SAVED_OPS` (matmuls, convolutions, fused attention)
+    and recomputes only the cheap ops between them (activations, norms, dropout).
+
+    ``preserve_rng_state=None`` (default) replays the RNG state in the recomputation only
+    for blocks that can draw random numbers in training: a block with a dropout-like
+    module (``nn.Dropout*``, ``RReLU``, classes named ``*Drop*``/``*Stochastic*``/
+    ``*Noise*``) or a numeric attribute named ``*drop*`` (also in a HF ``config``) whose
+    value is > 0 at call time; and, as a safety net, a block whose first checkpointed call
+    advanced the CPU/CUDA random generators. ``True``/``False`` force it for every block.
 
     Args:
         model: the model to modify in place.
         targets: one target or a sequence of them.
+        mode: ``"full"`` or ``"selective"``.
+        preserve_rng_state: replay the RNG state in the recomputation; ``None`` decides
+            per block as above.
 
     Returns:
         The qualified names of the submodules newly wrapped.
 
     Raises:
-        ValueError: if ``targets`` matches no submodule (the message lists what exists).
-        TypeError: if ``targets`` is not a string, class or a sequence of them.
+        ValueError: if ``targets`` matches no submodule (the message lists what exists),
+            if ``mode`` is not ``"full"``/``"selective"``, or if a matched submodule is
+            already checkpointed with other settings.
+        TypeError: if ``targets`` is not a string, class or a sequence of them, or
+            ``preserve_rng_state`` is not ``None`` or a bool.
 
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> apply_gradient_checkpointing(net, "Linear")
+        >>> apply_gradient_checkpointing(net, "Linear", mode="selective")
         ['0', '2']
         >>> net(torch.randn(3, 4, requires_grad=True)).sum().backward()
         >>> remove_gradient_checkpointing(net)
@@ -79,12 +359,20 @@ def apply_gradient_checkpointing(model: nn.Module, targets: TargetSpec) -> list[
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    done = {id(w.module) for _, w in find_wrapped(model, CheckpointedForward)}
+    check_choice("mode", mode, MODES)
+    if preserve_rng_state is not None:
+        check_bool("preserve_rng_state", preserve_rng_state)
     wrapped = []
-    for name, module in select_modules(model, targets):
-        if id(module) in done:
+    for name, module, existing in list(_iter_new(model, targets)):
+        if existing is not None:
+            if (existing.mode, existing.preserve_rng_state) != (mode, preserve_rng_state):
+                raise ValueError(
+                    f"`{name}` is already checkpointed with mode={existing.mode!r}, "
+                    f"preserve_rng_state={existing.preserve_rng_state!r}; got mode={mode!r}, "
+                    f"preserve_rng_state={preserve_rng_state!r}. Call remove_gradient_checkpointing first."
+                )
             continue
-        CheckpointedForward(module).install()
+        CheckpointedForward(module, mode, preserve_rng_state).install()
         wrapped.append(name)
     return wrapped
 
