@@ -166,8 +166,10 @@ class ReproducibilityCheck(Callback):
         self._record(trainer, pl_module, trainer.current_epoch)
         self._check_epoch(trainer, trainer.current_epoch)
         if self.reference is not None and self.compare == "every_epoch":
-            diverged = float(self.divergence is not None)  # the same on every rank (broadcast)
-            log_scalars(pl_module, self, {"diverged": diverged}, on_step=False, on_epoch=True)
+            # the same value on every rank (rank 0's decision is broadcast); sync_dist only
+            # keeps Lightning from warning about unsynchronised epoch-level values
+            diverged = float(self.divergence is not None)
+            log_scalars(pl_module, self, {"diverged": diverged}, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.reference is None or self.compare != "end" or self.divergence is not None:
