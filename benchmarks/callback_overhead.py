@@ -114,9 +114,7 @@ def configurations() -> dict[str, Callable[[], list]]:
     for name, (idle, capturing) in pairs.items():
         cfg[f"{name} idle"] = lambda f=idle: [f()]
         cfg[f"{name} capturing"] = lambda f=capturing: [f()]
-    cfg["ReproducibilityCheck (per epoch)"] = lambda: [
-        lt.ReproducibilityCheck(path=tempfile.mktemp(suffix=".json"))
-    ]
+    cfg["ReproducibilityCheck (per epoch)"] = lambda: [lt.ReproducibilityCheck(dirpath=tempfile.mkdtemp())]
     return cfg
 
 

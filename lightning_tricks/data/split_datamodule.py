@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
 from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
-from lightning_tricks.functional.data.splits import (
+from lightning_tricks.functional.data.split_datamodule import (
     SeededShuffleSampler,
     _check_labels,
     _dataset_labels,

@@ -1,17 +1,32 @@
-"""Write per-epoch weight checksums and find where a run diverges from a reference run."""
+"""Write per-epoch weight checksums and find where a run diverges from a reference run.
+
+The functional pair: :class:`ReproducibilityCheck` records with
+:func:`~lightning_tricks.functional.tensor_checksums` and compares with
+:func:`~lightning_tricks.functional.first_divergence`
+(``lightning_tricks.functional.repro.reproducibility_check``).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks.functional._checks import check_bool, check_choice, check_number, check_str
-from lightning_tricks.functional.repro.checksums import (
+from lightning_tricks._compat import training_batches_completed
+from lightning_tricks._logging import component_dir, log_scalars
+from lightning_tricks.functional._checks import (
+    OnError,
+    check_bool,
+    check_choice,
+    check_number,
+    check_on_error,
+    check_str,
+    report_problem,
+)
+from lightning_tricks.functional.repro.reproducibility_check import (
     first_divergence,
     load_checksums,
     save_checksums,
@@ -19,6 +34,14 @@ from lightning_tricks.functional.repro.checksums import (
 )
 
 __all__ = ["ReproducibilityCheck", "ReproducibilityError"]
+
+Compare = Literal["every_epoch", "end"]
+"""When a :class:`ReproducibilityCheck` compares with the reference run."""
+
+
+def _check_path(name: str, value: Any) -> str:
+    """A non-empty path given as a string or ``os.PathLike``."""
+    return check_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
 
 
 class ReproducibilityError(RuntimeError):
@@ -37,18 +60,25 @@ class ReproducibilityCheck(Callback):
     bytes, plus sum and norm; computed on the device, one transfer to the host) are
     added to a JSON file, rewritten atomically by global rank 0. Run once to produce a
     reference file, then again with ``reference=`` pointing to it: the first epoch and
-    parameter where the runs differ is reported (a ``ReproducibilityError`` or a
-    warning). The records are part of the callback's checkpoint state, so a resumed run
-    writes the complete history.
+    parameter where the runs differ is reported as ``on_error`` says. The records are
+    part of the callback's checkpoint state, so a resumed run writes the complete history.
+
+    With a ``reference`` and ``compare="every_epoch"``, the scalar
+    ``reproducibility_check/diverged`` (0.0, or 1.0 from the first divergent epoch on) is
+    logged at every epoch end, so that a divergence is visible in every logger even with
+    ``on_error="ignore"``.
 
     Args:
-        path: the checksum file; a relative path is relative to the trainer's
-            ``default_root_dir``.
-        reference: a checksum file of an earlier run to compare with (``None``: only write).
-        mode: ``"raise"`` stops training with ``ReproducibilityError``; ``"warn"``
-            warns once and keeps training.
-        compare: ``"every_epoch"`` compares as each epoch ends (stops at the first
-            divergence); ``"end"`` compares all epochs once training ends.
+        dirpath: folder of the checksum file; ``None``: ``<log_dir>/reproducibility_check/``
+            (``trainer.log_dir``, or ``default_root_dir`` without a logger).
+        filename: name of the checksum file in ``dirpath``.
+        reference: path of a checksum file of an earlier run to compare with (``None``:
+            only write).
+        on_error: what a divergence does: ``"warn"`` warns once and keeps training;
+            ``"raise"`` stops training with :class:`ReproducibilityError`; ``"ignore"``
+            only records it (``divergence``, and the logged ``diverged`` scalar).
+        compare: ``"every_epoch"`` compares as each epoch ends (``"raise"`` stops at the
+            first divergent epoch); ``"end"`` compares all epochs once training ends.
         rtol: relative tolerance on each tensor's sum and norm; with ``rtol = atol = 0``
             (default) the weights must be bitwise identical.
         atol: absolute tolerance, likewise.
@@ -59,25 +89,27 @@ class ReproducibilityCheck(Callback):
         FileNotFoundError: at ``setup``, when ``reference`` does not exist.
 
     Example:
-        >>> check = ReproducibilityCheck(path="checksums.json", mode="warn")
-        >>> check.records
-        {}
+        >>> check = ReproducibilityCheck(dirpath="checks", on_error="raise")
+        >>> check.records, check.filename
+        ({}, 'checksums.json')
     """
 
     def __init__(
         self,
-        path: str = "checksums.json",
+        dirpath: str | None = None,
+        filename: str = "checksums.json",
         reference: str | None = None,
-        mode: Literal["raise", "warn"] = "raise",
-        compare: Literal["every_epoch", "end"] = "every_epoch",
+        on_error: OnError = "warn",
+        compare: Compare = "every_epoch",
         rtol: float = 0.0,
         atol: float = 0.0,
         buffers: bool = False,
     ) -> None:
-        self.path = check_str("path", path)
-        self.reference = None if reference is None else check_str("reference", reference)
-        self.mode = check_choice("mode", mode, ("raise", "warn"))
-        self.compare = check_choice("compare", compare, ("every_epoch", "end"))
+        self.dirpath = None if dirpath is None else _check_path("dirpath", dirpath)
+        self.filename = check_str("filename", filename)
+        self.reference = None if reference is None else _check_path("reference", reference)
+        self.on_error = check_on_error(on_error)
+        self.compare = check_choice("compare", compare, get_args(Compare))
         self.rtol = check_number("rtol", rtol, minimum=0)
         self.atol = check_number("atol", atol, minimum=0)
         self.buffers = check_bool("buffers", buffers)
@@ -88,7 +120,12 @@ class ReproducibilityCheck(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(path=self.path)
+        return self._generate_state_key(dirpath=self.dirpath, filename=self.filename)
+
+    @property
+    def file(self) -> Path | None:
+        """The checksum file this fit writes (known from ``setup`` on)."""
+        return self._file
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -96,8 +133,8 @@ class ReproducibilityCheck(Callback):
             return
         self.records = {}  # a new fit starts a new history (a resume restores it after this)
         self.divergence = None
-        path = Path(self.path)
-        self._file = path if path.is_absolute() else Path(trainer.default_root_dir) / path
+        # every rank resolves the folder: `trainer.log_dir` broadcasts from rank 0
+        self._file = component_dir(trainer, self, self.dirpath) / self.filename
         self._reference = None
         if self.reference is not None:
             if not os.path.isfile(self.reference):
@@ -120,7 +157,7 @@ class ReproducibilityCheck(Callback):
         # ModelCheckpoint at validation end) lacks the previous epoch: the weights,
         # restored and not yet trained on, are still that epoch's final weights.
         epoch = trainer.current_epoch
-        at_start = trainer.fit_loop.epoch_loop.batch_progress.current.completed == 0
+        at_start = training_batches_completed(trainer) == 0
         if epoch > 0 and at_start and (epoch - 1) not in self.records:
             self._record(trainer, pl_module, epoch - 1)
             self._check_epoch(trainer, epoch - 1)
@@ -128,6 +165,11 @@ class ReproducibilityCheck(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record(trainer, pl_module, trainer.current_epoch)
         self._check_epoch(trainer, trainer.current_epoch)
+        if self.reference is not None and self.compare == "every_epoch":
+            # the same value on every rank (rank 0's decision is broadcast); sync_dist only
+            # keeps Lightning from warning about unsynchronised epoch-level values
+            diverged = float(self.divergence is not None)
+            log_scalars(pl_module, self, {"diverged": diverged}, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.reference is None or self.compare != "end" or self.divergence is not None:
@@ -164,6 +206,10 @@ class ReproducibilityCheck(Callback):
         if message is None:
             return
         self.divergence = message
-        if self.mode == "raise":
-            raise ReproducibilityError(f"{message} (reference: {self.reference})")
-        rank_zero_warn(f"ReproducibilityCheck: {message} (reference: {self.reference})")
+        # "raise" on every rank (all stop together); a warning from global rank 0 only
+        if self.on_error == "raise" or trainer.is_global_zero:
+            report_problem(
+                self.on_error,
+                f"ReproducibilityCheck: {message} (reference: {self.reference})",
+                ReproducibilityError,
+            )

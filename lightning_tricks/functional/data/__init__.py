@@ -1,6 +1,6 @@
 """Pure-PyTorch cores for the `data` area."""
 
-from lightning_tricks.functional.data.splits import (
+from lightning_tricks.functional.data.split_datamodule import (
     SeededShuffleSampler,
     resolve_split_sizes,
     split_dataset,

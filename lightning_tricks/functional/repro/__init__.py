@@ -1,6 +1,6 @@
 """Pure-PyTorch cores for the `repro` area."""
 
-from lightning_tricks.functional.repro.checksums import (
+from lightning_tricks.functional.repro.reproducibility_check import (
     Divergence,
     first_divergence,
     load_checksums,

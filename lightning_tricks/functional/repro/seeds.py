@@ -17,6 +17,7 @@ __all__ = ["SeedRecord", "freeze_seeds", "seed_worker"]
 _CUBLAS_VALUES = (":4096:8", ":16:8")
 _MAX_SEED = 2**32 - 1  # numpy's limit; torch accepts more but a seed must work everywhere
 
+_np: Any
 try:  # numpy is a dependency, but the seeding must not fail without it
     import numpy as _np
 except ImportError:  # pragma: no cover

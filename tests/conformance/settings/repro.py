@@ -21,7 +21,7 @@ def _split_datamodule():
 SETTINGS: dict = {
     # Checksums parameters and BatchNorm buffers every epoch; the records live in the
     # checkpoint (tests/repro covers checkpoints saved before the epoch was recorded).
-    "ReproducibilityCheck": Spec(init_args={"path": "checksums.json", "buffers": True}),
+    "ReproducibilityCheck": Spec(init_args={"filename": "checksums.json", "buffers": True}),
     # Shuffled training split (per-epoch seeded order; DistributedSampler under DDP).
     "SplitDataModule": Spec(
         factory=_split_datamodule,
@@ -36,7 +36,7 @@ SETTINGS: dict = {
 }
 
 # Exported classes of this team that are not components, with the reason.
-NOT_COMPONENTS: dict[str, str] = {}
+NOT_COMPONENTS: dict[str, str] = {"ReproducibilityError": "exception raised by ReproducibilityCheck"}
 
 # Valid constructor kwargs for exported classes of this team that take objects
 # (a model, a dataset): name -> zero-argument callable returning kwargs.

@@ -1,5 +1,9 @@
 """Per-tensor checksums of a model's weights, and where two runs' checksums first diverge.
 
+The functional pair of :class:`~lightning_tricks.ReproducibilityCheck`: it records with
+:func:`tensor_checksums` and :func:`save_checksums` after every epoch and compares with
+:func:`first_divergence`.
+
 A checksum holds two position-weighted hashes of the tensor's raw bytes, plus the
 float64 sum and L2 norm (for comparisons with a tolerance). All tensors are reduced on
 their own device and the results leave it in ONE transfer.
@@ -152,6 +156,7 @@ def tensor_checksums(
         False
     """
     buffers = check_bool("buffers", buffers)
+    items: list[tuple[str, torch.Tensor]]
     if isinstance(tensors, nn.Module):
         items = list(tensors.named_parameters())
         if buffers:

@@ -3,6 +3,10 @@
 The split depends only on the dataset length, the sizes, the labels and the seed (a
 private ``torch.Generator``), never on the global RNG, so every process of a
 distributed run computes the same split without any communication.
+
+The functional pair of :class:`~lightning_tricks.SplitDataModule`: it splits with
+:func:`split_indices` (what :func:`split_dataset` does for one dataset) and shuffles its
+training split with :class:`SeededShuffleSampler`.
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ def resolve_split_sizes(n: int, sizes: Sequence[Size], names: Sequence[str] | No
     known = sum(e for e in exact if e is not None)
     if not rest and math.isclose(known, n, abs_tol=1e-6 * max(n, 1)):
         # Largest remainder: the fractions cover the dataset, so the counts must too.
-        floors = [math.floor(e + 1e-9) for e in exact]  # type: ignore[arg-type]
-        order = sorted(range(len(exact)), key=lambda i: floors[i] - exact[i])  # type: ignore[operator]
+        full = [e for e in exact if e is not None]  # no None here: every entry is known
+        floors = [math.floor(e + 1e-9) for e in full]
+        order = sorted(range(len(full)), key=lambda i: floors[i] - full[i])
         counts = floors
         for i in order[: n - sum(floors)]:
             counts[i] += 1
@@ -234,11 +239,12 @@ def _dataset_labels(dataset: Any, labels: Any) -> Any:
             raise ValueError(f"`labels` names no attribute {labels!r} of the {type(dataset).__name__}")
         return _dataset_labels(dataset, getattr(dataset, labels))
     if isinstance(labels, Integral) and not isinstance(labels, bool):
+        index = int(labels)
         tensors = getattr(dataset, "tensors", None)  # TensorDataset: no need to load samples
-        if isinstance(tensors, tuple) and -len(tensors) <= labels < len(tensors):
-            return tensors[labels]
+        if isinstance(tensors, tuple) and -len(tensors) <= index < len(tensors):
+            return tensors[index]
         try:
-            return [dataset[i][labels] for i in range(len(dataset))]
+            return [dataset[i][index] for i in range(len(dataset))]
         except (IndexError, KeyError, TypeError) as err:
             raise ValueError(f"`labels`={labels} is not a valid index into the samples: {err}") from None
     if _is_array_like(labels):
