@@ -1,4 +1,10 @@
-"""``ExportWeights``: write the final or best weights as ``.safetensors`` at the end of fit."""
+"""Lightning layer of weights I/O: ``ExportWeights`` writes the final or best weights at the end of fit.
+
+The documented pair: :class:`ExportWeights` (callback) <->
+:func:`~lightning_tricks.functional.save_weights` (its functional entry point, in
+:mod:`lightning_tricks.functional.finetune.weights_io`, with ``read_weights`` and
+``load_weights`` to read the file back).
+"""
 
 from __future__ import annotations
 
