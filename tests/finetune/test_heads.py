@@ -100,7 +100,9 @@ def test_strip_head_returns_the_features_the_head_saw():
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"could not find a classifier head.*`attr`"):
         find_head(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()))
-    with pytest.raises(ValueError, match=r"`attr` names no submodule 'haed'.*available: backbone, head"):
+    with pytest.raises(
+        ValueError, match=r"`attr` names no submodule 'haed'.*available: backbone.*head.*did you mean 'head'"
+    ):
         replace_head(make_mlp(), 3, attr="haed")
     with pytest.raises(ValueError, match="`num_outputs`"):
         replace_head(make_mlp(), 0)
@@ -165,3 +167,15 @@ def test_replaced_head_is_not_pretrained_so_weight_init_initialises_it(tmp_path)
     assert not torch.all(model.head.weight == 3.0), "the new head was skipped as if it were pretrained"
     after = state_of(model.backbone)
     assert all(torch.equal(backbone_before[k], after[k]) for k in after), "loaded backbone was re-initialised"
+
+
+def test_attr_follows_the_naming_rule_and_must_select_exactly_one():
+    assert find_head(BlockNet(), attr="**.fc") == "head.fc"  # "**" crosses segments
+    assert find_head(SmallCNN(), attr="he*") == "head.2"  # a glob selecting one container
+    net = TimmLike()
+    replace_head(net, 3, attr="classif*")
+    assert net.classifier.out_features == 3 and net.aux.out_features == 2
+    with pytest.raises(ValueError, match=r"`attr` must select exactly one submodule.*'Linear'.*selects 3"):
+        find_head(TimmLike(), attr="Linear")
+    with pytest.raises(ValueError, match=r"`attr` names no submodule 'clasifier'.*did you mean 'classifier'"):
+        strip_head(TimmLike(), attr="clasifier")

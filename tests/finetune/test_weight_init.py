@@ -13,6 +13,7 @@ from torch import nn
 
 from lightning_tricks import WeightInit
 from lightning_tricks.functional import init_weights, load_weights, save_weights
+from lightning_tricks.functional.finetune.weight_init import SCHEMES
 from tests.helpers import (
     BlockNet,
     ClassifierModule,
@@ -174,7 +175,7 @@ def test_bad_input_names_the_argument():
     net = make_mlp()
     with pytest.raises(ValueError, match="`scheme`"):
         init_weights(net, "he_normal")
-    with pytest.raises(ValueError, match="`include` pattern 'haed'"):
+    with pytest.raises(ValueError, match=r"`include` names no submodule 'haed'.*did you mean 'head'"):
         init_weights(net, include=["haed"])
     with pytest.raises(ValueError, match="`types`"):
         init_weights(net, types=["Linaer"])
@@ -335,7 +336,7 @@ def test_errors_name_the_argument():
         WeightInit(seed=1.5)
     with pytest.raises(TypeError, match="`include`"):
         WeightInit(include=[1])
-    with pytest.raises(ValueError, match="`include` pattern 'encodr'"):
+    with pytest.raises(ValueError, match="`include` names no submodule 'encodr'"):
         cpu_trainer(max_epochs=1, callbacks=[WeightInit(include=["encodr"])]).fit(
             ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
         )
@@ -377,3 +378,55 @@ def test_ranks_start_equal_before_ddp_wraps_and_keep_equal_rng_streams(tmp_path)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(w0[k], w1[k]) for k in w0 if k != "draws")
     assert torch.equal(w0["draws"], w1["draws"])  # seed=None drew nothing from rank 0's stream
+
+
+class ConvNet(nn.Module):
+    """Convolutions of several shapes (the 4-D kernels change layout under channels_last)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+        self.body = nn.Conv2d(8, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_initialisation_does_not_depend_on_the_memory_format(scheme):
+    contiguous, channels_last = ConvNet(), ConvNet().to(memory_format=torch.channels_last)
+    assert channels_last.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    init_weights(contiguous, scheme, generator=gen(3))
+    init_weights(channels_last, scheme, generator=gen(3))  # "orthogonal" used to crash here
+    a, b = contiguous.state_dict(), channels_last.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the memory format is kept
+    assert channels_last.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_weight_init_and_channels_last_give_the_same_weights_in_either_order():
+    from lightning_tricks import ChannelsLast
+
+    starts = []
+    for callbacks in (
+        [ChannelsLast(), WeightInit("orthogonal", seed=0)],
+        [WeightInit("orthogonal", seed=0), ChannelsLast()],
+    ):
+        cap = Capture()
+        cpu_trainer(
+            max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[*callbacks, cap]
+        ).fit(ClassifierModule(arch="cnn"), datamodule=ImageDataModule(n_train=16))
+        starts.append(cap.start)
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+
+
+def test_include_and_exclude_follow_the_naming_rule():
+    net = SmallCNN()
+    # a class name selects every module of that type; a lone string is one name
+    report = init_weights(net, "normal", include="Conv2d", init_norm=False, generator=gen())
+    assert sorted(report.initialized) == ["backbone.0.0.weight", "backbone.1.0.weight"]
+    report = init_weights(SmallCNN(), "normal", include="backbone", exclude=nn.BatchNorm2d, generator=gen())
+    assert sorted(report.initialized) == ["backbone.0.0.weight", "backbone.1.0.weight"]
+    # "*" stays within one segment, "**" crosses segments
+    report = init_weights(SmallCNN(), "normal", include=["**.0"], init_norm=False, generator=gen())
+    assert sorted(report.initialized) == ["backbone.0.0.weight", "backbone.1.0.weight"]
+    with pytest.raises(ValueError, match=r"`exclude` names no submodule 'haed'.*did you mean 'head'"):
+        init_weights(SmallCNN(), exclude="haed")

@@ -317,7 +317,7 @@ def test_prerequisites_checked_in_setup(tmp_path):
             ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
         )
     with pytest.raises(
-        MisconfigurationException, match=r"`submodule` names no submodule 'encodr'.*backbone, head"
+        MisconfigurationException, match=r"`submodule` names no submodule 'encodr'.*available: backbone.*head"
     ):
         cpu_trainer(callbacks=[ExportWeights(dirpath=str(tmp_path), submodule="encodr")]).fit(
             ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
@@ -368,3 +368,36 @@ def test_best_export_records_the_epoch_and_step_of_the_best_checkpoint_on_a_zoo_
     meta = _metadata(tmp_path / "final.safetensors")
     assert f"epoch={meta['epoch']}-step={meta['global_step']}.ckpt" == Path(last).name
     assert meta["epoch"] == "2" and meta["global_step"] == str(trainer.global_step)
+
+
+def test_submodule_follows_the_naming_rule_and_must_select_exactly_one(tmp_path):
+    model = ClassifierModule(arch="mlp")
+    cb = ExportWeights(dirpath=str(tmp_path), submodule="h*")  # a glob that selects only `head`
+    cpu_trainer(max_epochs=1, callbacks=[cb]).fit(model, datamodule=ImageDataModule(n_train=16))
+    out = load_file(str(tmp_path / "weights.safetensors"))
+    assert sorted(out) == ["bias", "weight"] and torch.equal(out["weight"], model.head.weight)
+    with pytest.raises(
+        MisconfigurationException, match=r"`submodule` must select exactly one.*'\*'.*backbone"
+    ):
+        cpu_trainer(callbacks=[ExportWeights(dirpath=str(tmp_path / "x"), submodule="*")]).fit(
+            ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_dirpath_is_the_component_folder_of_the_log_dir(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    cb = ExportWeights()
+    cpu_trainer(max_epochs=1, logger=logger, callbacks=[cb]).fit(
+        ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
+    )
+    expected = Path(logger.log_dir) / "export_weights" / "weights.safetensors"
+    assert cb.last_path == str(expected) and expected.is_file()
+    # without a logger: <default_root_dir>/export_weights/
+    cb = ExportWeights()
+    cpu_trainer(max_epochs=1, default_root_dir=tmp_path / "root", callbacks=[cb]).fit(
+        ClassifierModule(arch="mlp"), datamodule=ImageDataModule(n_train=16)
+    )
+    assert (tmp_path / "root" / "export_weights" / "weights.safetensors").is_file()
