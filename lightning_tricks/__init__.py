@@ -58,10 +58,10 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks import functional as functional
     from lightning_tricks._base import LightningMixin as LightningMixin
     from lightning_tricks.data.split_datamodule import SplitDataModule as SplitDataModule
-    from lightning_tricks.finetune.export_weights import ExportWeights as ExportWeights
     from lightning_tricks.finetune.freeze_backbone import FreezeBackbone as FreezeBackbone
     from lightning_tricks.finetune.parameter_counts import log_parameter_counts as log_parameter_counts
     from lightning_tricks.finetune.weight_init import WeightInit as WeightInit
+    from lightning_tricks.finetune.weights_io import ExportWeights as ExportWeights
     from lightning_tricks.functional.inference.features import FeatureExtractor as FeatureExtractor
     from lightning_tricks.functional.repro.seeds import freeze_seeds as freeze_seeds
     from lightning_tricks.inference.feature_predict import FeaturePredict as FeaturePredict

@@ -1,28 +1,33 @@
-"""``WeightInit``: initialise the model's weights with a named scheme before training."""
+"""``WeightInit``: initialise the model's weights with a named scheme before training.
+
+Lightning layer of :func:`~lightning_tricks.functional.init_weights` (the pair
+``WeightInit`` <-> ``init_weights``, both in ``weight_init`` modules).
+"""
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_tricks.functional._checks import check_bool, check_optional_int
+from lightning_tricks.functional._checks import check_bool, check_optional_int, check_str_sequence
+from lightning_tricks.functional._modules import name_entries
 from lightning_tricks.functional.finetune.weight_init import (
     InitReport,
-    check_init_options,
+    InitScheme,
+    Mode,
+    Nonlinearity,
+    Scheme,
     frozen_roots,
     init_weights,
 )
 
 __all__ = ["WeightInit"]
-
-log = logging.getLogger(__name__)
 
 
 class WeightInit(Callback):
@@ -41,13 +46,17 @@ class WeightInit(Callback):
     (a second ``fit`` of the same module), nor when ``trainer.ckpt_path`` is set; with
     ``trainer.fit(ckpt_path=...)`` Lightning restores the checkpoint's weights after
     ``setup``, replacing the initialisation, so a resumed run continues from the
-    checkpoint exactly. The report is logged on rank 0 and kept in :attr:`report`.
+    checkpoint exactly. The weights do not depend on the parameters' memory format, so
+    ``ChannelsLast`` may come before or after this callback. The report is logged (at
+    INFO level, on rank 0) and kept in :attr:`report`.
 
     Args:
         scheme: ``"normal"``, ``"uniform"``, ``"xavier_normal"``, ``"xavier_uniform"``,
             ``"kaiming_normal"``, ``"kaiming_uniform"``, ``"orthogonal"`` or ``"trunc_normal"``.
-        include: module-name globs to initialise (e.g. ``["head"]``); ``None`` for all.
-        exclude: module-name globs to leave alone.
+        include: submodules to initialise, with everything inside them, by the naming
+            rule: names, segment globs (``"head"``, ``"**.attn"``), class names
+            (``"Conv2d"``); a lone string is one name; ``None`` for the whole model.
+        exclude: submodules to leave alone, by the same rule.
         types: layer class names that get ``scheme``; ``None`` for the usual ones
             (Linear, Conv, Embedding, MultiheadAttention).
         mode: kaiming ``"fan_in"`` or ``"fan_out"``.
@@ -67,7 +76,8 @@ class WeightInit(Callback):
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: an argument out of range; in ``setup``, globs that match no module.
+        ValueError: an argument out of range; in ``setup``, an ``include``/``exclude`` entry
+            that selects no submodule (with near-name suggestions).
 
     Example:
         >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
@@ -80,21 +90,12 @@ class WeightInit(Callback):
 
     def __init__(
         self,
-        scheme: Literal[
-            "normal",
-            "uniform",
-            "xavier_normal",
-            "xavier_uniform",
-            "kaiming_normal",
-            "kaiming_uniform",
-            "orthogonal",
-            "trunc_normal",
-        ] = "kaiming_normal",
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
+        scheme: Scheme = "kaiming_normal",
+        include: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str = (),
         types: Sequence[str] | None = None,
-        mode: Literal["fan_in", "fan_out"] = "fan_in",
-        nonlinearity: str = "relu",
+        mode: Mode = "fan_in",
+        nonlinearity: Nonlinearity = "relu",
         negative_slope: float = 0.0,
         gain: float = 1.0,
         std: float = 0.02,
@@ -106,21 +107,23 @@ class WeightInit(Callback):
         seed: int | None = 0,
         include_frozen: bool = False,
     ) -> None:
-        self.options = check_init_options(
-            scheme=scheme,
-            include=include,
-            exclude=exclude,
-            types=types,
-            mode=mode,
-            nonlinearity=nonlinearity,
-            negative_slope=negative_slope,
-            gain=gain,
-            std=std,
-            bound=bound,
-            init_norm=init_norm,
-            zero_bias=zero_bias,
-            zero_init_last_bn=zero_init_last_bn,
-        )
+        drawn = InitScheme(scheme, mode, nonlinearity, negative_slope, gain, std, bound)
+        # the keyword arguments of init_weights, validated
+        self.options: dict[str, Any] = {
+            "scheme": drawn.scheme,
+            "include": None if include is None else name_entries("include", include),
+            "exclude": name_entries("exclude", exclude, allow_empty=True),
+            "types": None if types is None else check_str_sequence("types", types),
+            "mode": drawn.mode,
+            "nonlinearity": drawn.nonlinearity,
+            "negative_slope": drawn.negative_slope,
+            "gain": drawn.gain,
+            "std": drawn.std,
+            "bound": drawn.bound,
+            "init_norm": check_bool("init_norm", init_norm),
+            "zero_bias": check_bool("zero_bias", zero_bias),
+            "zero_init_last_bn": check_bool("zero_init_last_bn", zero_init_last_bn),
+        }
         self.skip_pretrained = check_bool("skip_pretrained", skip_pretrained)
         self.seed = check_optional_int("seed", seed, minimum=0)
         self.include_frozen = check_bool("include_frozen", include_frozen)

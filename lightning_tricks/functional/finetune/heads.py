@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int
+from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
 __all__ = ["find_head", "replace_head", "strip_head"]
@@ -30,22 +31,20 @@ def _children_names(module: nn.Module) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-def _resolve(model: nn.Module, attr: str) -> nn.Module:
-    if not isinstance(attr, str) or not attr:
-        raise TypeError(f"`attr` must be a non-empty dotted submodule name or None; got {attr!r}")
-    module = model
-    walked: list[str] = []
-    for part in attr.split("."):
-        child = module._modules.get(part)
-        if child is None:
-            where = ".".join(walked) or type(model).__name__
-            raise ValueError(
-                f"`attr` names no submodule {attr!r}: {where} has no child {part!r}; "
-                f"available: {_children_names(module)}"
-            )
-        module = child
-        walked.append(part)
-    return module
+def _resolve(model: nn.Module, attr: str | type[nn.Module]) -> tuple[str, nn.Module]:
+    """The one submodule that ``attr`` selects by the naming rule: its qualified name and itself."""
+    if not isinstance(attr, str | type) or not attr:
+        raise TypeError(
+            f"`attr` must be a submodule name, glob or class name (a non-empty string), a class, or None; "
+            f"got {attr!r}"
+        )
+    found = resolve_modules(model, attr, "attr")
+    if len(found) != 1:
+        shown = ", ".join(list(found)[:8]) + (", ..." if len(found) > 8 else "")
+        raise ValueError(
+            f"`attr` must select exactly one submodule (the head); {attr!r} selects {len(found)}: {shown}"
+        )
+    return next(iter(found.items()))
 
 
 def _last_linear(module: nn.Module) -> str | None:
@@ -90,7 +89,7 @@ def _hf_label_layer(model: nn.Module) -> str | None:
     return None
 
 
-def find_head(model: nn.Module, attr: str | None = None) -> str:
+def find_head(model: nn.Module, attr: str | type[nn.Module] | None = None) -> str:
     """Return the dotted name of the model's last classifier layer.
 
     With ``attr`` given, the head is that submodule; if it is a container (an
@@ -104,14 +103,17 @@ def find_head(model: nn.Module, attr: str | None = None) -> str:
 
     Args:
         model: the network.
-        attr: dotted name of the head, e.g. ``"head"`` or ``"classifier.fc"``; ``None`` to search.
+        attr: the head, by the naming rule: a qualified name (``"head"``,
+            ``"classifier.fc"``), a segment glob (``"**.classifier"``), a class name or a
+            class; it must select exactly one submodule. ``None`` to search.
 
     Returns:
         The dotted name of the layer, relative to ``model``.
 
     Raises:
-        TypeError: ``model`` is not a module, or ``attr`` is not a string.
-        ValueError: ``attr`` names no submodule, or no classifier layer can be found.
+        TypeError: ``model`` is not a module, or ``attr`` is not a name or class.
+        ValueError: ``attr`` selects no submodule (with near-name suggestions) or more
+            than one, or no classifier layer can be found.
 
     Example:
         >>> from torch import nn
@@ -120,19 +122,21 @@ def find_head(model: nn.Module, attr: str | None = None) -> str:
         '2.1'
         >>> find_head(net, attr="2")
         '2.1'
+        >>> find_head(net, attr="Dropout")  # a class name selecting one module
+        '2.0'
     """
     _check_module("model", model)
     if attr is not None:
-        target = _resolve(model, attr)
+        name, target = _resolve(model, attr)
         if isinstance(target, nn.Linear) or not list(target.children()):
-            return attr
+            return name
         inner = _last_linear(target)
         if inner is None:
             raise ValueError(
                 f"`attr` {attr!r} names a {type(target).__name__} that contains no nn.Linear; "
                 f"name the layer to replace itself (its children: {_children_names(target)})"
             )
-        return f"{attr}.{inner}"
+        return f"{name}.{inner}"
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
         head = get_classifier()
@@ -143,20 +147,22 @@ def find_head(model: nn.Module, attr: str | None = None) -> str:
     hf = _hf_label_layer(model)
     if hf is not None:
         return hf
-    name = _last_linear(model)
-    if not name:
+    last = _last_linear(model)
+    if not last:
         raise ValueError(
             f"could not find a classifier head in {type(model).__name__}: it has no nn.Linear submodule "
             f"and no get_classifier(); pass `attr` naming the head (top-level children: "
             f"{_children_names(model)})"
         )
-    return name
+    return last
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = parent._modules[child]
+    if old is None:  # a slot registered as None holds no layer to swap
+        raise ValueError(f"the head {name!r} is None in {type(model).__name__}; pass `attr` naming a layer")
     parent._modules[child] = new
     # The new layer was not loaded from a file: forget the old layer's keys among those
     # that ``load_weights`` marked as pretrained, so ``init_weights`` initialises it.
@@ -206,7 +212,7 @@ def _set_num_labels(model: nn.Module, name: str, old_count: int, new_count: int)
                 setattr(module, attr, new_count)
 
 
-def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) -> nn.Module:
+def replace_head(model: nn.Module, num_outputs: int, attr: str | type[nn.Module] | None = None) -> nn.Module:
     """Replace the classifier layer by a fresh ``nn.Linear`` with ``num_outputs`` outputs.
 
     The new layer has the old one's ``in_features``, bias setting, device and dtype
@@ -224,7 +230,7 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     Args:
         model: the network.
         num_outputs: number of outputs of the new layer (classes), at least 1.
-        attr: dotted name of the head; ``None`` to find it with :func:`find_head`.
+        attr: the head, by the naming rule (see :func:`find_head`); ``None`` to find it.
 
     Returns:
         The old head layer (for example to reuse some of its rows).
@@ -285,7 +291,7 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | None = None) ->
     return old
 
 
-def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
+def strip_head(model: nn.Module, attr: str | type[nn.Module] | None = None) -> nn.Module:
     """Turn a classifier into a feature extractor: replace the head by ``nn.Identity``.
 
     Only the final layer is swapped, in place, so the model's own ``forward`` (pooling,
@@ -297,7 +303,7 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
 
     Args:
         model: the network.
-        attr: dotted name of the head; ``None`` to find it with :func:`find_head`.
+        attr: the head, by the naming rule (see :func:`find_head`); ``None`` to find it.
 
     Returns:
         The removed head.
@@ -320,6 +326,8 @@ def strip_head(model: nn.Module, attr: str | None = None) -> nn.Module:
     out = _out_count(old)
     if out is not None:
         _set_num_labels(model, name, out, 0)
-    elif isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
-        model.num_classes = 0
+    else:
+        count = getattr(model, "num_classes", None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            setattr(model, "num_classes", 0)  # noqa: B010 - an int attribute, not a submodule
     return old

@@ -276,7 +276,7 @@ def save_weights(
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
-    storages: set[int] = set()
+    storages: set[tuple[torch.device, int]] = set()
     for k, v in state.items():
         v = v.detach()
         ident = (

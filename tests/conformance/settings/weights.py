@@ -5,11 +5,12 @@ from __future__ import annotations
 from tests.conformance.spec import Spec
 
 SETTINGS: dict = {
-    # Re-initialises the backbone (kaiming, BatchNorm to 1/0) and leaves the head as built.
+    # Re-initialises the backbone (kaiming, BatchNorm to 1/0) and leaves the head as built;
+    # the blocks spec excludes every LayerNorm by class name (the naming rule, from a CLI config).
     "WeightInit": [
         Spec(init_args={"scheme": "kaiming_normal", "include": ["backbone"], "mode": "fan_out"}, id="cnn"),
         Spec(
-            init_args={"scheme": "trunc_normal", "std": 0.02, "exclude": ["backbone.embed"]},
+            init_args={"scheme": "trunc_normal", "std": 0.02, "exclude": ["backbone.embed", "LayerNorm"]},
             arch="blocks",
             id="blocks",
         ),

@@ -1,4 +1,10 @@
-"""``ExportWeights``: write the final or best weights as ``.safetensors`` at the end of fit."""
+"""Lightning layer of weights I/O: ``ExportWeights`` writes the final or best weights at the end of fit.
+
+The documented pair: :class:`ExportWeights` (callback) <->
+:func:`~lightning_tricks.functional.save_weights` (its functional entry point, in
+:mod:`lightning_tricks.functional.finetune.weights_io`, with ``read_weights`` and
+``load_weights`` to read the file back).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_tricks._logging import component_dir
 from lightning_tricks.functional._checks import check_choice, check_str
+from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.finetune.weights_io import read_checkpoint, save_weights
 
 __all__ = ["ExportWeights"]
@@ -33,17 +41,21 @@ class ExportWeights(Callback):
     ``epoch=2-step=60.ckpt``.
 
     Args:
-        dirpath: output folder; ``None`` for the trainer's log dir.
+        dirpath: output folder; ``None`` for ``<log_dir>/export_weights/`` (the trainer's
+            ``log_dir``, or ``default_root_dir`` without a logger).
         filename: file name, ending in ``.safetensors``.
         source: ``"final"`` (the weights at the end of fit) or ``"best"``.
-        submodule: export only this attribute of the LightningModule (e.g. ``"model"``),
-            with its prefix removed; ``None`` for the whole module.
+        submodule: export only this submodule of the LightningModule (e.g. ``"model"``),
+            with its prefix removed; named by the naming rule (a qualified name, a segment
+            glob such as ``"**.backbone"``, or a class name), which must select exactly one
+            submodule; ``None`` for the whole module.
 
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: a bad value.
         MisconfigurationException: in ``setup``, ``source="best"`` without a
-            ``ModelCheckpoint``, or ``submodule`` naming no attribute.
+            ``ModelCheckpoint``, or ``submodule`` selecting no submodule (with near-name
+            suggestions) or more than one.
 
     Example:
         >>> import tempfile
@@ -77,19 +89,23 @@ class ExportWeights(Callback):
         self.submodule = submodule
         self.last_path: str | None = None
         self._last_epoch: int | None = None
+        self._prefix: str | None = None  # qualified name of the resolved submodule
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._prefix = None
         if self.submodule is not None:
             try:
-                pl_module.get_submodule(self.submodule)
-            except AttributeError:
-                names = ", ".join(n for n, _ in pl_module.named_children())
+                found = resolve_modules(pl_module, self.submodule, "submodule")
+            except ValueError as err:
+                raise MisconfigurationException(str(err)) from None
+            if len(found) != 1:
                 raise MisconfigurationException(
-                    f"`submodule` names no submodule {self.submodule!r} of {type(pl_module).__name__}; "
-                    f"available: {names}"
-                ) from None
+                    f"`submodule` must select exactly one submodule of {type(pl_module).__name__}; "
+                    f"{self.submodule!r} selects {len(found)}: {', '.join(list(found)[:8])}"
+                )
+            self._prefix = next(iter(found))
         if self.source == "best" and trainer.checkpoint_callback is None:
             raise MisconfigurationException(
                 "`source='best'` needs a ModelCheckpoint callback (and `enable_checkpointing=True`); "
@@ -113,8 +129,8 @@ class ExportWeights(Callback):
             best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
             if best and Path(best).is_file():
                 state, info = read_checkpoint(best)
-                if self.submodule is not None:
-                    p = self.submodule + "."
+                if self._prefix is not None:
+                    p = self._prefix + "."
                     state = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
                 meta = {"source": f"best:{Path(best).name}"}
                 meta.update({k: str(info[k]) for k in ("epoch", "global_step") if k in info})
@@ -122,15 +138,14 @@ class ExportWeights(Callback):
             rank_zero_warn(
                 "ExportWeights(source='best'): no best checkpoint was saved; exporting the final weights"
             )
-        module = pl_module if self.submodule is None else pl_module.get_submodule(self.submodule)
+        module = pl_module if self._prefix is None else pl_module.get_submodule(self._prefix)
         # no epoch ended in this fit (e.g. resumed after its last epoch): the last completed one
         epoch = self._last_epoch if self._last_epoch is not None else max(trainer.current_epoch - 1, 0)
         meta = {"source": "final", "epoch": str(epoch), "global_step": str(trainer.global_step)}
         return module.state_dict(), meta
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dirpath = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
-        path = Path(dirpath) / self.filename
+        path = component_dir(trainer, self, self.dirpath) / self.filename
         if trainer.is_global_zero:
             state, metadata = self._state(trainer, pl_module)
             save_weights(state, path, metadata=metadata)
