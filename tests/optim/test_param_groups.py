@@ -1,100 +1,15 @@
-"""no_bias_decay_groups against the reference recipes, and the param-group plumbing."""
+"""The param-group plumbing: groups added to a live optimizer follow its schedulers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from lightning_tricks.functional import (
     add_param_groups,
-    no_bias_decay_groups,
-    no_weight_decay_names,
-    split_by_weight_decay,
     split_param_groups,
 )
-from tests.helpers import BlockNet, SmallCNN, make_mlp
-
-
-def add_weight_decay(model, weight_decay=1e-5, skip_list=()):
-    """The PyTorch Lightning cheat sheet's recipe."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if len(param.shape) == 1 or name.endswith(".bias") or name in skip_list:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def param_groups_weight_decay(model, weight_decay=1e-5, no_weight_decay_list=()):
-    """timm.optim._param_groups.param_groups_weight_decay."""
-    no_weight_decay_list = set(no_weight_decay_list)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay_list:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def _ids(groups):
-    return [([id(p) for p in g["params"]], g["weight_decay"]) for g in groups]
-
-
-@pytest.mark.parametrize("make", [make_mlp, SmallCNN, BlockNet])
-def test_groups_equal_reference_recipes(make):
-    model = make()
-    model.backbone[0].requires_grad_(False) if isinstance(model, SmallCNN) else None
-    ours = no_bias_decay_groups(model, 0.05)
-    assert _ids(ours) == _ids(add_weight_decay(model, 0.05)) == _ids(param_groups_weight_decay(model, 0.05))
-
-
-def test_model_no_weight_decay_method_is_honoured():
-    net = BlockNet()
-    net.backbone.embed.no_weight_decay = lambda: {"pos"}
-    assert "backbone.embed.pos" in no_weight_decay_names(net)
-    ours = no_bias_decay_groups(net, 0.1)
-    assert _ids(ours) == _ids(param_groups_weight_decay(net, 0.1, {"backbone.embed.pos"}))
-
-
-def test_norm_layers_embeddings_globs_and_tied_parameters():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(10, 4)
-            self.gn = nn.GroupNorm(2, 4)
-            self.scale = nn.Parameter(torch.ones(1, 4, 4))
-            self.out = nn.Linear(4, 10, bias=False)
-            self.out.weight = self.emb.weight  # tied
-
-    net = Net()
-    assert no_weight_decay_names(net) == ["gn.weight", "gn.bias"]
-    assert no_weight_decay_names(net, embeddings=True, extra="sc*") == [
-        "scale",
-        "emb.weight",
-        "gn.weight",
-        "gn.bias",
-    ]
-    groups = no_bias_decay_groups(net, 0.1)
-    assert sum(len(g["params"]) for g in groups) == 4  # the tied weight once
-
-
-def test_split_keeps_hyperparameters_and_is_idempotent():
-    net = SmallCNN()
-    group = {"params": list(net.parameters()), "lr": 0.3, "betas": (0.8, 0.9), "weight_decay": 0.1}
-    parts = split_by_weight_decay(group, net)
-    assert [(p["lr"], p["betas"], p["weight_decay"]) for p in parts] == [
-        (0.3, (0.8, 0.9), 0.1),
-        (0.3, (0.8, 0.9), 0.0),
-    ]
-    assert [len(p["params"]) for p in parts] == [3, 5]
-    assert [len(split_by_weight_decay(p, net)) for p in parts] == [1, 1]
+from tests.helpers import make_mlp
 
 
 def _opt_sched(kind):
