@@ -126,7 +126,8 @@ class AutoClipper:
         Example:
             >>> import torch
             >>> clipper = AutoClipper(percentile=50)
-            >>> [float(clipper.record(torch.tensor(v))) for v in (4.0, 2.0, float("inf"))]
+            >>> thresholds = [float(clipper.record(torch.tensor(v))) for v in (4.0, 2.0, float("inf"))]
+            >>> thresholds  # inf is not recorded: the median of (4, 2) again
             [4.0, 3.0, 3.0]
         """
         norm = norm.detach().float().reshape(())
