@@ -19,15 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
+from lightning_tricks._compat import norm_base_class
 from lightning_tricks.functional._checks import check_bool, check_number
 from lightning_tricks.functional._modules import glob_match, resolve_parameters
 
 __all__ = ["no_bias_decay_groups", "no_weight_decay_names", "split_by_weight_decay"]
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    _NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    norm_base_class(),  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
