@@ -45,10 +45,8 @@ class _ClippingCallback(Callback):
 
     def __init__(self, norm_type: float, exclude: str | Sequence[str]) -> None:
         self.norm_type = check_norm_type(norm_type)
-        entries = name_entries("exclude", exclude, allow_empty=True)
-        if any(not isinstance(e, str) for e in entries):
-            raise TypeError(f"`exclude` entries must be names (strings); got {exclude!r}")
-        self.exclude: list[str] = [str(e) for e in entries]
+        # a lone string is one entry; names are resolved against the model in `setup`
+        self.exclude: list[str | type] = list(name_entries("exclude", exclude, allow_empty=True))
         self._excluded_ids: set[int] = set()
         self._reset_counters()
 

@@ -14,13 +14,13 @@ does not leave out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from lightning_tricks.functional._checks import check_bool, check_number
-from lightning_tricks.functional._modules import resolve_parameters
+from lightning_tricks.functional._modules import ModuleSpec, resolve_parameters
 from lightning_tricks.functional.finetune.heads import find_head
 from lightning_tricks.functional.optim._clip import ClipResult, check_norm_type, empty_result
 
@@ -48,7 +48,7 @@ def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
 
 
 def adaptive_clip_exclusions(
-    model: nn.Module, *, skip_classifier: bool = True, exclude: str | Sequence[str] = ()
+    model: nn.Module, *, skip_classifier: bool = True, exclude: ModuleSpec = ()
 ) -> list[str]:
     """Names of the parameters that AGC leaves out, in ``named_parameters()`` order.
 
