@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lightning_tricks.functional import AutoClipper, adaptive_clip_grad_
+from lightning_tricks.functional import AutoClipper, adaptive_clip_grad_, auto_clip_
 
 
 def make_model(device: str) -> nn.Module:
@@ -41,14 +41,14 @@ def make_clip(name: str, params: list[nn.Parameter]) -> Callable[[], object]:
     if name.startswith("adaptive_clip_grad_"):
         return lambda: adaptive_clip_grad_(params[:-2], 0.01)
     clipper = AutoClipper(percentile=10, history_size=10_000)
-    return lambda: clipper.clip_(params)
+    return lambda: auto_clip_(params, clipper)
 
 
 VARIANTS = [
     "none",
     "clip_grad_norm_ (Lightning's gradient_clip_val)",
     "adaptive_clip_grad_ (AGC)",
-    "AutoClipper.clip_",
+    "auto_clip_",
 ]
 
 

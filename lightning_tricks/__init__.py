@@ -76,8 +76,8 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks.inspect.gradient_monitor import NonFiniteGradientError as NonFiniteGradientError
     from lightning_tricks.inspect.retained_graph_guard import RetainedGraphError as RetainedGraphError
     from lightning_tricks.inspect.retained_graph_guard import RetainedGraphGuard as RetainedGraphGuard
-    from lightning_tricks.optim.gradient_clipping import AdaptiveGradientClipping as AdaptiveGradientClipping
-    from lightning_tricks.optim.gradient_clipping import AutoClip as AutoClip
+    from lightning_tricks.optim.agc import AdaptiveGradientClipping as AdaptiveGradientClipping
+    from lightning_tricks.optim.autoclip import AutoClip as AutoClip
     from lightning_tricks.optim.no_bias_decay import NoBiasDecay as NoBiasDecay
     from lightning_tricks.optim.target_batch_size import TargetBatchSize as TargetBatchSize
     from lightning_tricks.perf.channels_last import ChannelsLast as ChannelsLast

@@ -29,6 +29,7 @@ __all__ = [
     "fit_data_source",
     "foreach_mul_",
     "foreach_norm",
+    "norm_base_class",
     "record_cuda_memory_history",
     "rewrap_ddp_model",
     "should_update_logs",
@@ -46,6 +47,14 @@ def foreach_norm(tensors: Sequence[torch.Tensor], norm_type: float = 2.0) -> lis
 def foreach_mul_(tensors: Sequence[torch.Tensor], scalar: torch.Tensor | float) -> None:
     """Multiply every tensor in place by one scalar (``torch._foreach_mul_``)."""
     torch._foreach_mul_(list(tensors), scalar)
+
+
+def norm_base_class() -> type[torch.nn.Module]:
+    """The base class of every batch and instance norm layer (BatchNorm*, SyncBatchNorm,
+    LazyBatchNorm*, InstanceNorm*): ``torch.nn.modules.batchnorm._NormBase``."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return _NormBase
 
 
 def dynamo_backends() -> list[str]:
@@ -165,6 +174,7 @@ def rewrap_ddp_model(strategy: Any) -> None:
 INTERNALS: dict[str, tuple[str, str]] = {
     "foreach_norm": ("torch", "_foreach_norm"),
     "foreach_mul_": ("torch", "_foreach_mul_"),
+    "norm_base_class": ("torch.nn.modules.batchnorm", "_NormBase"),
     "dynamo_backends": ("torch._dynamo", "list_backends"),
     "compile_event_handler": ("torch._dynamo.callback", "callback_handler.register_start_callback"),
     "record_cuda_memory_history": ("torch.cuda.memory", "_record_memory_history"),

@@ -6,14 +6,15 @@ import functools
 import logging
 from collections.abc import Sequence
 from types import MethodType
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch import LightningModule
-from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_tricks._base import LightningMixin
-from lightning_tricks.functional._checks import check_bool, check_str_sequence
+from lightning_tricks._compat import configure_optimizers_outputs
+from lightning_tricks.functional._checks import check_bool
+from lightning_tricks.functional._modules import resolve_parameters
 from lightning_tricks.functional.optim.no_bias_decay import no_bias_decay_groups, split_by_weight_decay
 from lightning_tricks.functional.optim.param_groups import split_param_groups
 
@@ -33,7 +34,7 @@ def _wrap(fn: Any) -> Any:
             self._apply_no_bias_decay(conf)
         return conf
 
-    configure_optimizers._no_bias_decay_wrapped = True  # type: ignore[attr-defined]
+    configure_optimizers._no_bias_decay_wrapped = True  # type: ignore[attr-defined]  # a marker on the function
     return configure_optimizers
 
 
@@ -54,7 +55,8 @@ class NoBiasDecay(LightningMixin):
 
     Keep writing ``configure_optimizers`` as usual, with any optimizer, any parameter
     groups and any LR scheduler. After it returns, every group with a non-zero weight
-    decay is split into a decay part and a no-decay part (``weight_decay=0``); both keep
+    decay is split into a no-decay part (``weight_decay=0``) and a decay part, in that
+    order (timm's order, the same as :meth:`parameter_groups`); both keep
     the group's other hyperparameters (lr, betas, momentum, ...) and the schedulers'
     per-group state is extended to match (``base_lrs``, LambdaLR's ``lr_lambdas``,
     OneCycleLR's per-group values, ReduceLROnPlateau's ``min_lrs``). Frozen parameters
@@ -69,11 +71,15 @@ class NoBiasDecay(LightningMixin):
     Which parameters are not decayed: see
     :func:`lightning_tricks.functional.no_weight_decay_names` (biases, ``ndim <= 1``,
     normalization layers, the model's ``no_weight_decay()`` names, and optionally
-    embeddings and extra globs).
+    embeddings and further parameters or modules).
 
     Class attributes (set them on your subclass):
         no_decay_embeddings (bool): also exclude embedding weights. Default ``False``.
-        no_decay_extra (Sequence[str]): further name globs to exclude. Default ``()``.
+        no_decay_extra (str | Sequence[str]): further parameters or modules to exclude,
+            by the package's naming rule: qualified names, segment-wise globs (``*``
+            within one dotted segment, ``**`` across: ``"**.pos_embed"``), class names.
+            Default ``()``. An entry that names nothing raises a ``ValueError`` with
+            near-name suggestions.
 
     Example:
         >>> import lightning as L, torch
@@ -86,18 +92,18 @@ class NoBiasDecay(LightningMixin):
         ...         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.05)
         >>> opt = Model().configure_optimizers()
         >>> print([(len(g["params"]), g["weight_decay"]) for g in opt.param_groups])
-        [(2, 0.05), (4, 0.0)]
+        [(4, 0.0), (2, 0.05)]
     """
 
     no_decay_embeddings: bool = False
-    no_decay_extra: Sequence[str] = ()
+    no_decay_extra: str | Sequence[str] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         fn = getattr(cls, "configure_optimizers", None)
         # Lightning's own stub is left alone, so `is_overridden` stays False for it
         if callable(fn) and fn is not LightningModule.configure_optimizers:
-            cls.configure_optimizers = _wrap(fn)  # type: ignore[method-assign]
+            cls.configure_optimizers = _wrap(fn)  # type: ignore[attr-defined]  # the mixin is only mixed into LightningModules
 
     def __setattr__(self, name: str, value: Any) -> None:
         # LightningCLI (`_add_configure_optimizers_method_to_model`) assigns its own
@@ -112,9 +118,11 @@ class NoBiasDecay(LightningMixin):
         super().__setattr__(name, value)
 
     def _no_decay_options(self) -> dict[str, Any]:
+        model = cast(LightningModule, self)
         return {
             "embeddings": check_bool("no_decay_embeddings", self.no_decay_embeddings),
-            "extra": check_str_sequence("no_decay_extra", self.no_decay_extra, allow_empty=True),
+            # resolved here so that an error names the class attribute
+            "extra": list(resolve_parameters(model, self.no_decay_extra, "no_decay_extra", allow_empty=True)),
         }
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
@@ -137,14 +145,14 @@ class NoBiasDecay(LightningMixin):
             >>> print([len(g["params"]) for g in Model().configure_optimizers().param_groups])
             [1, 1]
         """
-        return no_bias_decay_groups(self, weight_decay, **self._no_decay_options())  # type: ignore[arg-type]
+        return no_bias_decay_groups(cast(LightningModule, self), weight_decay, **self._no_decay_options())
 
     def split_param_group(self, group: dict[str, Any]) -> list[dict[str, Any]]:
-        """Split one parameter group into its decay part and no-decay part.
+        """Split one parameter group into its no-decay part and decay part (in that order).
 
-        The contract ``FreezeBackbone`` uses for parameters it unfreezes: the decay part
-        keeps the group's weight decay, the no-decay part gets ``weight_decay=0.0``, both
-        keep every other key, empty parts are dropped.
+        The contract ``FreezeBackbone`` uses for parameters it unfreezes: the no-decay
+        part gets ``weight_decay=0.0``, the decay part keeps the group's weight decay,
+        both keep every other key, empty parts are dropped.
 
         Args:
             group: a parameter group dict.
@@ -161,13 +169,13 @@ class NoBiasDecay(LightningMixin):
             >>> m = Model()
             >>> parts = m.split_param_group({"params": list(m.parameters()), "weight_decay": 0.1})
             >>> print([p["weight_decay"] for p in parts])
-            [0.1, 0.0]
+            [0.0, 0.1]
         """
-        return split_by_weight_decay(group, self, **self._no_decay_options())  # type: ignore[arg-type]
+        return split_by_weight_decay(group, cast(LightningModule, self), **self._no_decay_options())
 
     def _apply_no_bias_decay(self, conf: Any) -> None:
-        optimizers, scheduler_confs, _ = _configure_optimizers(conf)
-        own = {id(p) for p in self.parameters()}  # type: ignore[attr-defined]
+        optimizers, scheduler_confs, _ = configure_optimizers_outputs(conf)
+        own = {id(p) for p in cast(LightningModule, self).parameters()}
         foreign = sum(id(p) not in own for opt in optimizers for g in opt.param_groups for p in g["params"])
         if foreign:
             rank_zero_warn(

@@ -13,8 +13,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lightning_tricks._compat import fit_data_source, should_update_logs
+from lightning_tricks._logging import log_scalars
 from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
-from lightning_tricks.functional.optim.accumulation import WindowMean, _leading_dims, accumulation_steps
+from lightning_tricks.functional.optim.target_batch_size import (
+    WindowMean,
+    _leading_dims,
+    accumulation_steps,
+)
 
 __all__ = ["TargetBatchSize"]
 
@@ -34,9 +40,11 @@ class TargetBatchSize(Callback):
     At ``setup`` it reads the per-device batch size from the train ``DataLoader`` (or
     takes ``per_device_batch_size``) and sets ``trainer.accumulate_grad_batches``,
     before the optimizers and schedulers are configured (so
-    ``trainer.estimated_stepping_batches`` is right). It logs ``effective_batch_size``
-    once at the start of training and, on logging steps, ``actual_loss``: the mean loss
-    over the samples of the optimizer step that just ran, averaged over ranks.
+    ``trainer.estimated_stepping_batches`` is right). It logs
+    ``target_batch_size/effective_batch_size`` once per epoch and, on logging steps,
+    ``target_batch_size/actual_loss``: the mean loss over the samples of the optimizer
+    step that just ran, averaged over ranks. Both go through ``LightningModule.log``, so
+    every logger, ``EarlyStopping`` and ``ModelCheckpoint`` see them.
 
     Lightning hands callbacks ``loss / accumulate_grad_batches`` and divides the last,
     shorter window of an epoch by the full count too, so neither its per-batch value nor
@@ -57,7 +65,7 @@ class TargetBatchSize(Callback):
         global_batch_size: samples per optimizer step, over all processes.
         per_device_batch_size: the per-process batch size, when it cannot be read from
             the train ``DataLoader`` (e.g. an ``IterableDataset`` that batches itself).
-        log_actual_loss: log ``actual_loss``.
+        log_actual_loss: log ``target_batch_size/actual_loss``.
         batch_size_fn: a callable ``batch -> number of samples`` for batches the
             automatic rule cannot measure (e.g. graph batches).
 
@@ -142,7 +150,7 @@ class TargetBatchSize(Callback):
     def _batch_size(self, trainer: pl.Trainer) -> int:
         if self.per_device_batch_size is not None:
             return self.per_device_batch_size
-        source = trainer.fit_loop._data_source
+        source = fit_data_source(trainer)
         size = _loader_batch_size(source.dataloader()) if source.is_defined() else None
         if size is None:
             raise MisconfigurationException(
@@ -160,7 +168,7 @@ class TargetBatchSize(Callback):
                 "`TargetBatchSize` sets `accumulate_grad_batches`, which needs automatic optimization;"
                 f" {type(pl_module).__name__}.automatic_optimization is False"
             )
-        if any(isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks):
+        if any(isinstance(c, GradientAccumulationScheduler) for c in getattr(trainer, "callbacks", [])):
             raise MisconfigurationException(
                 "`TargetBatchSize` and `GradientAccumulationScheduler` both set the accumulation; remove one"
             )
@@ -186,14 +194,20 @@ class TargetBatchSize(Callback):
                 f"`TargetBatchSize`: the train dataloader's batch size changed from {self._batch_size_seen}"
                 f" at setup to {actual}; pass `per_device_batch_size`"
             )
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {"effective_batch_size": float(self.global_batch_size)}, step=trainer.global_step
-            )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._window.reset()  # Lightning's windows never cross an epoch boundary
         self._stepped = False
+        # an epoch-level value, written when the epoch ends whatever `log_every_n_steps`;
+        # the same on every rank (sync_dist only keeps Lightning's DDP advice quiet)
+        log_scalars(
+            pl_module,
+            self,
+            {"effective_batch_size": float(self.global_batch_size)},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -213,11 +227,9 @@ class TargetBatchSize(Callback):
         if not self._stepped:
             return
         self._stepped = False
-        if (
-            trainer._logger_connector.should_update_logs or trainer.fast_dev_run
-        ) and self._window.num_updates:
+        if should_update_logs(trainer) and self._window.num_updates:
             sums = self._window.sums()
             if trainer.world_size > 1:
                 sums = trainer.strategy.reduce(sums, reduce_op="sum")
-            pl_module.log("actual_loss", sums[0] / sums[1], on_step=True, on_epoch=False, batch_size=1)
+            log_scalars(pl_module, self, {"actual_loss": sums[0] / sums[1]})
         self._window.reset()

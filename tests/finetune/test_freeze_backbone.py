@@ -194,11 +194,11 @@ def test_no_bias_decay_together_with_freeze_and_resume(tmp_path):
     opt = trainer.optimizers[0]
     names = {id(p): n for n, p in straight.named_parameters()}
     groups = [(g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in opt.param_groups]
-    # head decay / head no-decay, then backbone decay / backbone no-decay
-    assert [wd for wd, _ in groups] == [0.05, 0.0, 0.05, 0.0]
-    assert groups[2][1] == ["backbone.0.0.weight", "backbone.1.0.weight"]
-    assert all(n.startswith("backbone") and ("bias" in n or ".1." in n[-9:]) for n in groups[3][1])
-    assert len(groups[3][1]) == 4  # two BatchNorm weights and biases
+    # head no-decay / head decay, then backbone no-decay / backbone decay (no-decay first)
+    assert [wd for wd, _ in groups] == [0.0, 0.05, 0.0, 0.05]
+    assert groups[3][1] == ["backbone.0.0.weight", "backbone.1.0.weight"]
+    assert all(n.startswith("backbone") and ("bias" in n or ".1." in n[-9:]) for n in groups[2][1])
+    assert len(groups[2][1]) == 4  # two BatchNorm weights and biases
     assert opt.param_groups[2]["lr"] == pytest.approx(0.3 * opt.param_groups[0]["lr"])
     assert opt.param_groups[2]["max_lr"] == pytest.approx(0.3 * opt.param_groups[0]["max_lr"])
     for crash in (2, 3):  # checkpoint before the unfreeze epoch, and after it

@@ -1,4 +1,5 @@
-"""The functional AutoClip core: percentile of the norm history, non-finite steps, state."""
+"""AutoClip: the functional core (percentile of the norm history, non-finite steps, state)
+and the AutoClip callback through a real Trainer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_tricks.functional import AutoClipper
+from lightning_tricks import AutoClip
+from lightning_tricks.functional import AutoClipper, auto_clip_
+from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+from tests.optim.clip_helpers import (
+    NormSpy,
+    check_gpu_16_mixed_no_sync_on_non_logging_steps,
+    check_logs_norms_and_fraction_on_logging_steps_only,
+    fp16_cpu,
+)
 
 
 def _grads(n, seed=0):
@@ -106,3 +115,104 @@ def test_state_dict_resume_parity():
 def test_bad_arguments(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         AutoClipper(**kwargs)
+
+
+def test_auto_clip_is_the_clippers_call():
+    """``auto_clip_(params, clipper)`` and ``clipper.clip_(params)`` are one entry point:
+    the same gradients and the same history."""
+    grads = _grads(12, seed=5)
+    a, b = AutoClipper(percentile=30), AutoClipper(percentile=30)
+    wa, wb = nn.Parameter(torch.zeros(3, 4)), nn.Parameter(torch.zeros(3, 4))
+    for g in grads:
+        wa.grad, wb.grad = g.clone(), g.clone()
+        ra, rb = auto_clip_([wa], a), b.clip_(wb)
+        assert torch.equal(wa.grad, wb.grad) and torch.equal(ra.norm_after, rb.norm_after)
+    assert torch.equal(a.history(), b.history())
+    assert float(a.record(torch.tensor(float("nan")))) == float(a.last_threshold)  # not recorded
+    assert a.history().numel() == 12
+    with pytest.raises(TypeError, match="`clipper` must be an AutoClipper; got"):
+        auto_clip_([wa], {"percentile": 10})
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+def test_logs_norms_and_fraction_on_logging_steps_only(tmp_path):
+    logged = check_logs_norms_and_fraction_on_logging_steps_only(
+        tmp_path, AutoClip(percentile=10), "auto_clip"
+    )
+    assert len(logged["auto_clip/clip_value"]) == 4
+    assert not [k for k in logged if k.startswith("autoclip/")]
+
+
+def test_exclude_leaves_parameters_out_of_the_norm(tmp_path):
+    """Excluded gradients are neither clipped nor part of the recorded norm."""
+    spy = NormSpy()
+
+    class HeadNorm(NormSpy):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for n, p in pl_module.named_parameters() if not n.startswith("head.")]
+            self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    rest = HeadNorm()
+    head_before, head_after = [], []
+
+    class HeadSpy(NormSpy):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.out.append(pl_module.head.weight.grad.clone())
+
+    cb = AutoClip(percentile=10, exclude="head")
+    cpu_trainer(callbacks=[spy, rest, HeadSpy(head_before), cb, HeadSpy(head_after)], max_epochs=1).fit(
+        ClassifierModule(arch="mlp"), ImageDataModule()
+    )
+    assert cb.clipper.history().tolist() == pytest.approx(rest.norms, rel=1e-5)
+    assert rest.norms != pytest.approx(spy.norms, rel=1e-3)  # the head's gradient is not in it
+    assert all(torch.equal(a, b) for a, b in zip(head_before, head_after))
+    with pytest.raises(
+        ValueError, match=r"`exclude` names no parameter or submodule 'haed'.*did you mean 'head'"
+    ):
+        cpu_trainer(callbacks=[AutoClip(exclude=["haed"])], max_epochs=1).fit(
+            ClassifierModule(arch="mlp"), ImageDataModule()
+        )
+
+
+def test_autoclip_history_is_unscaled_and_skips_overflow_steps():
+    """A huge initial loss scale overflows the first steps: GradScaler skips them, and
+    AutoClip records exactly the unscaled norms of the other steps."""
+    spy = NormSpy()
+    cb = AutoClip(percentile=50)
+    trainer = cpu_trainer(
+        callbacks=[spy, cb], plugins=[fp16_cpu(init_scale=2.0**40, backoff_factor=2.0**-8)], max_epochs=1
+    )
+    trainer.fit(ClassifierModule(), ImageDataModule(n_train=128))
+    finite = [n for n in spy.norms if n == n and n != float("inf")]
+    assert 0 < len(finite) < len(spy.norms)  # some steps overflowed, some did not
+    history = cb.clipper.history()
+    assert torch.isfinite(history).all()
+    assert history.tolist() == pytest.approx(finite, rel=1e-5)
+
+
+def test_autoclip_state_in_checkpoint(tmp_path):
+    cb = AutoClip(percentile=10, history_size=5)
+    trainer = cpu_trainer(callbacks=[cb], max_epochs=1)
+    trainer.fit(ClassifierModule(), ImageDataModule())
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    state = ckpt["callbacks"][cb.state_key]["clipper"]
+    assert state["n_valid"] == 4 and torch.equal(state["buffer"][:4], cb.clipper.history())
+    other = AutoClip(percentile=10, history_size=5)
+    other.load_state_dict(ckpt["callbacks"][cb.state_key])
+    assert torch.equal(other.clipper.history(), cb.clipper.history())
+
+
+@pytest.mark.gpu
+def test_gpu_16_mixed_no_sync_on_non_logging_steps():
+    cb = AutoClip()
+    norms = check_gpu_16_mixed_no_sync_on_non_logging_steps(cb)
+    finite = [n for n in norms if n == n and n != float("inf")]
+    assert cb.clipper.history().tolist() == pytest.approx(finite, rel=1e-4)

@@ -1,17 +1,52 @@
-"""TargetBatchSize through a real Trainer."""
+"""TargetBatchSize: the functional accumulation helpers, and the callback through a real Trainer."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_tricks import TargetBatchSize
+from lightning_tricks.functional import WindowMean, accumulation_steps
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+from tests.optim.clip_helpers import csv_scalars
+
+# --------------------------------------------------------------------------- functional helpers
+
+
+@pytest.mark.parametrize("g,b,w,k", [(256, 32, 2, 4), (32, 32, 1, 1), (96, 16, 3, 2)])
+def test_accumulation_steps(g, b, w, k):
+    assert accumulation_steps(g, b, w) == k
+    assert b * w * accumulation_steps(g, b, w) == g
+
+
+@pytest.mark.parametrize("g,b,w", [(100, 32, 1), (16, 32, 1), (64, 16, 3)])
+def test_accumulation_steps_impossible(g, b, w):
+    with pytest.raises(ValueError, match=f"`global_batch_size` {g} is not a multiple of .* {b * w}"):
+        accumulation_steps(g, b, w)
+
+
+def test_window_mean():
+    m = WindowMean()
+    assert math.isnan(float(m.compute()))
+    m.update(torch.tensor(1.0), weight=16)
+    m.update(torch.tensor(4.0), weight=8)
+    assert float(m.compute()) == pytest.approx((16 * 1 + 8 * 4) / 24)
+    assert m.sums().tolist() == [48.0, 24.0]
+    m.reset()
+    m.update(torch.tensor(7.0))
+    assert float(m.compute()) == 7.0 and m.num_updates == 1
+    with pytest.raises(ValueError, match="weight"):
+        m.update(torch.tensor(1.0), weight=-1)
+
+
+# --------------------------------------------------------------------------- the callback
 
 
 class RecordingModule(ClassifierModule):
@@ -39,7 +74,7 @@ def test_actual_loss_is_the_window_mean(tmp_path, n_train):
     trainer = cpu_trainer(
         callbacks=[TargetBatchSize(global_batch_size=32)],
         max_epochs=2,
-        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        logger=CSVLogger(str(tmp_path), name="csv"),
         log_every_n_steps=1,
     )
     trainer.fit(model, ImageDataModule(n_train=n_train, batch_size=16))
@@ -52,15 +87,17 @@ def test_actual_loss_is_the_window_mean(tmp_path, n_train):
         for start in range(0, per_epoch, 2):
             window = batches[start : start + 2]
             expected.append(sum(loss * n for loss, n in window) / sum(n for _, n in window))
-    logged = scalars(trainer.logger.log_dir)
-    actual = logged["actual_loss"]
+    logged = csv_scalars(trainer.logger.log_dir)
+    actual = logged["target_batch_size/actual_loss"]
     assert [s for s, _ in actual] == [0, 1, 2, 3]
     assert [v for _, v in actual] == pytest.approx(expected, rel=1e-5)
     if n_train == 40:  # the last window holds one batch; Lightning's loss is half of it
         lightning_loss = model.seen[2][0] / 2
         assert actual[1][1] == pytest.approx(model.seen[2][0], rel=1e-5)
         assert actual[1][1] != pytest.approx(lightning_loss, rel=1e-3)
-    assert logged["effective_batch_size"] == [(0, 32.0)]
+    # epoch-level, through LightningModule.log: once per epoch, at the epoch's last step
+    assert logged["target_batch_size/effective_batch_size"] == [(1, 32.0), (3, 32.0)]
+    assert not {"actual_loss", "effective_batch_size"} & set(logged)
 
 
 def test_accumulation_is_set_before_optimizers_are_configured():
@@ -106,7 +143,8 @@ def test_no_logging_without_flag(tmp_path):
     )
     trainer.fit(ClassifierModule(), ImageDataModule())
     logged = scalars(trainer.logger.log_dir)
-    assert "actual_loss" not in logged and "effective_batch_size" in logged
+    assert "target_batch_size/actual_loss" not in logged
+    assert "target_batch_size/effective_batch_size" in logged
 
 
 class RankRecordingModule(RecordingModule):
@@ -137,7 +175,7 @@ def test_ddp_world_size_and_rank_mean(tmp_path):
         window = seen[0][start : start + 2] + seen[1][start : start + 2]
         expected.append(sum(loss * n for loss, n in window) / sum(n for _, n in window))
     logged = scalars(tmp_path / "tb" / "version_0")
-    assert [v for _, v in logged["actual_loss"]] == pytest.approx(expected, rel=1e-5)
+    assert [v for _, v in logged["target_batch_size/actual_loss"]] == pytest.approx(expected, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- batch sizes of HF-style batches
@@ -200,7 +238,7 @@ def fit_text(tmp_path, collate, **callback_kw):
         log_every_n_steps=1,
     )
     trainer.fit(model, loader)
-    return model, [v for _, v in scalars(trainer.logger.log_dir)["actual_loss"]]
+    return model, [v for _, v in scalars(trainer.logger.log_dir)["target_batch_size/actual_loss"]]
 
 
 def test_hf_dict_batches_are_weighted_by_their_number_of_samples(tmp_path, recwarn):
@@ -232,7 +270,7 @@ def test_the_user_can_give_the_batch_size(tmp_path, recwarn, how):
 
 
 def test_ambiguous_leading_dims_warn_once():
-    from lightning_tricks.functional.optim.accumulation import _leading_dims
+    from lightning_tricks.functional.optim.target_batch_size import _leading_dims
 
     callback = TargetBatchSize(global_batch_size=32)
     batch = {"class_weights": torch.ones(4), "x": torch.zeros(16, 3)}

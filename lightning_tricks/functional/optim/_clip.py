@@ -29,6 +29,21 @@ class ClipResult(NamedTuple):
     clipped: torch.Tensor
 
 
+def check_norm_type(norm_type: float) -> float:
+    """``norm_type`` as a float > 0 (``inf`` allowed), or a ``TypeError``/``ValueError`` naming it."""
+    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
+        raise TypeError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
+    if math.isnan(norm_type) or norm_type <= 0:
+        raise ValueError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
+    return float(norm_type)
+
+
+def empty_result() -> ClipResult:
+    """The result for a call with no gradient: zero norms, nothing clipped."""
+    zero = torch.zeros(())
+    return ClipResult(zero, zero.clone(), torch.zeros((), dtype=torch.bool))
+
+
 def grads_of(parameters: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """The ``.grad`` tensors of ``parameters`` that have one."""
     if isinstance(parameters, torch.Tensor):

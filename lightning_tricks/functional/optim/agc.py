@@ -5,6 +5,10 @@ Each *unit* (one output row of a weight: dims 1.. of a tensor with ``ndim > 1``,
 whole tensor for biases and gains) has its gradient rescaled so that
 ``||G_i|| <= clip_factor * max(||W_i||, eps)``. The formula is that of the NFNet reference
 and of timm's ``adaptive_clip_grad``.
+
+Pair: the callback :class:`~lightning_tricks.AdaptiveGradientClipping` runs
+:func:`adaptive_clip_grad_` on every parameter that :func:`adaptive_clip_exclusions`
+does not leave out.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
-from lightning_tricks.functional._checks import check_number
-from lightning_tricks.functional.optim._clip import ClipResult
+from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._modules import ModuleSpec, resolve_parameters
+from lightning_tricks.functional.finetune.heads import find_head
+from lightning_tricks.functional.optim._clip import ClipResult, check_norm_type, empty_result
 
-__all__ = ["adaptive_clip_grad_", "unitwise_norm"]
+__all__ = ["adaptive_clip_exclusions", "adaptive_clip_grad_", "unitwise_norm"]
 
 
 def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
@@ -40,12 +47,48 @@ def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
     return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def _check_norm_type(norm_type: float) -> float:
-    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
-        raise TypeError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
-    if math.isnan(norm_type) or norm_type <= 0:
-        raise ValueError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
-    return float(norm_type)
+def adaptive_clip_exclusions(
+    model: nn.Module, *, skip_classifier: bool = True, exclude: ModuleSpec = ()
+) -> list[str]:
+    """Names of the parameters that AGC leaves out, in ``named_parameters()`` order.
+
+    NFNets leave the final classifier out of AGC. The classifier is the layer that
+    :func:`~lightning_tricks.functional.find_head` finds (the module returned by a
+    timm-style ``get_classifier()``, else the last ``nn.Linear`` that is not an attention
+    projection); a model without one has nothing left out for it. ``exclude`` names more
+    parameters or modules by the package's naming rule (qualified names, segment-wise
+    globs such as ``"backbone.*"`` or ``"**.bias"``, class names).
+
+    Args:
+        model: the model.
+        skip_classifier: leave out the parameters of the classifier layer.
+        exclude: further parameters or modules to leave out.
+
+    Returns:
+        The parameter names left out (a tied parameter under its first name).
+
+    Raises:
+        TypeError: ``skip_classifier`` is not a bool or ``exclude`` not names.
+        ValueError: an ``exclude`` entry names nothing (with suggestions).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        >>> adaptive_clip_exclusions(net)
+        ['2.weight', '2.bias']
+        >>> adaptive_clip_exclusions(net, skip_classifier=False, exclude="1")
+        ['1.weight', '1.bias']
+    """
+    skip_classifier = check_bool("skip_classifier", skip_classifier)
+    chosen = {id(p) for p in resolve_parameters(model, exclude, "exclude", allow_empty=True).values()}
+    if skip_classifier:
+        try:
+            head: str | None = find_head(model)
+        except ValueError:  # no classifier layer: nothing to leave out for it
+            head = None
+        if head:
+            chosen.update(id(p) for p in model.get_submodule(head).parameters())
+    return [n for n, p in model.named_parameters() if id(p) in chosen]
 
 
 @torch.no_grad()
@@ -89,16 +132,15 @@ def adaptive_clip_grad_(
     """
     clip_factor = check_number("clip_factor", clip_factor, minimum=0.0, exclusive_minimum=True)
     eps = check_number("eps", eps, minimum=0.0, exclusive_minimum=True)
-    norm_type = _check_norm_type(norm_type)
+    norm_type = check_norm_type(norm_type)
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
-    params = [p for p in parameters if p.grad is not None]
-    if not params:
-        zero = torch.zeros(())
-        return ClipResult(zero, zero.clone(), torch.zeros((), dtype=torch.bool))
+    pairs = [(p, p.grad) for p in parameters if p.grad is not None]
+    if not pairs:
+        return empty_result()
     before, after, clipped = [], [], []
-    for p in params:
-        grad = p.grad.detach()
+    for p, g in pairs:
+        grad = g.detach()
         max_norm = unitwise_norm(p.detach(), norm_type).clamp(min=eps).mul_(clip_factor)
         grad_norm = unitwise_norm(grad, norm_type)
         keep = grad_norm < max_norm

@@ -1,29 +1,39 @@
 """AutoClip of Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source
 Separation Networks" (https://arxiv.org/abs/2007.14469): clip the total gradient norm to a
 percentile of the norms seen so far in training.
+
+Pair: the callback :class:`~lightning_tricks.AutoClip` calls :func:`auto_clip_` with the
+:class:`AutoClipper` it keeps (and checkpoints); the clipper holds the norm history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from lightning_tricks._compat import foreach_mul_
 from lightning_tricks.functional._checks import check_number, check_optional_int
-from lightning_tricks.functional.optim._clip import ClipResult, grads_of, total_norm
+from lightning_tricks.functional.optim._clip import (
+    ClipResult,
+    check_norm_type,
+    empty_result,
+    grads_of,
+    total_norm,
+)
 
-__all__ = ["AutoClipper"]
+__all__ = ["AutoClipper", "auto_clip_"]
 
 _INITIAL_CAPACITY = 1024
 
 
 class AutoClipper:
-    """Clips gradients to the ``percentile``-th percentile of the history of gradient norms.
+    """The state of AutoClip: the history of gradient norms and the percentile to clip to.
 
-    Every call records the total gradient norm (before clipping), then, if the norm
-    exceeds the percentile of all recorded norms (the current one included, as in the
-    paper), scales the gradients down to that norm (``threshold / (norm + 1e-6)``, like
+    :func:`auto_clip_` (or :meth:`clip_`, the same call) records the total gradient norm
+    (before clipping), then, if the norm exceeds the percentile of all recorded norms
+    (the current one included, as in the paper), scales the gradients down to that norm (``threshold / (norm + 1e-6)``, like
     ``torch.nn.utils.clip_grad_norm_``).
     Non-finite norms (a step that ``GradScaler`` will skip) are neither recorded nor
     clipped, so they cannot poison the history. Everything stays on the gradients'
@@ -54,11 +64,9 @@ class AutoClipper:
     """
 
     def __init__(self, percentile: float = 10.0, history_size: int | None = None, norm_type: float = 2.0):
-        from lightning_tricks.functional.optim.agc import _check_norm_type
-
         self.percentile = check_number("percentile", percentile, minimum=0.0, maximum=100.0)
         self.history_size = check_optional_int("history_size", history_size, minimum=1)
-        self.norm_type = _check_norm_type(norm_type)
+        self.norm_type = check_norm_type(norm_type)
         self.reset()
 
     def reset(self) -> None:
@@ -80,7 +88,7 @@ class AutoClipper:
             self._n_valid = torch.zeros((), dtype=torch.long, device=device)
         elif buf.device != device:
             buf = buf.to(device)
-            self._n_valid = self._n_valid.to(device)
+            self._n_valid = cast(torch.Tensor, self._n_valid).to(device)
         if buf.numel() < needed:  # unbounded history: double the capacity
             grown = torch.full((max(needed, 2 * buf.numel()),), float("nan"), device=device)
             grown[: buf.numel()] = buf
@@ -88,9 +96,9 @@ class AutoClipper:
         self._buffer = buf
         return buf
 
-    @torch.no_grad()
     def clip_(self, parameters: torch.Tensor | Iterable[torch.Tensor]) -> ClipResult:
-        """Record the gradient norm of ``parameters`` and clip their gradients in place.
+        """Record the gradient norm of ``parameters`` and clip their gradients in place:
+        ``auto_clip_(parameters, self)``.
 
         Args:
             parameters: tensors (or one tensor) whose ``.grad`` is clipped.
@@ -105,25 +113,35 @@ class AutoClipper:
             >>> float(AutoClipper().clip_([w]).norm_before)
             5.0
         """
-        grads = grads_of(parameters)
-        if not grads:
-            zero = torch.zeros(())
-            return ClipResult(zero, zero.clone(), torch.zeros((), dtype=torch.bool))
-        norm = total_norm(grads, self.norm_type)
+        return auto_clip_(parameters, self)
+
+    @torch.no_grad()
+    def record(self, norm: torch.Tensor) -> torch.Tensor:
+        """Add one total gradient norm to the history (if finite) and return the threshold:
+        the ``percentile`` of the history, the new norm included (NaN while it is empty).
+
+        Args:
+            norm: a 0-d tensor; it stays on its device (no host sync).
+
+        Example:
+            >>> import torch
+            >>> clipper = AutoClipper(percentile=50)
+            >>> thresholds = [float(clipper.record(torch.tensor(v))) for v in (4.0, 2.0, float("inf"))]
+            >>> thresholds  # inf is not recorded: the median of (4, 2) again
+            [4.0, 3.0, 3.0]
+        """
+        norm = norm.detach().float().reshape(())
         buf = self._ensure_capacity(norm.device)
+        n_valid = cast(torch.Tensor, self._n_valid)
         finite = torch.isfinite(norm)
-        idx = self._n_valid % buf.numel() if self.history_size is not None else self._n_valid
+        idx = n_valid % buf.numel() if self.history_size is not None else n_valid
         idx = idx.reshape(1)
         buf.index_put_((idx,), torch.where(finite, norm, buf.index_select(0, idx)[0]).reshape(1))
-        self._n_valid += finite.long()
+        n_valid += finite.long()
         self._n_calls += 1
         threshold = torch.nanquantile(buf, self.percentile / 100.0)
         self.last_threshold = threshold
-        clipped = finite & (norm > threshold)  # False while the threshold is NaN (empty history)
-        coef = torch.where(clipped, threshold / (norm + 1e-6), torch.ones_like(norm))
-        for device_grads in _by_device(grads).values():
-            torch._foreach_mul_(device_grads, coef.to(device_grads[0].device))
-        return ClipResult(norm, norm * coef, clipped)
+        return threshold
 
     def history(self) -> torch.Tensor:
         """The recorded gradient norms, oldest first (a copy; syncs with the host).
@@ -132,7 +150,7 @@ class AutoClipper:
             >>> AutoClipper().history().tolist()
             []
         """
-        if self._buffer is None:
+        if self._buffer is None or self._n_valid is None:
             return torch.zeros(0)
         n = int(self._n_valid)
         if self.history_size is None or n <= self.history_size:
@@ -172,6 +190,57 @@ class AutoClipper:
         self._buffer = buffer
         self._n_valid = torch.tensor(int(state.get("n_valid", 0)), dtype=torch.long)
         self._n_calls = int(state.get("n_calls", state.get("n_valid", 0)))
+
+
+@torch.no_grad()
+def auto_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipper: AutoClipper) -> ClipResult:
+    """AutoClip: clip the gradients of ``parameters`` in place to a percentile of the
+    gradient norms seen so far, kept by ``clipper``.
+
+    Records the total gradient norm (before clipping) in ``clipper``'s history, then, if
+    the norm exceeds the ``clipper.percentile``-th percentile of the history (the current
+    norm included, as in the paper), scales the gradients down to that norm
+    (``threshold / (norm + 1e-6)``, like ``torch.nn.utils.clip_grad_norm_``). A
+    non-finite norm (a step that ``GradScaler`` will skip) is neither recorded nor
+    clipped. Call it on *unscaled* gradients and, under DDP, after the all-reduce;
+    nothing is copied to the host.
+
+    Args:
+        parameters: tensors (or one tensor) whose ``.grad`` is clipped; those without a
+            gradient are ignored.
+        clipper: the :class:`AutoClipper` that holds the history (save its
+            ``state_dict()`` with your checkpoints).
+
+    Returns:
+        A :class:`ClipResult`; ``norm_after`` is the norm the gradients were clipped to.
+
+    Raises:
+        TypeError: ``clipper`` is not an :class:`AutoClipper`.
+
+    Example:
+        >>> import torch
+        >>> clipper = AutoClipper(percentile=50)
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> for g in ([3.0, 4.0], [0.6, 0.8], [6.0, 8.0]):  # norms 5, 1, 10
+        ...     w.grad = torch.tensor(g)
+        ...     res = auto_clip_([w], clipper)
+        >>> round(float(res.norm_after), 4)  # median of (5, 1, 10)
+        5.0
+    """
+    if not isinstance(clipper, AutoClipper):
+        raise TypeError(
+            f"`clipper` must be an AutoClipper; got {clipper!r:.60} of type {type(clipper).__name__}"
+        )
+    grads = grads_of(parameters)
+    if not grads:
+        return empty_result()
+    norm = total_norm(grads, clipper.norm_type)
+    threshold = clipper.record(norm)
+    clipped = torch.isfinite(norm) & (norm > threshold)  # False while the threshold is NaN
+    coef = torch.where(clipped, threshold / (norm + 1e-6), torch.ones_like(norm))
+    for device_grads in _by_device(grads).values():
+        foreach_mul_(device_grads, coef.to(device_grads[0].device))
+    return ClipResult(norm, norm * coef, clipped)
 
 
 def _by_device(grads: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:

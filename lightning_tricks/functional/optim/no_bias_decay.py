@@ -4,23 +4,30 @@ Weight decay pulls weights towards zero to limit capacity; applied to biases, no
 gains/shifts, positional embeddings or scalars it only hurts. The usual recipe (the
 PyTorch Lightning cheat sheet's ``add_weight_decay``, timm's
 ``param_groups_weight_decay``) puts those parameters in a group with ``weight_decay=0``.
+
+Groups come in timm's order everywhere, no-decay first:
+``[{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]``.
+
+Pair: the mixin :class:`~lightning_tricks.NoBiasDecay` calls
+:func:`split_by_weight_decay` on every group of the user's optimizer (its
+``parameter_groups()`` is :func:`no_bias_decay_groups`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from lightning_tricks.functional._checks import check_bool, check_number, check_str_sequence
+from lightning_tricks._compat import norm_base_class
+from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._modules import glob_match, resolve_parameters
 
 __all__ = ["no_bias_decay_groups", "no_weight_decay_names", "split_by_weight_decay"]
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    _NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    norm_base_class(),  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
@@ -30,7 +37,10 @@ EMBEDDINGS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _model_skip_list(model: nn.Module) -> set[str]:
-    """Names from ``no_weight_decay()`` (timm's convention) of the model or any submodule."""
+    """Names from ``no_weight_decay()`` (timm's convention) of the model or any submodule,
+    made absolute. Entries are names or segment-wise globs relative to that submodule;
+    names the model does not have are ignored (timm lists e.g. ``dist_token`` whether or
+    not the model has one)."""
     names: set[str] = set()
     for prefix, module in model.named_modules():
         fn = getattr(module, "no_weight_decay", None)
@@ -48,20 +58,27 @@ def no_weight_decay_names(
     A parameter is excluded when it is a bias (name ends with ``bias``), has ``ndim <= 1``,
     belongs to a normalization layer (BatchNorm, SyncBatchNorm, InstanceNorm, LayerNorm,
     GroupNorm, LocalResponseNorm, RMSNorm), belongs to an embedding layer (if
-    ``embeddings``), matches one of the ``extra`` globs, or is named by a
-    ``no_weight_decay()`` method of the model or a submodule (names relative to that
-    submodule). Tied parameters are listed once, under their first name.
+    ``embeddings``), is selected by ``extra``, or is named by a ``no_weight_decay()``
+    method of the model or a submodule (names relative to that submodule). Tied
+    parameters are listed once, under their first name.
+
+    ``extra`` follows the package's naming rule: parameter or module names and
+    segment-wise globs, where ``*`` stays within one dotted segment and ``**`` crosses
+    segments (``"**.pos_embed"``: every ``pos_embed``; ``"backbone.*"``: the parameters
+    of ``backbone``'s direct children and its own direct parameters), or class names
+    (``"LayerScale"``: every parameter of such modules).
 
     Args:
         model: the model.
         embeddings: also exclude ``nn.Embedding``/``nn.EmbeddingBag`` weights.
-        extra: further name globs to exclude, e.g. ``"*.pos_embed"``.
+        extra: further parameters or modules to exclude, e.g. ``"**.pos_embed"``.
 
     Returns:
         Parameter names in ``named_parameters()`` order.
 
     Raises:
         TypeError: bad argument types.
+        ValueError: an ``extra`` entry names nothing (with near-name suggestions).
 
     Example:
         >>> from torch import nn
@@ -70,7 +87,7 @@ def no_weight_decay_names(
         ['0.bias', '1.weight', '1.bias']
     """
     embeddings = check_bool("embeddings", embeddings)
-    extra = check_str_sequence("extra", extra, allow_empty=True)
+    chosen = set(resolve_parameters(model, extra, "extra", allow_empty=True))
     skip = _model_skip_list(model)
     owner: dict[int, nn.Module] = {}
     for module in model.modules():
@@ -83,14 +100,15 @@ def no_weight_decay_names(
             p.ndim <= 1
             or name.endswith("bias")
             or isinstance(owner.get(id(p)), skip_types)
+            or name in chosen
             or name in skip
-            or any(fnmatch.fnmatchcase(name, pat) for pat in (*extra, *skip))
+            or any(glob_match(name, pat) for pat in skip)
         ):
             out.append(name)
     return out
 
 
-def _no_decay_ids(model: nn.Module, embeddings: bool, extra: Sequence[str]) -> set[int]:
+def _no_decay_ids(model: nn.Module, embeddings: bool, extra: str | Sequence[str]) -> set[int]:
     params = dict(model.named_parameters())
     return {id(params[n]) for n in no_weight_decay_names(model, embeddings=embeddings, extra=extra)}
 
@@ -113,7 +131,8 @@ def no_bias_decay_groups(
         model: the model.
         weight_decay: weight decay of the decayed group.
         embeddings: also exclude embedding weights from decay.
-        extra: further name globs to exclude from decay.
+        extra: further parameters or modules to exclude from decay (see
+            :func:`no_weight_decay_names`).
         trainable_only: skip parameters with ``requires_grad=False``.
 
     Returns:
@@ -135,7 +154,8 @@ def no_bias_decay_groups(
     weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
     trainable_only = check_bool("trainable_only", trainable_only)
     skip = _no_decay_ids(model, embeddings, extra)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if trainable_only and not p.requires_grad:
             continue
@@ -151,7 +171,7 @@ def split_by_weight_decay(
     extra: str | Sequence[str] = (),
     trainable_only: bool = True,
 ) -> list[dict[str, Any]]:
-    """Split one optimizer group into a decay part and a no-decay part (``weight_decay=0``).
+    """Split one optimizer group into a no-decay part (``weight_decay=0``) and a decay part.
 
     Both parts keep the group's other keys (lr, betas, momentum, ...); empty parts are
     dropped; a group whose weight decay is already 0 is returned unchanged (so splitting
@@ -162,11 +182,12 @@ def split_by_weight_decay(
         model: the model the parameters belong to (to apply the rule of
             :func:`no_weight_decay_names`).
         embeddings: also exclude embedding weights from decay.
-        extra: further name globs to exclude from decay.
+        extra: further parameters or modules to exclude from decay (see
+            :func:`no_weight_decay_names`).
         trainable_only: drop parameters with ``requires_grad=False`` from both parts.
 
     Returns:
-        ``[decay part, no-decay part]`` minus empty parts.
+        ``[no-decay part, decay part]`` minus empty parts.
 
     Raises:
         TypeError: ``group`` is not a dict with ``"params"``.
@@ -177,7 +198,7 @@ def split_by_weight_decay(
         >>> parts = split_by_weight_decay({"params": list(net.parameters()), "lr": 0.1,
         ...                                "weight_decay": 0.01}, net)
         >>> print([(len(p["params"]), p["lr"], p["weight_decay"]) for p in parts])
-        [(1, 0.1, 0.01), (1, 0.1, 0.0)]
+        [(1, 0.1, 0.0), (1, 0.1, 0.01)]
     """
     if not isinstance(group, dict) or "params" not in group:
         raise TypeError(f"`group` must be a dict with a 'params' key; got {type(group).__name__}")
@@ -188,5 +209,5 @@ def split_by_weight_decay(
     skip = _no_decay_ids(model, embeddings, extra)
     decay = [p for p in params if id(p) not in skip]
     no_decay = [p for p in params if id(p) in skip]
-    parts = [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0}]
+    parts = [{**group, "params": no_decay, "weight_decay": 0.0}, {**group, "params": decay}]
     return [part for part in parts if part["params"]]

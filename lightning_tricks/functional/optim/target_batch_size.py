@@ -6,6 +6,9 @@ With ``k`` accumulation steps, Lightning (like most loops) divides every batch's
 ``k`` batches. The loss it hands to callbacks is therefore ``loss / k``, and a naive sum
 over the last window under-reports it. :class:`WindowMean` keeps the mean of the
 *undivided* losses of the batches that really went into one optimizer step.
+
+Pair: the callback :class:`~lightning_tricks.TargetBatchSize` sets the accumulation from
+:func:`accumulation_steps` and logs the step's loss from a :class:`WindowMean`.
 """
 
 from __future__ import annotations
