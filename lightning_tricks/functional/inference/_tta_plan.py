@@ -19,7 +19,11 @@ import torch
 __all__ = ["clear_tta_plans", "forward_in_chunks", "planned_chunk_size", "tta_plans"]
 
 #: timed rounds per candidate after one untimed warm-up round; the minimum is kept
-_ROUNDS = 2
+_ROUNDS = 3
+#: a chunk other than one view of the batch (what a per-view loop runs) must be this much faster
+_MARGIN = 0.97
+#: images each candidate is timed on (at least one chunk)
+_SAMPLE = 64
 
 
 @dataclass
@@ -64,29 +68,40 @@ def _sync(device: torch.device) -> None:
             mod.synchronize()
 
 
-def _candidates(total: int, per_view: int, start: int) -> list[int]:
+def _candidates(total: int, per_view: int) -> list[int]:
+    """Powers of two, one view of the batch and everything at once; none below min(per_view, 4)."""
     cands = {total, per_view}
     c = 1
     while c < total:
         cands.add(c)
         c *= 2
-    return sorted(c for c in cands if start <= c <= total)
+    return sorted(c for c in cands if min(per_view, 4) <= c <= total)
 
 
 def _time(
     call: Callable, pieces: list[torch.Tensor], cands: list[int], device: torch.device
 ) -> dict[int, float]:
+    """Seconds per image of each candidate: the minimum over interleaved rounds.
+
+    Each candidate runs on ``max(c, 64)`` of the call's images (whole chunks of ``c``), not
+    on all of them, so that planning a large call costs a few passes, not one per candidate.
+    """
+    total = sum(p.shape[0] for p in pieces)
+    sample_n = min(total, max(max(cands), _SAMPLE))
+    sample = torch.cat(pieces)[:sample_n] if len(pieces) > 1 else pieces[0][:sample_n]
     best = dict.fromkeys(cands, float("inf"))
     for rnd in range(_ROUNDS + 1):
         order = list(cands)
         random.Random(rnd).shuffle(order)  # interleaved, not one candidate after the other
         for c in order:
+            n = c * max(1, min(total, _SAMPLE) // c)
             _sync(device)
             t0 = time.perf_counter()
-            forward_in_chunks(call, pieces, c)
+            for start in range(0, n, c):
+                call(sample[start : start + c])
             _sync(device)
             if rnd:  # round 0 warms up every candidate
-                best[c] = min(best[c], time.perf_counter() - t0)
+                best[c] = min(best[c], (time.perf_counter() - t0) / n)
     return best
 
 
@@ -95,8 +110,10 @@ def planned_chunk_size(
 ) -> int:
     """The cached chunk size for ``(owner, key)``; times candidates first if there is none yet.
 
-    A plan is re-made when a call has more images than the largest candidate timed so far
-    and that largest candidate was the fastest (a larger chunk might be faster still).
+    A plan is re-made when a call has more images than were timed so far (at most once per
+    doubling of the number of images, so a handful of times over a model's life). The chunk
+    of one view of the batch (what a per-view loop runs) is kept unless another candidate
+    is at least 3% faster, so that noise does not pick a worse plan than the loop.
     """
     total = sum(p.shape[0] for p in pieces)
     try:
@@ -104,11 +121,12 @@ def planned_chunk_size(
     except TypeError:  # not weak-referenceable: no cache, no timing
         return total
     plan = plans.get(key)
-    if plan is not None and (plan.best < plan.tested or total <= plan.tested):
+    if plan is not None and total <= plan.tested:
         return plan.best
-    start = plan.best if plan is not None else 1
-    times = _time(call, pieces, _candidates(total, per_view, start), pieces[0].device)
+    times = _time(call, pieces, _candidates(total, per_view), pieces[0].device)
     best = min(times, key=lambda c: (times[c], -c))
+    if times[best] > _MARGIN * times[per_view]:
+        best = per_view
     plans[key] = _Plan(best=best, tested=total)
     return best
 
