@@ -32,6 +32,9 @@ class FeaturePredict(LightningMixin):
     * ``feature_include_output`` (``False``): also return the model's output under the
       key ``"output"`` (the forward pass then runs to the end).
 
+    The input is the batch or its first element; override :meth:`feature_input` for dict
+    batches (return a dict of keyword arguments, called as ``self(**inputs)``).
+
     Example:
         >>> import lightning as L, torch
         >>> class Net(FeaturePredict, L.LightningModule):

@@ -186,6 +186,6 @@ def tta_plans(model: object) -> dict[Hashable, int]:
 
 
 def _owners(model: object) -> list[object]:
-    from lightning_tricks.functional.inference.tta import modules_of
+    from lightning_tricks.functional.inference._tta_model import modules_of
 
     return [*modules_of(model)[:1], model]
