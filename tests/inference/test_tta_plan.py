@@ -71,7 +71,7 @@ def test_planned_chunk_is_used_and_the_per_view_chunk_wins_ties(fake_clock):
     tta_predict(model, x, ["hflip", "vflip", "rot90"])
     assert model.calls == [8, 8]
     clear_tta_plans(model)
-    fake_clock(lambda c: {4: 1.0, 8: 0.99, 16: 0.98}[c])  # within 3% of one view per forward
+    fake_clock(lambda c: {4: 1.0, 8: 0.99, 16: 0.98}[c])  # within 10% of one view per forward
     model.calls.clear()
     tta_predict(model, x, ["hflip", "vflip", "rot90"])
     assert model.calls == [4, 4, 4, 4]

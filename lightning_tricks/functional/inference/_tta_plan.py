@@ -21,7 +21,7 @@ __all__ = ["clear_tta_plans", "forward_in_chunks", "planned_chunk_size", "tta_pl
 #: timed rounds per candidate after one untimed warm-up round; the minimum is kept
 _ROUNDS = 3
 #: a chunk other than one view of the batch (what a per-view loop runs) must be this much faster
-_MARGIN = 0.97
+_MARGIN = 0.9
 #: images each candidate is timed on (at least one chunk)
 _SAMPLE = 64
 
@@ -113,7 +113,7 @@ def planned_chunk_size(
     A plan is re-made when a call has more images than were timed so far (at most once per
     doubling of the number of images, so a handful of times over a model's life). The chunk
     of one view of the batch (what a per-view loop runs) is kept unless another candidate
-    is at least 3% faster, so that noise does not pick a worse plan than the loop.
+    is at least 10% faster, so that timing noise does not pick a worse plan than the loop.
     """
     total = sum(p.shape[0] for p in pieces)
     try:
