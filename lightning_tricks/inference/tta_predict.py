@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_tricks._base import LightningMixin
-from lightning_tricks.functional.inference.tta import MERGE_MODES, select_output, tta_predict
+from lightning_tricks.functional.inference.tta import MERGE_MODES, tta_predict
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAPredict", "batch_input"]
@@ -217,5 +217,4 @@ def _rewrap(raw: Any, merged: torch.Tensor, output: Any) -> Any:
         return {key: merged}
     if isinstance(raw, tuple | list):
         return (merged,) if (output or 0) == 0 else merged
-    select_output(raw, output)  # unreachable for outputs tta_predict accepted; keeps errors uniform
     return merged
