@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,9 @@ class FeaturePredict(LightningMixin):
       has run, so later layers cost nothing.
     * ``feature_include_output`` (``False``): also return the model's output under the
       key ``"output"`` (the forward pass then runs to the end).
+
+    The input is the batch or its first element; override :meth:`feature_input` for dict
+    batches (return a dict of keyword arguments, called as ``self(**inputs)``).
 
     Example:
         >>> import lightning as L, torch
@@ -74,16 +77,18 @@ class FeaturePredict(LightningMixin):
         super().on_predict_start()  # type: ignore[misc]
         self._feature_extractor()  # fail before the first batch if a name is wrong
 
-    def feature_input(self, batch: Any) -> torch.Tensor:
-        """The model input in ``batch`` (override for dict batches)."""
-        return batch_input(batch, type(self).__name__)
+    def feature_input(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
+        """The model input in ``batch``: a tensor (``self(x)``) or a dict of keyword arguments
+        (``self(**inputs)``); override it for dict batches."""
+        return batch_input(batch, type(self).__name__, hook="feature_input")
 
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{layer: output}`` for ``feature_layers`` (plus ``"output"`` if requested)."""
         fx = self._feature_extractor()
         x = self.feature_input(batch)
+        args, kwargs = ((), dict(x)) if isinstance(x, Mapping) else ((x,), {})
         if not self.feature_include_output:
-            return fx(x)
+            return fx(*args, **kwargs)
         with fx:
-            out = self(x)  # type: ignore[operator]
+            out = self(*args, **kwargs)  # type: ignore[operator]
         return {**{n: fx.features[n] for n in fx.layers}, "output": out}

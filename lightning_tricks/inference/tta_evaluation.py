@@ -16,7 +16,12 @@ from lightning_tricks.functional._checks import (
     check_optional_int,
     check_str_sequence,
 )
-from lightning_tricks.functional.inference.tta import MERGE_MODES, merge_outputs, tta_predict
+from lightning_tricks.functional.inference.tta import (
+    MERGE_MODES,
+    check_chunk_size,
+    merge_outputs,
+    tta_predict,
+)
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAEvaluation"]
@@ -48,7 +53,8 @@ class TTAEvaluation(Callback):
         metric: ``"accuracy"``, ``"f1"``, ``"precision"`` or ``"recall"``.
         num_classes: number of classes; ``None`` reads it from the logits' dimension 1.
         include_identity: whether the TTA prediction includes the identity view.
-        chunk_size: most images per forward pass.
+        chunk_size: most images per forward pass; ``"auto"`` plans it once per input shape
+            (see :func:`~lightning_tricks.functional.tta_predict`), ``None`` runs all at once.
         on_validation: evaluate during validation.
         on_test: evaluate during testing.
         every_n_epochs: evaluate validation every this many epochs.
@@ -74,7 +80,7 @@ class TTAEvaluation(Callback):
         metric: Literal["accuracy", "f1", "precision", "recall"] = "accuracy",
         num_classes: int | None = None,
         include_identity: bool = True,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         on_validation: bool = True,
         on_test: bool = True,
         every_n_epochs: int = 1,
@@ -90,7 +96,7 @@ class TTAEvaluation(Callback):
         self.metric = check_choice("metric", metric, METRICS)
         self.num_classes = check_optional_int("num_classes", num_classes, minimum=2)
         self.include_identity = check_bool("include_identity", include_identity)
-        self.chunk_size = check_optional_int("chunk_size", chunk_size, minimum=1)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.on_validation = check_bool("on_validation", on_validation)
         self.on_test = check_bool("on_test", on_test)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)

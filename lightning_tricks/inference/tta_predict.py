@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -14,27 +15,37 @@ from lightning_tricks.functional.inference.views import parse_views
 __all__ = ["TTAPredict", "batch_input"]
 
 
-def batch_input(batch: Any, owner: str) -> torch.Tensor:
-    """The input tensor of a batch: the batch itself, or the first element of a tuple/list."""
+def batch_input(batch: Any, owner: str, hook: str = "tta_input") -> torch.Tensor:
+    """The input tensor of a batch: the batch itself, or the first element of a tuple/list.
+
+    ``hook`` names the method a user overrides to pick the input, for the error message.
+    """
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
     raise TypeError(
         f"{owner} cannot find the input in a batch of type {type(batch).__name__}; it expects a tensor or "
-        "a tuple/list whose first element is the input. Override `tta_input(batch)` to pick it."
+        f"a tuple/list whose first element is the input. Override `{hook}(batch)` to pick it."
     )
 
 
 class TTAPredict(LightningMixin):
     """Test-time augmentation in ``trainer.predict`` (and, optionally, ``trainer.test``).
 
-    While predicting (and testing, with ``tta_on_test``), every call ``self(x)`` with a
-    single tensor runs :func:`~lightning_tricks.functional.tta_predict`: all views of the
-    batch go through ``forward`` in one (chunked) pass and are merged. Your own
-    ``predict_step``/``test_step`` therefore get TTA without changes; the mixin's default
-    ``predict_step`` returns ``self(tta_input(batch))``. Training and validation are
-    untouched. Under DDP each rank augments its own batches.
+    While predicting (and testing, with ``tta_on_test``), every call of the module with one
+    image tensor, positional or keyword (``self(x)``, ``self(pixel_values=x)``, other
+    non-tensor arguments allowed), runs :func:`~lightning_tricks.functional.tta_predict`:
+    the views of the batch go through ``forward`` in (planned) chunks and are merged. Your
+    own ``predict_step``/``test_step`` therefore get TTA without changes; the mixin's
+    default ``predict_step`` returns ``self(tta_input(batch))``. A call with several
+    tensors raises a ``TypeError`` rather than silently skipping TTA. Training and
+    validation are untouched. Under DDP each rank augments its own batches.
+
+    If ``forward`` returns a ``ModelOutput``/dict or a tuple, the tensor chosen by
+    ``tta_output`` is merged and returned in the same container (``type(out)(logits=merged)``,
+    ``{key: merged}``, ``(merged,)``), so ``self(pixel_values=x).logits`` keeps working;
+    the other fields are dropped. :meth:`tta_forward` returns the merged tensor.
 
     Class attributes (set them in the class body or in ``__init__``):
 
@@ -42,12 +53,18 @@ class TTAPredict(LightningMixin):
       :func:`~lightning_tricks.functional.parse_view`.
     * ``tta_merge`` (``"mean"``): one of ``mean``, ``mean_softmax``, ``mean_sigmoid``,
       ``gmean_softmax``, ``gmean_sigmoid``, ``max``, ``vote``.
-    * ``tta_chunk_size`` (``None``): most images per forward pass.
+    * ``tta_chunk_size`` (``"auto"``): most images per forward pass; ``"auto"`` plans it
+      once per input shape (see :func:`~lightning_tricks.functional.inference.tta.clear_tta_plans`),
+      ``None`` runs all views at once.
+    * ``tta_output`` (``None``): which tensor of ``forward``'s output to merge: ``None``
+      takes a tensor as is, ``"logits"`` of a ``ModelOutput``/dict, element 0 of a tuple;
+      or a key, an index or a callable.
     * ``tta_include_identity`` (``True``): add the identity view if missing.
     * ``tta_on_test`` (``False``): also apply TTA during ``trainer.test``.
 
     If you override ``on_predict_start``/``on_predict_end`` (or the test ones), call
-    ``super()``. Forward hooks of the module run once per TTA forward pass.
+    ``super()``. Forward hooks of the module run once per TTA forward pass (and a few more
+    times on the first call of each input shape, when ``"auto"`` times the chunk sizes).
 
     Example:
         >>> import lightning as L, torch
@@ -65,7 +82,8 @@ class TTAPredict(LightningMixin):
 
     tta_views: Sequence[str] = ("identity", "hflip")
     tta_merge: str = "mean"
-    tta_chunk_size: int | None = None
+    tta_chunk_size: int | Literal["auto"] | None = "auto"
+    tta_output: str | int | Callable[[Any], torch.Tensor] | None = None
     tta_include_identity: bool = True
     tta_on_test: bool = False
 
@@ -80,8 +98,11 @@ class TTAPredict(LightningMixin):
                 f"{name}.tta_merge must be one of {', '.join(MERGE_MODES)}; got {self.tta_merge!r}"
             )
         c = self.tta_chunk_size
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise ValueError(f"{name}.tta_chunk_size must be None or an int >= 1; got {c!r}")
+        if c != "auto" and c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"{name}.tta_chunk_size must be 'auto', None or an int >= 1; got {c!r}")
+        o = self.tta_output
+        if not (o is None or callable(o) or (isinstance(o, str | int) and not isinstance(o, bool))):
+            raise TypeError(f"{name}.tta_output must be None, a key, an index or a callable; got {o!r}")
         for attr in ("tta_include_identity", "tta_on_test"):
             if not isinstance(getattr(self, attr), bool):
                 raise TypeError(f"{name}.{attr} must be a bool; got {getattr(self, attr)!r}")
@@ -89,6 +110,18 @@ class TTAPredict(LightningMixin):
     def tta_input(self, batch: Any) -> torch.Tensor:
         """The tensor to augment in ``batch`` (override for dict batches)."""
         return batch_input(batch, type(self).__name__)
+
+    def _tta_run(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
+        self._tta_check()
+        return tta_predict(  # type: ignore[return-value]
+            model,
+            x,
+            list(self.tta_views),
+            self.tta_merge,
+            self.tta_chunk_size,
+            include_identity=self.tta_include_identity,
+            output=self.tta_output,
+        )
 
     def tta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Merged TTA output of ``x`` (works outside the Trainer as well).
@@ -102,30 +135,46 @@ class TTAPredict(LightningMixin):
             tensor([[1.],
                     [1.]])
         """
-        self._tta_check()
-        return tta_predict(
-            self,  # type: ignore[arg-type]
-            x,
-            list(self.tta_views),
-            self.tta_merge,
-            self.tta_chunk_size,
-            include_identity=self.tta_include_identity,
-        )
+        return self._tta_run(self, x)  # type: ignore[arg-type]
 
     # -- forward swap: ``self(x)`` runs TTA during predict/test --------------------------------
     def _tta_install(self) -> None:
         self._tta_check()
         busy = [False]
-        plain = type(self).forward
+        plain = type(self).forward  # type: ignore[attr-defined]
+        name = type(self).__name__
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            if busy[0] or kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            if busy[0]:
                 return plain(self, *args, **kwargs)
+            where: list[int | str] = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+            where += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+            if not where:
+                return plain(self, *args, **kwargs)
+            if len(where) > 1:
+                raise TypeError(
+                    f"{name}: TTA augments one image tensor per call, but forward was called with several "
+                    f"tensors ({', '.join(map(str, where))}) during predict/test; call it with the image "
+                    "alone, or call `lightning_tricks.functional.tta_predict` with a function of the image"
+                )
+            pos = where[0]
+            x = args[pos] if isinstance(pos, int) else kwargs[pos]
+            raw: list[Any] = [None]
+
+            def call(img: torch.Tensor) -> Any:
+                if isinstance(pos, int):
+                    out = plain(self, *args[:pos], img, *args[pos + 1 :], **kwargs)
+                else:
+                    out = plain(self, *args, **{**kwargs, pos: img})
+                raw[0] = out
+                return out
+
             busy[0] = True
             try:
-                return self.tta_forward(args[0])
+                merged = self._tta_run(call, x)
             finally:
                 busy[0] = False
+            return _rewrap(raw[0], merged, self.tta_output)
 
         self.__dict__["forward"] = forward
 
@@ -152,3 +201,20 @@ class TTAPredict(LightningMixin):
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> Any:
         """``self(tta_input(batch))``, which is TTA-merged during ``trainer.predict``."""
         return self(self.tta_input(batch))  # type: ignore[operator]
+
+
+def _rewrap(raw: Any, merged: torch.Tensor, output: Any) -> Any:
+    """``merged`` in the container ``forward`` returned (only the merged field filled)."""
+    if isinstance(raw, torch.Tensor) or (callable(output) and not isinstance(output, str | int)):
+        return merged
+    if isinstance(raw, Mapping) and not isinstance(output, int):
+        key = "logits" if output is None else output
+        if dataclasses.is_dataclass(raw):
+            try:
+                return type(raw)(**{key: merged})
+            except TypeError:
+                pass
+        return {key: merged}
+    if isinstance(raw, tuple | list):
+        return (merged,) if (output or 0) == 0 else merged
+    return merged

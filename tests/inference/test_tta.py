@@ -160,5 +160,7 @@ def test_bad_arguments_name_themselves():
         tta_predict(model, x, ["hflip"], chunk_size=0)
     with pytest.raises(ValueError, match="`x`"):
         tta_predict(model, torch.randn(3, 8, 8), ["hflip"])
-    with pytest.raises(TypeError, match="returns a tensor"):
-        tta_predict(lambda t: (t,), x, ["hflip"])
+    with pytest.raises(TypeError, match="cannot pick a tensor from a model output of type str"):
+        tta_predict(lambda t: [model, "text"][1], x, ["hflip"])
+    with pytest.raises(TypeError, match="element 0 of the model's tuple is a str, not a tensor"):
+        tta_predict(lambda t: ("text", model(t)), x, ["hflip"])

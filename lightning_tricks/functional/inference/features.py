@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +14,27 @@ from lightning_tricks.functional._checks import check_bool, check_str_sequence
 from lightning_tricks.functional._modules import unknown_module_error
 
 __all__ = ["FeatureExtractor", "extract_features"]
+
+
+def detach_all(obj: Any) -> Any:
+    """``obj`` with every tensor detached, through dataclasses (``ModelOutput``), mappings,
+    named tuples, tuples and lists; containers keep their type."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: detach_all(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **fields)
+    if isinstance(obj, Mapping):
+        items = {k: detach_all(v) for k, v in obj.items()}
+        try:
+            return type(obj)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(detach_all(v) for v in obj))
+    if isinstance(obj, tuple | list):
+        return type(obj)(detach_all(v) for v in obj)
+    return obj
 
 
 class _StopForward(Exception):
@@ -48,7 +70,8 @@ class FeatureExtractor:
         layers: names from ``model.named_modules()``, e.g. ``"backbone.1"``.
         stop_early: stop the forward pass once every requested layer has run (only
             when called, see :meth:`__call__`).
-        detach: store ``output.detach()`` rather than the output (keeps no graph).
+        detach: store the output with every tensor detached (keeps no graph), also
+            inside ``ModelOutput`` objects, dicts, tuples and lists.
 
     Raises:
         ValueError: if a name is not a submodule (the message suggests near matches).
@@ -84,7 +107,7 @@ class FeatureExtractor:
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.detach:
-                output = output.detach() if isinstance(output, torch.Tensor) else output
+                output = detach_all(output)
             self.features[name] = output
             if self._stopping and len(self.features) == len(self.layers):
                 raise _StopForward

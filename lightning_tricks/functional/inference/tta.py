@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_tricks.functional._checks import check_bool, check_choice, check_optional_int
-from lightning_tricks.functional.inference.views import View, parse_views
+from lightning_tricks.functional.inference._tta_model import (
+    OutputSelector,
+    _check_output,
+    _eval_mode,
+    modules_of,
+    select_output,
+)
+from lightning_tricks.functional.inference._tta_plan import (
+    clear_tta_plans,
+    forward_in_chunks,
+    planned_chunk_size,
+    tta_plans,
+)
+from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
-__all__ = ["MERGE_MODES", "merge_outputs", "tta_predict"]
+__all__ = [
+    "MERGE_MODES",
+    "check_chunk_size",
+    "clear_tta_plans",
+    "merge_outputs",
+    "select_output",
+    "tta_plans",
+    "tta_predict",
+]
 
 MergeMode = Literal["mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"]
 MERGE_MODES: tuple[str, ...] = (
@@ -86,62 +110,92 @@ def merge_outputs(outputs: torch.Tensor, merge: str = "mean") -> torch.Tensor:
     return votes.movedim(-1, 1).float()
 
 
-def _forward_chunked(model: Callable, x: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    if chunk_size is None or chunk_size >= x.shape[0]:
-        out = model(x)
-    else:
-        out = torch.cat([model(c) for c in x.split(chunk_size)], dim=0)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(
-            f"tta_predict needs a model that returns a tensor; got {type(out).__name__}. "
-            "Wrap the model so that it returns the tensor to merge."
-        )
-    return out
+def check_chunk_size(chunk_size: Any) -> int | Literal["auto"] | None:
+    """``chunk_size`` if it is ``"auto"``, ``None`` or an int >= 1, else an error naming it."""
+    if chunk_size == "auto" or chunk_size is None:
+        return chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"`chunk_size` must be 'auto', None or an int >= 1; got {chunk_size!r}")
+    return check_optional_int("chunk_size", chunk_size, minimum=1)
+
+
+# ----------------------------------------------------------------------------- tta_predict
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(views: tuple[str, ...], include_identity: bool) -> tuple[View, ...]:
+    parsed = parse_views(list(views))
+    if include_identity and not any(v.name == "identity" for v in parsed):
+        parsed = parse_views(["identity", *views])
+    return tuple(parsed)
+
+
+def _views(views: Any, include_identity: bool) -> list[View]:
+    if isinstance(views, str):
+        views = (views,)
+    if isinstance(views, Sequence) and views and all(isinstance(v, str) for v in views):
+        return list(_parse_cached(tuple(views), include_identity))
+    view_list = parse_views(views)
+    if include_identity and not any(v.name == "identity" for v in view_list):
+        view_list = [parse_view("identity"), *view_list]
+    return view_list
 
 
 def tta_predict(
-    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module | Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     views: str | View | Sequence[str | View] = ("identity", "hflip"),
     merge: str = "mean",
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = "auto",
     *,
     include_identity: bool = True,
     dense: bool | None = None,
     return_views: bool = False,
+    output: OutputSelector = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Predict with test-time augmentation, all views of the batch in one forward pass.
+    """Predict with test-time augmentation, all views of the batch in as few forward passes as pay.
 
-    The views of the whole batch are concatenated along the batch dimension and run
-    through the model together (views that change the image size, such as crops and
-    rescales, form one forward pass per distinct size), split into chunks of at most
-    ``chunk_size`` images to bound memory. Dense outputs are mapped back by each view's
-    inverse before merging. The call runs under ``torch.inference_mode()`` with every
-    submodule in eval mode and restores each submodule's previous mode afterwards.
+    The views of the whole batch are stacked along the batch dimension and run through
+    the model in chunks of ``chunk_size`` images (views that change the image size, such
+    as crops and rescales, form one group per distinct size). By default the chunk size is
+    planned: the first call for a model, image shape, dtype and device times a few
+    candidates and caches the fastest (see :func:`clear_tta_plans`). Dense outputs are
+    mapped back by each view's inverse before merging. The call runs under
+    ``torch.inference_mode()`` with every submodule of the model in eval mode (also the
+    modules a function or lambda refers to); the modes that were switched are restored.
 
     Input may also be pre-cropped, of shape ``(B, n_crops, C, H, W)`` (torchvision's
     ``TenCrop`` + ``stack`` recipe): the crops are treated as further views of each sample
     and merged together with ``views``.
 
     Args:
-        model: a module or any callable mapping ``(N, C, H, W)`` to a tensor ``(N, ...)``.
+        model: a module or any callable mapping ``(N, C, H, W)`` to a tensor ``(N, ...)``, a
+            ``ModelOutput``/dict or a tuple (see ``output``).
         x: images ``(B, C, H, W)`` or pre-cropped ``(B, n_crops, C, H, W)``.
         views: views as strings (``"hflip"``, ``"rot90"``, ``"scale:0.9"``, ``"ten_crop:6"``,
             ``"hflip+rot90"``, ...) or :class:`View` objects.
         merge: how to merge the views, see :func:`merge_outputs`.
-        chunk_size: most images per forward pass; ``None`` runs each size group at once.
+        chunk_size: most images per forward pass; ``"auto"`` (default) plans it per model,
+            image shape, dtype and device; ``None`` runs each size group in one pass.
         include_identity: add the identity view when ``views`` lacks it.
         dense: whether outputs are dense maps to invert; ``None`` decides from the output:
-            dense if it has at least 3 dimensions and the spatial size of the view's input.
+            ``(N, K, h, w)`` whose ``h, w`` are the view's input size, a whole fraction
+            (``ceil`` or ``floor`` of ``H/s``, e.g. Segformer's ``H/4``) or a whole
+            multiple of it; ``(N, h, w)`` only at the input size. ``True`` on outputs
+            without spatial dimensions is an error.
         return_views: also return the per-view outputs ``(V, B, ...)`` (after inversion)
             for uncertainty estimates.
+        output: which tensor of the model's output to merge: ``None`` takes a tensor as
+            is, the ``"logits"`` of a ``ModelOutput``/dict and element 0 of a tuple/list;
+            a key, an index or a callable ``output(model_output) -> tensor`` picks another.
 
     Returns:
         The merged output ``(B, ...)``, or ``(merged, per_view)`` with ``return_views``.
 
     Raises:
-        ValueError: for bad arguments, or a non-invertible view (crop) on dense outputs.
-        TypeError: if the model does not return a tensor.
+        ValueError: for bad arguments, a non-invertible view (crop) on dense outputs, or
+            ``dense=True`` on outputs without spatial dimensions.
+        TypeError: if no tensor can be picked from the model's output.
 
     Example:
         >>> import torch
@@ -154,16 +208,18 @@ def tta_predict(
         >>> seg = nn.Conv2d(3, 2, 1)  # dense output: views are inverted before merging
         >>> torch.allclose(tta_predict(seg, x, ["hflip", "vflip+rot90"]), seg(x), atol=1e-5)
         True
+        >>> strided = nn.Conv2d(3, 2, 4, stride=4)  # dense at H/4 (like Segformer): inverted too
+        >>> tta_predict(strided, x, ["hflip", "scale:0.5"]).shape
+        torch.Size([4, 2, 2, 2])
     """
-    view_list = parse_views(views)
     check_choice("merge", merge, MERGE_MODES)
-    chunk_size = check_optional_int("chunk_size", chunk_size, minimum=1)
+    chunk_size = check_chunk_size(chunk_size)
     check_bool("include_identity", include_identity)
     check_bool("return_views", return_views)
     if dense is not None:
         check_bool("dense", dense)
-    if include_identity and not any(v.name == "identity" for v in view_list):
-        view_list = parse_views(["identity", *view_list])
+    _check_output(output)
+    view_list = _views(views, include_identity)
     if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
         raise ValueError(
             f"`x` must be a tensor of shape (B, C, H, W) or (B, n_crops, C, H, W); got "
@@ -175,15 +231,30 @@ def tta_predict(
         n_pre = x.shape[1]
         x = x.reshape(b * n_pre, *x.shape[2:])
 
-    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
-    try:
-        for m in modes:
-            m.training = False
-        with torch.inference_mode():
-            per_view = _run_views(model, x, view_list, chunk_size, dense, pre_cropped=n_pre > 1)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    roots = modules_of(model)
+    if not roots:
+        warnings.warn(
+            f"tta_predict finds no nn.Module behind {model!r}, so it cannot switch the model to eval mode "
+            "(BatchNorm/Dropout would run in training mode); pass the module itself and pick its output "
+            "with `output=`",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def call(t: torch.Tensor) -> torch.Tensor:
+        out = select_output(model(t), output)
+        if out.shape[:1] != t.shape[:1]:
+            raise ValueError(
+                f"the model's output {tuple(out.shape)} does not have the batch size {t.shape[0]} of its input "
+                f"{tuple(t.shape)} first; tta_predict needs one output row per image"
+            )
+        return out
+
+    plan = _Planning(
+        roots[0] if roots else model, getattr(model, "__code__", None) or type(model), chunk_size
+    )
+    with _eval_mode(roots), torch.inference_mode():
+        per_view = _run_views(call, x, view_list, plan, dense, pre_cropped=n_pre > 1)
     # (sum_v n_v * b * n_pre, ...) -> (V_total, B, ...)
     per_view = per_view.reshape(-1, b, n_pre, *per_view.shape[1:]).transpose(1, 2)
     per_view = per_view.reshape(-1, b, *per_view.shape[3:])
@@ -191,44 +262,110 @@ def tta_predict(
     return (merged, per_view) if return_views else merged
 
 
+@dataclasses.dataclass
+class _Planning:
+    owner: Any
+    forward: Any
+    chunk_size: int | str | None
+
+    def chunk(self, call: Callable, pieces: list[torch.Tensor], per_view: int) -> int:
+        total = sum(p.shape[0] for p in pieces)
+        if self.chunk_size is None:
+            return total
+        if self.chunk_size != "auto":
+            return int(self.chunk_size)
+        a = pieces[0]
+        key = (tuple(a.shape[1:]), a.dtype, a.device, self.forward)
+        return planned_chunk_size(self.owner, key, call, pieces, per_view)
+
+
+def _is_dense(out: torch.Tensor, inp: Sequence[int]) -> bool:
+    """Whether ``out`` (N, ...) looks like a dense map of an image of spatial size ``inp``."""
+    if out.ndim < 3:
+        return False
+    (oh, ow), (ah, aw) = out.shape[-2:], tuple(inp)
+    if (oh, ow) == (ah, aw):
+        return True
+    if out.ndim < 4 or oh < 1 or ow < 1:
+        return False
+    if oh % ah == 0 and oh // ah >= 2 and ow == aw * (oh // ah):  # upsampled by a whole factor
+        return True
+    for s in {max(1, ah // oh), ah // oh + 1, max(1, -(-ah // oh))}:  # downsampled by a stride s
+        if oh in (ah // s, -(-ah // s)) and ow in (aw // s, -(-aw // s)):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=512)
+def _transposes(view: View) -> bool | None:
+    """True/False if ``view`` maps (7, 11) images to (11, 7)/(7, 11); None if it resizes."""
+    try:
+        shape = tuple(view.apply(torch.empty(1, 1, 7, 11, device="meta")).shape[-2:])
+    except Exception:
+        return None
+    return {(11, 7): True, (7, 11): False}.get((shape[0], shape[1]))
+
+
+def _target_size(
+    views: list[View], outs: list[torch.Tensor], augmented: list[Sequence[int]], size: Sequence[int]
+) -> tuple[int, int]:
+    """Spatial size of the un-augmented output: read off a flip/rotation, else scaled from a resize."""
+    for v, o in zip(views, outs):
+        t = _transposes(v)
+        if t is not None:
+            oh, ow = o.shape[-2:]
+            return (ow, oh) if t else (oh, ow)
+    o, a = outs[0], augmented[0]
+    return (round(size[0] * o.shape[-2] / a[0]), round(size[1] * o.shape[-1] / a[1]))
+
+
 def _run_views(
-    model: Callable,
-    x: torch.Tensor,
-    views: list[View],
-    chunk_size: int | None,
-    dense: bool | None,
-    pre_cropped: bool,
+    call: Callable, x: torch.Tensor, views: list[View], plan: _Planning, dense: bool | None, pre_cropped: bool
 ) -> torch.Tensor:
     size = tuple(x.shape[-2:])
     augmented = [v.apply(x) for v in views]
-    # One forward per distinct augmented shape (all flips/rotations of square images share one).
+    # One group per distinct augmented shape (all flips/rotations of square images share one).
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, a in enumerate(augmented):
         groups.setdefault(tuple(a.shape[1:]), []).append(i)
-    outputs: list[torch.Tensor | None] = [None] * len(views)
+    outputs: list[torch.Tensor] = [x] * len(views)  # placeholders
     for idx in groups.values():
-        batch = torch.cat([augmented[i] for i in idx], dim=0) if len(idx) > 1 else augmented[idx[0]]
-        out = _forward_chunked(model, batch, chunk_size)
+        pieces = [augmented[i] for i in idx]
+        outs = forward_in_chunks(call, pieces, plan.chunk(call, pieces, x.shape[0]))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         for i, o in zip(idx, out.split([augmented[i].shape[0] for i in idx], dim=0)):
             outputs[i] = o
-    result = []
-    for v, a, o in zip(views, augmented, outputs):
-        assert o is not None
-        is_dense = (
-            dense if dense is not None else (o.ndim >= 3 and tuple(o.shape[-2:]) == tuple(a.shape[-2:]))
-        )
-        if is_dense:
-            if pre_cropped:
-                raise ValueError(
-                    "pre-cropped input (B, n_crops, C, H, W) cannot be merged for dense outputs: crops "
-                    "are not invertible; pass `dense=False` if the outputs are not spatial maps"
-                )
-            o = v.invert(o, size)
-        result.append(o)
-    shapes = {tuple(r.shape[1:]) for r in result}
-    if len(shapes) > 1:
+    shapes_in = [tuple(a.shape[-2:]) for a in augmented]
+    if dense is True and outputs[0].ndim < 3:
         raise ValueError(
-            f"the views give outputs of different shapes {sorted(shapes)}; dense outputs need invertible "
-            "views (pass `dense=True` to force inversion, or `dense=False` if they are not spatial maps)"
+            f"`dense`=True, but the model's outputs have shape {tuple(outputs[0].shape)}: dense outputs need "
+            "spatial dimensions (N, ..., h, w) to invert the views on; class scores (N, K) are merged as "
+            "they are, pass `dense=None` or `dense=False`"
         )
-    return torch.cat(result, dim=0)
+    is_dense = [dense if dense is not None else _is_dense(o, s) for o, s in zip(outputs, shapes_in)]
+    if any(is_dense):
+        if pre_cropped:
+            raise ValueError(
+                "pre-cropped input (B, n_crops, C, H, W) cannot be merged for dense outputs: crops "
+                "are not invertible; pass `dense=False` if the outputs are not spatial maps"
+            )
+        dense_idx = [i for i, d in enumerate(is_dense) if d]
+        target = _target_size(
+            [views[i] for i in dense_idx],
+            [outputs[i] for i in dense_idx],
+            [shapes_in[i] for i in dense_idx],
+            size,
+        )
+        for i in dense_idx:
+            outputs[i] = views[i].invert(outputs[i], target)
+    shapes = {tuple(r.shape[1:]) for r in outputs}
+    if len(shapes) > 1:
+        hint = (
+            "the model's output size is not a fixed fraction of its input size for these views"
+            if dense
+            else "pass `dense=True` to force inversion, or `dense=False` if they are not spatial maps"
+        )
+        raise ValueError(
+            f"the views give outputs of different shapes {sorted(shapes)} after inversion; {hint}"
+        )
+    return torch.cat(outputs, dim=0)
