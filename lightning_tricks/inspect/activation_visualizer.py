@@ -18,7 +18,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_tricks.functional._checks import check_int, check_number, check_str_sequence
 from lightning_tricks.functional._io import atomic_write_text
-from lightning_tricks.functional.inspect.activations import (
+from lightning_tricks.functional.inspect._png import write_png
+from lightning_tricks.functional.inspect.activation_visualizer import (
     STAT_NAMES,
     activation_histogram,
     activation_stats,
@@ -28,7 +29,6 @@ from lightning_tricks.functional.inspect.activations import (
     histogram_image,
     select_layers,
 )
-from lightning_tricks.functional.inspect.png import write_png
 
 __all__ = ["ActivationVisualizer"]
 
@@ -85,7 +85,7 @@ class ActivationVisualizer(Callback):
 
     Statistics are per unit: a unit is a channel of a conv feature map ``(B, C, H, W)``
     and a feature of a token sequence ``(B, T, F)`` or a vector ``(B, F)`` (the module
-    type decides: :func:`~lightning_tricks.functional.inspect.activations.feature_dim_of`).
+    type decides: :func:`~lightning_tricks.functional.inspect.activation_visualizer.feature_dim_of`).
     A unit is dead when it is near zero for every sample and position. Sequences are
     drawn as a tokens x features heat map per sample.
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_tricks.functional._checks import check_choice, check_int
-from lightning_tricks.functional.inspect.guards import dataset_storages, find_aliased_tensors
+from lightning_tricks.functional.inspect.aliasing_guard import dataset_storages, find_aliased_tensors
 
 __all__ = ["AliasingError", "AliasingGuard"]
 

@@ -18,7 +18,7 @@ from lightning_tricks.functional._checks import (
     check_number,
     check_str_sequence,
 )
-from lightning_tricks.functional.inspect.gradients import (
+from lightning_tricks.functional.inspect.gradient_monitor import (
     IntermediateGrads,
     NonFiniteTracker,
     layer_grad_norms,

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_tricks.functional._checks import check_choice, check_int
-from lightning_tricks.functional.inspect.guards import RetainedGraph, find_retained_graphs
+from lightning_tricks.functional.inspect.retained_graph_guard import RetainedGraph, find_retained_graphs
 
 __all__ = ["RetainedGraphError", "RetainedGraphGuard"]
 

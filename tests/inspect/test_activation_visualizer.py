@@ -17,11 +17,11 @@ from lightning_tricks import ActivationVisualizer
 from lightning_tricks.functional.inspect import (
     activation_stats,
     capture_activations,
-    encode_png,
     feature_map_grid,
     histogram_image,
     select_layers,
 )
+from lightning_tricks.functional.inspect._png import encode_png
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
 
 
