@@ -64,14 +64,14 @@ class Normalises(ClassifierModule):
 def test_aliasing_raise_names_tensor_and_dataset():
     dm = SliceData()
     original = dm.train_set.x.clone()
-    guard = AliasingGuard(every_n_steps=1, mode="raise")
+    guard = AliasingGuard(every_n_steps=1, on_error="raise")
     with pytest.raises(AliasingError, match=r"`batch\[0\]` shares memory with `dataset\.x`"):
         cpu_trainer(callbacks=[guard]).fit(Normalises(in_place=True), dm)
     assert not torch.equal(original, dm.train_set.x)  # the corruption the guard reports is real
 
 
 def test_aliasing_warns():
-    guard = AliasingGuard(every_n_steps=1, mode="warn")
+    guard = AliasingGuard(every_n_steps=1, on_error="warn")
     with pytest.warns(UserWarning, match=r"batch\[0\]"):
         cpu_trainer(max_epochs=1, callbacks=[guard]).fit(Normalises(in_place=True), SliceData())
 
@@ -79,7 +79,7 @@ def test_aliasing_warns():
 def test_aliasing_silent_on_correct_code_and_on_copies():
     dm = SliceData()
     original = dm.train_set.x.clone()
-    guard = AliasingGuard(every_n_steps=1, mode="raise")
+    guard = AliasingGuard(every_n_steps=1, on_error="raise")
     _silently(lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(Normalises(in_place=False), dm))
     assert torch.equal(original, dm.train_set.x)
     # the default collate copies, so in-place changes to the batch are harmless and not reported
@@ -89,8 +89,14 @@ def test_aliasing_silent_on_correct_code_and_on_copies():
 
 
 def test_guard_arguments():
-    with pytest.raises(ValueError, match="mode"):
-        AliasingGuard(mode="ignore")
+    with pytest.raises(ValueError, match=r"on_error.*'warn', 'raise', 'ignore'.*'crash'"):
+        AliasingGuard(on_error="crash")
+
+
+def test_aliasing_ignore_records_without_warning():
+    guard = AliasingGuard(every_n_steps=1, on_error="ignore")
+    _silently(lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(Normalises(in_place=True), SliceData()))
+    assert len(guard.found) == 1 and "`batch[0]` shares memory with `dataset.x`" in guard.found[0]
 
 
 # ------------------------------------------------------------------ zoo models (issue 11)
@@ -111,7 +117,7 @@ def test_aliasing_names_the_step_that_changed_the_tensor():
         def __getitem__(self, i):
             return self.x[8 * i : 8 * i + 8], self.y[8 * i : 8 * i + 8]
 
-    guard = AliasingGuard(every_n_steps=1, mode="raise")
+    guard = AliasingGuard(every_n_steps=1, on_error="raise")
     with pytest.raises(AliasingError, match=r"during training step 0;"):
         cpu_trainer(max_epochs=1, callbacks=[guard]).fit(
             ZooNormalises("resnet"), DataLoader(Slices(), batch_size=None)

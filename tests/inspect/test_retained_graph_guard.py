@@ -39,20 +39,20 @@ class KeepsLosses(ClassifierModule):
 
 
 def test_retained_graph_raise_names_attribute_and_memory():
-    guard = RetainedGraphGuard(every_n_steps=1, mode="raise")
+    guard = RetainedGraphGuard(every_n_steps=1, on_error="raise")
     with pytest.raises(RetainedGraphError, match=r"`self\.history` holds 1 tensor.*graph nodes.*bytes"):
         cpu_trainer(callbacks=[guard]).fit(KeepsLosses(detach=False), ImageDataModule())
 
 
 def test_retained_graph_warns_once_per_attribute():
-    guard = RetainedGraphGuard(every_n_steps=2, mode="warn")
+    guard = RetainedGraphGuard(every_n_steps=2, on_error="warn")
     with pytest.warns(UserWarning, match="self.history") as record:
         cpu_trainer(max_epochs=1, callbacks=[guard]).fit(KeepsLosses(detach=False), ImageDataModule())
     assert sum("RetainedGraphGuard" in str(w.message) for w in record) == 1
 
 
 def test_retained_graph_silent_on_detached():
-    guard = RetainedGraphGuard(every_n_steps=1, mode="raise")
+    guard = RetainedGraphGuard(every_n_steps=1, on_error="raise")
     _silently(
         lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(KeepsLosses(detach=True), ImageDataModule())
     )
@@ -75,6 +75,16 @@ def test_graph_memory_estimate_counts_live_saved_tensors():
 def test_guard_arguments():
     with pytest.raises(ValueError, match="every_n_steps"):
         RetainedGraphGuard(every_n_steps=0)
+    with pytest.raises(ValueError, match=r"on_error.*'crash'"):
+        RetainedGraphGuard(on_error="crash")
+
+
+def test_retained_graph_ignore_records_without_warning():
+    guard = RetainedGraphGuard(every_n_steps=1, on_error="ignore")
+    _silently(
+        lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(KeepsLosses(detach=False), ImageDataModule())
+    )
+    assert [f.path for f in guard.found] == ["self.history"] and guard.found[0].saved_bytes > 0
 
 
 # ------------------------------------------------------------------ zoo models (issue 11)
@@ -94,7 +104,7 @@ class ZooKeepsLosses(HFImageClassifier):
 def test_retained_graph_defaults_catch_a_short_fit_on_a_zoo_model():
     """At defaults (every 50 steps) a 2-step fit is scanned at the first step after start and at epoch end."""
     train, _ = zoo_loaders("resnet", n=16, batch_size=8)
-    guard = RetainedGraphGuard(mode="raise")  # every_n_steps=50
+    guard = RetainedGraphGuard(on_error="raise")  # every_n_steps=50
     with pytest.raises(RetainedGraphError, match=r"self\.losses"):
         cpu_trainer(max_epochs=1, callbacks=[guard]).fit(ZooKeepsLosses(), train)
 

@@ -47,8 +47,8 @@ SETTINGS: dict = {
             id="warn",
         ),
     ],
-    "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
-    "AliasingGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
+    "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "on_error": "raise"}),
+    "AliasingGuard": Spec(init_args={"every_n_steps": 1, "on_error": "raise"}),
 }
 
 # Exported classes of this team that are not components, with the reason.
