@@ -95,7 +95,9 @@ def test_guard_arguments():
 
 def test_aliasing_ignore_records_without_warning():
     guard = AliasingGuard(every_n_steps=1, on_error="ignore")
-    _silently(lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(Normalises(in_place=True), SliceData()))
+    _silently(
+        lambda: cpu_trainer(max_epochs=1, callbacks=[guard]).fit(Normalises(in_place=True), SliceData())
+    )
     assert len(guard.found) == 1 and "`batch[0]` shares memory with `dataset.x`" in guard.found[0]
 
 

@@ -44,7 +44,9 @@ _VIRIDIS = torch.tensor(
 )
 
 
-def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None, max_layers: int = 8) -> list[str]:
+def select_layers(
+    model: nn.Module, layers: Sequence[str] | str | None = None, max_layers: int = 8
+) -> list[str]:
     """Names of the submodules whose outputs to capture.
 
     By default the ``Conv2d`` layers (the first ``max_layers`` of them); for a model

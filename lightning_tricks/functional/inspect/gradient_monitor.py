@@ -18,10 +18,11 @@ from torch import nn
 from lightning_tricks._compat import foreach_norm
 from lightning_tricks.functional._modules import resolve_modules
 
-__all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms"]
+__all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms", "layer_of"]
 
 
-def _layer_of(param_name: str) -> str:
+def layer_of(param_name: str) -> str:
+    """The layer (owning module) of a parameter name: ``"head.2.weight"`` -> ``"head.2"``."""
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
@@ -51,7 +52,7 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
     grads = [g.detach() for _, g in named]
     per_param = torch.stack([n.float() for n in foreach_norm(grads, norm_type)])
     position: dict[str, int] = {}
-    index = [position.setdefault(_layer_of(n), len(position)) for n, _ in named]
+    index = [position.setdefault(layer_of(n), len(position)) for n, _ in named]
     layers = list(position)
     idx = torch.tensor(index, device=per_param.device)
     if math.isinf(norm_type):
@@ -206,7 +207,7 @@ class NonFiniteTracker:
     def __init__(self, model: nn.Module) -> None:
         named = list(model.named_parameters())
         self._params = [p for _, p in named]
-        self._layers = [_layer_of(n) for n, _ in named]
+        self._layers = [layer_of(n) for n, _ in named]
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         self._order = {layer: order.get(layer, -1) for layer in self._layers}
         self._model = model
