@@ -222,7 +222,8 @@ class ActivationVisualizer(Callback):
     # ---------------------------------------------------------------- capture
     def _take_sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         loaders: list[Any] = []
-        for source in (trainer.val_dataloaders, trainer.datamodule, pl_module, trainer.train_dataloader):
+        datamodule = getattr(trainer, "datamodule", None)  # set by `trainer.fit(datamodule=...)`
+        for source in (trainer.val_dataloaders, datamodule, pl_module, trainer.train_dataloader):
             if source is None:
                 continue
             if isinstance(source, (L.LightningDataModule, L.LightningModule)):

@@ -229,7 +229,7 @@ class GradientMonitor(Callback):
                 rank_zero_warn(
                     f"GradientMonitor: step {trainer.global_step} is sampled (every_n_steps="
                     f"{self.every_n_steps}) but is not a logging step of the Trainer (log_every_n_steps="
-                    f"{trainer.log_every_n_steps}), so its norms reach `last_norms` but no logger. Leave "
+                    f"{getattr(trainer, 'log_every_n_steps', '?')}), so its norms reach `last_norms` but no logger. Leave "
                     f"`every_n_steps=None` to sample on the logging steps."
                 )
             return

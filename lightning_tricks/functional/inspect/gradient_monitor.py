@@ -246,13 +246,16 @@ class NonFiniteTracker:
 
     def update(self, step: int) -> None:
         """Fold the current gradients in (device ops only; no host sync)."""
-        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
+        idx, grads = [], []
+        for i, p in enumerate(self._params):
+            if p.grad is not None:
+                idx.append(i)
+                grads.append(p.grad.detach())
         if not idx:
             return
-        grads = [self._params[i].grad.detach() for i in idx]
         norms = torch.stack([n.float() for n in foreach_norm(grads, math.inf)])
         device = norms.device
-        if self._first_step is None:
+        if self._first_step is None or self._first_norms is None or self._count is None:
             self._first_step = torch.full((), -1, dtype=torch.long, device=device)
             self._first_norms = torch.zeros(len(self._params), device=device)
             self._count = torch.zeros((), dtype=torch.long, device=device)
@@ -275,7 +278,7 @@ class NonFiniteTracker:
 
     def pending(self) -> list[torch.Tensor]:
         """The device tensors :meth:`read` needs, to be moved to the host with other numbers."""
-        if self._first_step is None:
+        if self._first_step is None or self._first_norms is None or self._count is None:
             return []
         return [self._first_step.reshape(1).float(), self._count.reshape(1).float(), self._first_norms]
 

@@ -57,7 +57,7 @@ def _saved_tensors(node: Any) -> Iterator[torch.Tensor]:
 
 
 def graph_saved_bytes(
-    tensors: list[torch.Tensor], exclude_ptrs: set[int] = frozenset(), max_nodes: int = 2000
+    tensors: list[torch.Tensor], exclude_ptrs: frozenset[int] | set[int] = frozenset(), max_nodes: int = 2000
 ) -> tuple[int, int]:
     """Nodes reachable from the tensors' ``grad_fn`` and bytes of the tensors they still hold.
 
