@@ -184,8 +184,8 @@ class ActivationVisualizer(Callback):
             >>> import torch
             >>> cb = ActivationVisualizer(num_samples=2)
             >>> cb.set_sample((torch.zeros(5, 3), torch.zeros(5)))
-            >>> [t.shape for t in cb.sample]
-            [torch.Size([2, 3]), torch.Size([2])]
+            >>> tuple(cb.sample[0].shape), tuple(cb.sample[1].shape)
+            ((2, 3), (2,))
         """
         if _inputs_of(batch) is None:
             raise TypeError(f"`batch` must be a tensor or hold one; got {type(batch).__name__}")
