@@ -39,6 +39,7 @@ def fit_seconds(callbacks, epochs: int, tb: bool) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,  # GradientMonitor "every step" then logs every step
         default_root_dir=tempfile.mkdtemp(),
     )
     start = time.perf_counter()

@@ -28,6 +28,7 @@ __all__ = [
     "dynamo_backends",
     "fit_data_source",
     "foreach_mul_",
+    "forget_step_values",
     "foreach_norm",
     "norm_base_class",
     "record_cuda_memory_history",
@@ -157,6 +158,20 @@ def fit_data_source(trainer: Any) -> Any:
     return trainer.fit_loop._data_source
 
 
+def forget_step_values(trainer: Any, prefix: str) -> None:
+    """Stop Lightning from sending again, on its later logging steps of the epoch, the step
+    values logged under keys that start with ``prefix`` (``trainer._results``: a value
+    logged with ``on_step=True`` stays in the result collection until the epoch ends, and
+    every logging step sends it again, labelled with that later step)."""
+    results = trainer._results
+    if results is None:
+        return
+    for metric in results.values():
+        meta = getattr(metric, "meta", None)
+        if meta is not None and str(meta.name).startswith(prefix) and not metric.has_reset:
+            metric.reset()
+
+
 def training_batches_completed(trainer: Any) -> int:
     """Training batches completed in the current epoch (the fit loop's batch progress)."""
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
@@ -188,6 +203,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
         "_LoggerConnector.should_update_logs",
     ),
     "fit_data_source": ("lightning.pytorch.loops.fit_loop", "_FitLoop.__init__"),
+    "forget_step_values": ("lightning.pytorch.trainer.trainer", "Trainer._results"),
     "training_batches_completed": (
         "lightning.pytorch.loops.training_epoch_loop",
         "_TrainingEpochLoop.__init__",

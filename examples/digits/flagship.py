@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = DigitsClassifier(width=args.width)
     export = ExportWeights(dirpath=str(out / "weights"), filename="digits.safetensors")
     syncs = SyncDetector(mode="warn", every_n_steps=10)
-    grads = GradientMonitor(every_n_steps=10, log_histograms=True, detect_nonfinite="warn")
+    grads = GradientMonitor(log_histograms=True, on_error="warn")  # samples on the logging steps
     activations = ActivationVisualizer(every_n_epochs=5, max_layers=6, num_samples=8)
     memory = MemorySnapshot(start_step=2, num_steps=1, dirpath=str(out / "memory"), html=False)
     callbacks: list[L.Callback] = [
@@ -179,8 +179,8 @@ exported weights      {s["weights"]}
   reloaded with load_weights ({s["reloaded_tensors"]} tensors): plain {s["reloaded_acc_plain"]:.4f}, TTA {s["reloaded_acc_tta"]:.4f}
 host-device syncs     in training_step: {found}
 memory profile        {", ".join(Path(f).name for f in s["memory_files"]) or "-"} in {Path(s["memory_files"][0]).parent if s["memory_files"] else "-"}
-gradients             grad_norm/<layer> and grad_hist/<layer> in TensorBoard (last total norm {s["last_grad_norm"]:.3g})
-activation pictures   activations/<layer>/ in TensorBoard's IMAGES tab, {len(s["activation_layers"])} layers: \
+gradients             gradient_monitor/grad_norm/<layer> and gradient_monitor/grad_hist/<layer> in TensorBoard (last total norm {s["last_grad_norm"]:.3g})
+activation pictures   activation_visualizer/<layer>/ in TensorBoard's IMAGES tab, {len(s["activation_layers"])} layers: \
 {", ".join(s["activation_layers"])}
 TensorBoard logs      {s["tensorboard_dir"]}   (tensorboard --logdir {Path(s["tensorboard_dir"]).parent})
 """

@@ -16,9 +16,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars
 from lightning_tricks.functional._checks import check_int, check_number, check_str_sequence
 from lightning_tricks.functional._io import atomic_write_text
-from lightning_tricks.functional.inspect.activations import (
+from lightning_tricks.functional.inspect._png import write_png
+from lightning_tricks.functional.inspect.activation_visualizer import (
     STAT_NAMES,
     activation_histogram,
     activation_stats,
@@ -28,18 +30,8 @@ from lightning_tricks.functional.inspect.activations import (
     histogram_image,
     select_layers,
 )
-from lightning_tricks.functional.inspect.png import write_png
 
 __all__ = ["ActivationVisualizer"]
-
-
-def _image_writer(trainer: L.Trainer) -> Any:
-    """The first logger's experiment that can take images (a TensorBoard SummaryWriter), or None."""
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if all(hasattr(experiment, a) for a in ("add_image", "add_histogram", "add_scalar")):
-            return experiment
-    return None
 
 
 def _inputs_of(batch: Any) -> torch.Tensor | None:
@@ -67,6 +59,16 @@ def _head(batch: Any, n: int) -> Any:
     return batch
 
 
+def _last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the training epoch now ending is the last of the fit, as far as is known here."""
+    if trainer.should_stop:
+        return True
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    return max_epochs is not None and max_epochs != -1 and trainer.current_epoch + 1 >= max_epochs
+
+
 class ActivationVisualizer(Callback):
     """Log what chosen layers output on a fixed sample batch, every N epochs and at the end of fit.
 
@@ -74,7 +76,8 @@ class ActivationVisualizer(Callback):
     batch, unless given with :meth:`set_sample`), cut to ``num_samples`` rows. A capture
     runs the model on it in eval mode without gradients, with forward hooks that exist
     only during the capture, and leaves weights, train/eval flags and the global RNG
-    untouched. Only global rank 0 captures.
+    untouched. Global rank 0 captures and sends the result (history, ranges, statistics)
+    to the other ranks, so every rank holds the same state and logs the same values.
 
     The sample is replayed the way training steps usually call the model: a dict batch
     as ``pl_module(**batch)`` when ``forward`` takes those keywords (the HuggingFace
@@ -85,25 +88,42 @@ class ActivationVisualizer(Callback):
 
     Statistics are per unit: a unit is a channel of a conv feature map ``(B, C, H, W)``
     and a feature of a token sequence ``(B, T, F)`` or a vector ``(B, F)`` (the module
-    type decides: :func:`~lightning_tricks.functional.inspect.activations.feature_dim_of`).
+    type decides: :func:`~lightning_tricks.functional.inspect.activation_visualizer.feature_dim_of`).
     A unit is dead when it is near zero for every sample and position. Sequences are
     drawn as a tokens x features heat map per sample.
 
-    With a TensorBoard logger each layer gets, under ``activations/<layer>/``: an image
-    grid of its first feature maps, a histogram, scalars ``mean``, ``std``,
-    ``near_zero_fraction`` and ``dead_fraction``, and a ``colorful_dimension`` image
-    (its histogram over time, fastai style). Without one (CSVLogger, no logger) the
-    images are PNG files and the statistics a CSV file under ``<log_dir>/activations``.
+    Each layer's statistics ``mean``, ``std``, ``near_zero_fraction`` and
+    ``dead_fraction`` are logged through ``LightningModule.log`` (every logger sees them,
+    CSVLogger included) as ``activation_visualizer/<layer>/<stat>``, at the end of the
+    training epoch that captured them. With a TensorBoard logger each layer also gets,
+    under ``activation_visualizer/<layer>/``: an image grid of its first feature maps
+    (``feature_maps``), a ``histogram``, and a ``colorful_dimension`` image (its
+    histogram over time, fastai style). Without one (CSVLogger, no logger) the images are
+    PNG files and the statistics also a CSV file under ``dirpath``.
+
+    The last capture of a fit runs at the end of its last training epoch. Should a fit
+    end where that is not known (e.g. stopped by another callback after the epoch-end
+    hooks), a final capture runs in ``on_fit_end``, where ``LightningModule.log`` is not
+    allowed: its statistics are in :attr:`last_stats`, its images written, but no scalar
+    is logged.
 
     Args:
-        every_n_epochs: capture after every N-th training epoch (and always at the end of fit).
-        layers: module names or globs to capture; by default the Conv2d layers, or the
-            Linear layers of a model without convolutions.
+        every_n_epochs: capture after every N-th training epoch (and always after the last one).
+        layers: modules to capture, by the library's naming rule (qualified names,
+            segment-wise globs, class names such as ``"Conv2d"``; a lone string is one
+            name); by default the Conv2d layers, or the Linear layers of a model without
+            convolutions.
         max_layers: at most this many layers.
         num_samples: rows of the sample batch used.
         max_channels: feature maps shown per layer.
         bins: histogram bins (the range is fixed per layer at its first capture).
         near_zero: absolute value below which an activation counts as zero.
+        dirpath: where PNG and CSV files go when no logger takes images; by default
+            ``<log_dir>/activation_visualizer/``.
+
+    Raises:
+        ValueError: for arguments out of range.
+        TypeError: for ``layers`` that are not names.
 
     Example:
         >>> from lightning_tricks import ActivationVisualizer
@@ -115,12 +135,13 @@ class ActivationVisualizer(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        layers: Sequence[str] | None = None,
+        layers: Sequence[str] | str | None = None,
         max_layers: int = 8,
         num_samples: int = 8,
         max_channels: int = 16,
         bins: int = 40,
         near_zero: float = 1e-3,
+        dirpath: str | None = None,
     ) -> None:
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.layers = None if layers is None else check_str_sequence("layers", layers)
@@ -129,6 +150,11 @@ class ActivationVisualizer(Callback):
         self.max_channels = check_int("max_channels", max_channels, minimum=1)
         self.bins = check_int("bins", bins, minimum=2, maximum=10_000)
         self.near_zero = check_number("near_zero", near_zero, minimum=0.0)
+        if dirpath is not None and not isinstance(dirpath, (str, Path)):
+            raise TypeError(
+                f"`dirpath` must be a path or None; got {dirpath!r} of type {type(dirpath).__name__}"
+            )
+        self.dirpath = dirpath
         self._user_sample: Any = None
         self._reset()
 
@@ -141,7 +167,7 @@ class ActivationVisualizer(Callback):
         self._captured_step: int | None = None
         self._told_where = False
         self._failed = False
-        self._out_dir = Path("activations")
+        self._out_dir = Path(component_name(self))
 
     @property
     def state_key(self) -> str:
@@ -158,8 +184,8 @@ class ActivationVisualizer(Callback):
             >>> import torch
             >>> cb = ActivationVisualizer(num_samples=2)
             >>> cb.set_sample((torch.zeros(5, 3), torch.zeros(5)))
-            >>> [t.shape for t in cb.sample]
-            [torch.Size([2, 3]), torch.Size([2])]
+            >>> tuple(cb.sample[0].shape), tuple(cb.sample[1].shape)
+            ((2, 3), (2,))
         """
         if _inputs_of(batch) is None:
             raise TypeError(f"`batch` must be a tensor or hold one; got {type(batch).__name__}")
@@ -177,14 +203,14 @@ class ActivationVisualizer(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # `trainer.log_dir` is a collective under DDP: resolve it here, on every rank
-        self._out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "activations"
+        self._out_dir = component_dir(trainer, self, self.dirpath)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._capture(trainer, pl_module)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_epoch(trainer):
+            self._capture(trainer, pl_module, log=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._capture(trainer, pl_module)
+        self._capture(trainer, pl_module, log=False)  # `LightningModule.log` is not allowed here
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "ranges": self.ranges}
@@ -196,7 +222,8 @@ class ActivationVisualizer(Callback):
     # ---------------------------------------------------------------- capture
     def _take_sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         loaders: list[Any] = []
-        for source in (trainer.val_dataloaders, trainer.datamodule, pl_module, trainer.train_dataloader):
+        datamodule = getattr(trainer, "datamodule", None)  # set by `trainer.fit(datamodule=...)`
+        for source in (trainer.val_dataloaders, datamodule, pl_module, trainer.train_dataloader):
             if source is None:
                 continue
             if isinstance(source, (L.LightningDataModule, L.LightningModule)):
@@ -231,18 +258,30 @@ class ActivationVisualizer(Callback):
             f"trying the next source (call `set_sample(batch)` to choose the sample yourself)."
         )
 
-    def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not self._layer_names or self._failed:
-            return
-        if self._captured_step == trainer.global_step:
+    def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule, *, log: bool) -> None:
+        """Rank 0 captures; every rank then holds its result and logs the same scalars."""
+        if not self._layer_names or self._captured_step == trainer.global_step:
             return
         self._captured_step = trainer.global_step
+        names: list[str] = []
+        if trainer.is_global_zero and not self._failed:
+            names = self._capture_here(trainer, pl_module)
+        shared = (names, self.history, self.ranges, self.last_stats, self._failed, self._layer_names)
+        names, self.history, self.ranges, self.last_stats, self._failed, self._layer_names = (
+            trainer.strategy.broadcast(shared, src=0)
+        )
+        if log and names:
+            stats = {f"{n}/{k}": v for n in names for k, v in self.last_stats[n].items()}
+            log_scalars(pl_module, self, stats, on_step=False, on_epoch=True)
+
+    def _capture_here(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
+        """Capture on this process; the names of the layers captured."""
         if self.sample is None:
             self.sample = self._take_sample(trainer, pl_module)
             if self.sample is None:
                 rank_zero_warn("ActivationVisualizer found no sample batch; call `set_sample(batch)`.")
                 self._layer_names = []
-                return
+                return []
         try:
             acts = self._run(trainer, pl_module)
         except Exception as err:  # a side activity must never stop training
@@ -252,9 +291,9 @@ class ActivationVisualizer(Callback):
                 f"No more captures in this fit; training goes on. Define `activation_forward(self, batch)` "
                 f"on your LightningModule to tell it how to run the model on a batch."
             )
-            return
+            return []
         if not acts:
-            return
+            return []
         modules = dict(pl_module.named_modules())
         dims = {n: feature_dim_of(modules.get(n), a) for n, a in acts.items()}
         names = [n for n in self._layer_names if n in acts]
@@ -272,24 +311,23 @@ class ActivationVisualizer(Callback):
         for i, n in enumerate(names):
             self.history.setdefault(n, []).append(hists[i].tolist())
             self.last_stats[n] = dict(zip(STAT_NAMES, stats[i].tolist()))
-        writer = _image_writer(trainer)
+        writer = image_writer(trainer)
         if writer is not None:
             for n in names:
-                tag = f"activations/{n}"
+                tag = f"{component_name(self)}/{n}"
                 writer.add_image(
                     f"{tag}/feature_maps",
                     feature_map_grid(acts[n], self.max_channels, feature_dim=dims[n]),
                     step,
                 )
                 writer.add_histogram(f"{tag}/histogram", acts[n].float().cpu(), step)
-                for k, v in self.last_stats[n].items():
-                    writer.add_scalar(f"{tag}/{k}", v, step)
                 writer.add_image(
                     f"{tag}/colorful_dimension", histogram_image(torch.tensor(self.history[n])), step
                 )
             writer.flush()
         else:
-            self._write_files(trainer, acts, names, epoch, step, dims)
+            self._write_files(acts, names, epoch, step, dims)
+        return names
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         sample = move_data_to_device(self.sample, pl_module.device)
@@ -303,7 +341,7 @@ class ActivationVisualizer(Callback):
         )
 
     def _write_files(
-        self, trainer: L.Trainer, acts: dict, names: list[str], epoch: int, step: int, dims: dict[str, int]
+        self, acts: dict[str, torch.Tensor], names: list[str], epoch: int, step: int, dims: dict[str, int]
     ) -> None:
         root = self._out_dir
         for n in names:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -10,14 +10,14 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lightning_tricks.functional._checks import check_choice, check_int
-from lightning_tricks.functional.inspect.guards import dataset_storages, find_aliased_tensors
+from lightning_tricks.functional._checks import OnError, check_int, check_on_error, report_problem
+from lightning_tricks.functional.inspect.aliasing_guard import dataset_storages, find_aliased_tensors
 
 __all__ = ["AliasingError", "AliasingGuard"]
 
 
 class AliasingError(RuntimeError):
-    """Raised by :class:`AliasingGuard` with ``mode="raise"``.
+    """Raised by :class:`AliasingGuard` with ``on_error="raise"``.
 
     Example:
         >>> isinstance(AliasingError("x"), RuntimeError)
@@ -48,28 +48,34 @@ class AliasingGuard(Callback):
     of the training dataset's tensors, notes their version counter and a copy, and
     after the step reports any that changed, naming the batch position and the dataset
     tensor. Nothing is done on other steps; on sampled steps the comparison of an aliased
-    tensor with its copy is the only possible device sync.
+    tensor with its copy is the only possible device sync. Every report of the current fit
+    is kept in :attr:`found` (one message per batch position), whatever ``on_error`` says.
 
     Args:
         every_n_steps: check every N-th step (step 0 included).
-        mode: ``"warn"`` or ``"raise"`` (:class:`AliasingError`).
+        on_error: ``"warn"`` (the default), ``"raise"`` (:class:`AliasingError`) or
+            ``"ignore"`` (only record the report in :attr:`found`).
+
+    Raises:
+        ValueError: for an ``on_error`` other than ``"warn"``, ``"raise"``, ``"ignore"``.
 
     Example:
         >>> from lightning_tricks import AliasingGuard
-        >>> AliasingGuard(every_n_steps=1, mode="raise").every_n_steps
+        >>> AliasingGuard(every_n_steps=1, on_error="raise").every_n_steps
         1
     """
 
-    def __init__(self, every_n_steps: int = 50, mode: Literal["warn", "raise"] = "warn") -> None:
+    def __init__(self, every_n_steps: int = 50, on_error: OnError = "warn") -> None:
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
-        self.mode = check_choice("mode", mode, ("warn", "raise"))
+        self.on_error = check_on_error(on_error)
+        self.found: list[str] = []
         self._watch: list[tuple[str, torch.Tensor, str, int, torch.Tensor]] = []
         self._step = 0
         self._reported: set[str] = set()
         self._storages: dict[int, str] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._watch, self._reported = [], set()
+        self._watch, self._reported, self.found = [], set(), []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._storages = None  # loaders may be reloaded between epochs: scan again, once
@@ -103,6 +109,8 @@ class AliasingGuard(Callback):
                 f"training step {self._step}; the dataset now holds the modified values for every "
                 f"later epoch. Work on a copy (`x = x.clone()`, or `x = x - mean` instead of `x -= mean`)."
             )
-            if self.mode == "raise":
-                raise AliasingError(msg)
-            rank_zero_warn(msg)
+            self.found.append(msg)
+            if self.on_error == "warn":
+                rank_zero_warn(msg)
+            else:
+                report_problem(self.on_error, msg, AliasingError)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks.functional._checks import check_choice, check_int
-from lightning_tricks.functional.inspect.guards import RetainedGraph, find_retained_graphs
+from lightning_tricks.functional._checks import OnError, check_int, check_on_error, report_problem
+from lightning_tricks.functional.inspect.retained_graph_guard import RetainedGraph, find_retained_graphs
 
 __all__ = ["RetainedGraphError", "RetainedGraphGuard"]
 
 
 class RetainedGraphError(RuntimeError):
-    """Raised by :class:`RetainedGraphGuard` with ``mode="raise"``.
+    """Raised by :class:`RetainedGraphGuard` with ``on_error="raise"``.
 
     Example:
         >>> isinstance(RetainedGraphError("x"), RuntimeError)
@@ -52,30 +52,35 @@ class RetainedGraphGuard(Callback):
     or buffers), including nested lists, tuples and dicts, are scanned for tensors with a ``grad_fn``: at that
     point none should exist. The classic case is ``self.losses.append(loss)``. The
     message names the attribute and estimates the memory it holds. Each attribute is
-    reported once per fit. The scan is pure Python (no device sync) and bounded.
+    reported once per fit. The scan is pure Python (no device sync) and bounded. Every
+    finding of the current fit is kept in :attr:`found`, whatever ``on_error`` says.
 
     Args:
         every_n_steps: scan every N steps after the first scan (which is one step after the start).
-        mode: ``"warn"`` or ``"raise"`` (:class:`RetainedGraphError`).
+        on_error: ``"warn"`` (the default), ``"raise"`` (:class:`RetainedGraphError`) or
+            ``"ignore"`` (only record the finding in :attr:`found`).
         max_depth: container nesting levels to look into.
+
+    Raises:
+        ValueError: for an ``on_error`` other than ``"warn"``, ``"raise"``, ``"ignore"``.
 
     Example:
         >>> from lightning_tricks import RetainedGraphGuard
-        >>> RetainedGraphGuard(every_n_steps=10, mode="raise").mode
+        >>> RetainedGraphGuard(every_n_steps=10, on_error="raise").on_error
         'raise'
     """
 
-    def __init__(
-        self, every_n_steps: int = 50, mode: Literal["warn", "raise"] = "warn", max_depth: int = 3
-    ) -> None:
+    def __init__(self, every_n_steps: int = 50, on_error: OnError = "warn", max_depth: int = 3) -> None:
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
-        self.mode = check_choice("mode", mode, ("warn", "raise"))
+        self.on_error = check_on_error(on_error)
         self.max_depth = check_int("max_depth", max_depth, minimum=0, maximum=20)
+        self.found: list[RetainedGraph] = []
         self._reported: set[str] = set()
         self._start = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reported = set()
+        self.found = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = trainer.global_step  # 0, or the step a resumed run starts from
@@ -100,6 +105,8 @@ class RetainedGraphGuard(Callback):
             if found.path in self._reported:
                 continue
             self._reported.add(found.path)
-            if self.mode == "raise":
-                raise RetainedGraphError(describe(found))
-            rank_zero_warn(describe(found))
+            self.found.append(found)
+            if self.on_error == "warn":
+                rank_zero_warn(describe(found))
+            else:
+                report_problem(self.on_error, describe(found), RetainedGraphError)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -46,6 +46,37 @@ def test_intermediate_grads_equal_retain_grad():
         IntermediateGrads(net, ["nope"])
 
 
+def test_intermediate_takes_one_name_globs_and_class_names():
+    net = nn.Sequential(*[nn.Linear(2, 2) for _ in range(12)], nn.ReLU(), nn.Linear(2, 1))
+    x = torch.randn(3, 2)
+    for spec, expected in (("12", ["12"]), ("1*", ["1", "10", "11", "12", "13"]), ("ReLU", ["12"])):
+        with IntermediateGrads(net, spec) as ig:
+            net(x).sum().backward()
+        assert sorted(ig.grads) == expected, spec
+    with pytest.raises(ValueError, match=r"`intermediate` names no submodule 'RelU'.*did you mean"):
+        IntermediateGrads(net, "RelU")
+
+
+def test_norms_reach_a_csv_logger_under_component_keys_on_logging_steps(tmp_path):
+    """Every sample goes through `LightningModule.log` (CSV, EarlyStopping, ModelCheckpoint see it),
+    on the Trainer's logging steps, each under its own step."""
+    import csv
+
+    monitor = GradientMonitor(intermediate="head")
+    logger = CSVLogger(str(tmp_path), name="csv")
+    trainer = cpu_trainer(logger=logger, callbacks=[monitor], log_every_n_steps=3)
+    trainer.fit(ClassifierModule("cnn"), ImageDataModule())  # 8 optimizer steps
+    with open(logger.experiment.metrics_file_path) as f:
+        rows = list(csv.DictReader(f))
+    logged = [r for r in rows if r.get("gradient_monitor/grad_norm/total")]
+    assert [int(r["step"]) for r in logged] == [2, 5]  # the logging steps, nothing repeated
+    for key in ("backbone.0.0", "head.2", "output/head"):
+        assert float(logged[-1][f"gradient_monitor/grad_norm/{key}"]) == pytest.approx(
+            monitor.last_norms[key]
+        )
+    assert "gradient_monitor/grad_norm/total" in trainer.callback_metrics
+
+
 def _fit(tmp_path, monitor, model=None, **trainer_args):
     model = model or ClassifierModule("cnn")
     logger = TensorBoardLogger(str(tmp_path), name="tb")
@@ -59,11 +90,15 @@ def test_logs_norms_histograms_and_intermediate(tmp_path):
     logger, model = _fit(tmp_path, monitor)
     acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
-    steps = [e.step for e in acc.Scalars("grad_norm/head.2")]
+    steps = [e.step for e in acc.Scalars("gradient_monitor/grad_norm/head.2")]
     assert steps == [0, 3, 6]  # 8 optimizer steps, sampled every 3rd
-    for tag in ("grad_norm/backbone.0.0", "grad_norm/total", "grad_norm/output/backbone.0"):
+    for tag in (
+        "gradient_monitor/grad_norm/backbone.0.0",
+        "gradient_monitor/grad_norm/total",
+        "gradient_monitor/grad_norm/output/backbone.0",
+    ):
         assert len(acc.Scalars(tag)) == 3
-    assert "grad_hist/head.2.weight" in acc.Tags()["histograms"]
+    assert "gradient_monitor/grad_hist/head.2" in acc.Tags()["histograms"]  # one per layer
     assert monitor.intermediate_grads["backbone.0"].shape == (16, 8, 8, 8)
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -99,16 +134,16 @@ class NaNGradModule(ClassifierModule):
 
 def test_detect_nonfinite_raise_names_the_layer(tmp_path):
     with pytest.raises(NonFiniteGradientError, match=r"'backbone\.1\.0' is NaN at step 2"):
-        _fit(tmp_path, GradientMonitor(every_n_steps=1, detect_nonfinite="raise"), NaNGradModule(2))
+        _fit(tmp_path, GradientMonitor(every_n_steps=1, on_error="raise"), NaNGradModule(2))
 
 
 def test_detect_nonfinite_warn_keeps_training_and_silent_on_finite(tmp_path):
     with pytest.warns(UserWarning, match=r"'backbone\.1\.0' is NaN"):
-        _fit(tmp_path / "a", GradientMonitor(every_n_steps=2, detect_nonfinite="warn"), NaNGradModule(2))
+        _fit(tmp_path / "a", GradientMonitor(every_n_steps=2, on_error="warn"), NaNGradModule(2))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", ".*(LeafSpec|workers|litlogger).*")
-        _fit(tmp_path / "b", GradientMonitor(every_n_steps=1, detect_nonfinite="raise"))
+        _fit(tmp_path / "b", GradientMonitor(every_n_steps=1, on_error="raise"))
 
 
 @pytest.mark.gpu
@@ -125,8 +160,8 @@ def test_norms_are_unscaled_under_fp16_amp(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="detect_nonfinite"):
-        GradientMonitor(detect_nonfinite="crash")
+    with pytest.raises(ValueError, match="on_error"):
+        GradientMonitor(on_error="crash")
     with pytest.raises(ValueError, match="norm_type"):
         GradientMonitor(norm_type=0.5)
     assert GradientMonitor(norm_type=float("inf")).norm_type == math.inf
@@ -163,8 +198,8 @@ class PoisonStage(HFImageClassifier):
 
 
 def test_nonfinite_on_an_unsampled_step_is_caught_with_the_layer_nearest_its_origin(tmp_path):
-    train, _ = zoo_loaders("resnet", n=32, batch_size=8)  # 4 steps; defaults sample step 0 only
-    monitor = GradientMonitor(detect_nonfinite="raise")
+    train, _ = zoo_loaders("resnet", n=32, batch_size=8)  # 4 steps; no logging step (log_every_n_steps=50)
+    monitor = GradientMonitor(on_error="raise")
     with pytest.raises(NonFiniteGradientError, match=rf"'{STAGE0_LAST}' is NaN at step 1 ") as err:
         cpu_trainer(max_epochs=1, callbacks=[monitor]).fit(PoisonStage(bad_step=1), train)
     assert "model.resnet.embedder" not in str(err.value)  # not the stem, first in model order
@@ -179,7 +214,7 @@ def test_a_step_the_fp16_scaler_skips_is_counted_not_raised(tmp_path):
                 next(pl_module.parameters()).grad.view(-1)[0] = float("inf")
 
     train, _ = zoo_loaders("resnet", n=32, batch_size=8)
-    monitor = GradientMonitor(every_n_steps=1, detect_nonfinite="raise")
+    monitor = GradientMonitor(every_n_steps=1, on_error="raise")
     scaler = torch.amp.GradScaler("cpu")
     trainer = cpu_trainer(
         max_epochs=1,
@@ -206,7 +241,7 @@ def test_intermediate_tuple_and_model_output_modules_record_gradients(tmp_path, 
     acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     for m in modules:
-        assert acc.Scalars(f"grad_norm/output/{m}")[0].value > 0
+        assert acc.Scalars(f"gradient_monitor/grad_norm/output/{m}")[0].value > 0
     grads = monitor.intermediate_grads
     if name == "bert":
         assert grads["model.bert.encoder.layer.0"].shape == (8, 12, 16)  # the hidden states
@@ -241,9 +276,10 @@ def test_zoo_norms_through_tensorboard(tmp_path, name):
     acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     layers = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.grad is not None}
-    tags = {t[len("grad_norm/") :] for t in acc.Tags()["scalars"] if t.startswith("grad_norm/")}
+    prefix = "gradient_monitor/grad_norm/"
+    tags = {t[len(prefix) :] for t in acc.Tags()["scalars"] if t.startswith(prefix)}
     assert layers <= tags and "total" in tags
-    per_layer = [acc.Scalars(f"grad_norm/{n}")[0].value for n in layers]
-    assert acc.Scalars("grad_norm/total")[0].value == pytest.approx(
+    per_layer = [acc.Scalars(f"{prefix}{n}")[0].value for n in layers]
+    assert acc.Scalars(f"{prefix}total")[0].value == pytest.approx(
         math.sqrt(sum(v * v for v in per_layer)), rel=1e-4
     )

@@ -1,6 +1,12 @@
-"""Pure-PyTorch cores for the `inspect` area."""
+"""Pure-PyTorch cores for the `inspect` area.
 
-from lightning_tricks.functional.inspect.activations import (
+One module per trick, with the stem of its Lightning counterpart:
+``activation_visualizer`` (``ActivationVisualizer``), ``gradient_monitor``
+(``GradientMonitor``), ``retained_graph_guard`` (``RetainedGraphGuard``) and
+``aliasing_guard`` (``AliasingGuard``). PNG encoding and tensor walking are private helpers.
+"""
+
+from lightning_tricks.functional.inspect.activation_visualizer import (
     activation_histogram,
     activation_stats,
     capture_activations,
@@ -8,21 +14,14 @@ from lightning_tricks.functional.inspect.activations import (
     histogram_image,
     select_layers,
 )
-from lightning_tricks.functional.inspect.gradients import (
+from lightning_tricks.functional.inspect.aliasing_guard import dataset_storages, find_aliased_tensors
+from lightning_tricks.functional.inspect.gradient_monitor import (
     IntermediateGrads,
     NonFiniteTracker,
     first_nonfinite,
     layer_grad_norms,
 )
-from lightning_tricks.functional.inspect.guards import (
-    RetainedGraph,
-    dataset_storages,
-    find_aliased_tensors,
-    find_retained_graphs,
-    graph_saved_bytes,
-    tensor_leaves,
-)
-from lightning_tricks.functional.inspect.png import encode_png, to_uint8_image, write_png
+from lightning_tricks.functional.inspect.retained_graph_guard import RetainedGraph, find_retained_graphs
 
 __all__: list[str] = [
     "IntermediateGrads",
@@ -32,16 +31,11 @@ __all__: list[str] = [
     "activation_stats",
     "capture_activations",
     "dataset_storages",
-    "encode_png",
     "feature_map_grid",
     "find_aliased_tensors",
     "find_retained_graphs",
     "first_nonfinite",
-    "graph_saved_bytes",
     "histogram_image",
     "layer_grad_norms",
     "select_layers",
-    "tensor_leaves",
-    "to_uint8_image",
-    "write_png",
 ]

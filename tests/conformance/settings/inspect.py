@@ -4,51 +4,44 @@ from __future__ import annotations
 
 from tests.conformance.spec import Spec
 
-_RANK_ZERO_HISTORY = (
-    "ActivationVisualizer defect under DDP: it captures on global rank 0 only, so its state_dict "
-    "(history, ranges) differs between ranks (empty on rank 1); checkpoints come from rank 0, but the "
-    "ranks' states are not identical"
-)
-
 SETTINGS: dict = {
     # captures after every epoch (so 2-4 times per fit) and at the end of fit
     "ActivationVisualizer": [
         Spec(
             init_args={"every_n_epochs": 1, "max_layers": 2, "num_samples": 4},
             id="cnn",
-            xfail={"ddp": _RANK_ZERO_HISTORY},
         ),
         Spec(
             init_args={"every_n_epochs": 2, "layers": ["backbone.*"], "max_layers": 3},
             arch="mlp",
             id="mlp",
-            xfail={"ddp": _RANK_ZERO_HISTORY},
         ),
     ],
-    # 4 steps per epoch: logs at steps 0 and 2 of every epoch, with intermediate gradients
+    # 4 steps per epoch: samples steps 0 and 2 of every epoch (every_n_steps=2), with intermediate
+    # gradients; the second spec samples on the Trainer's logging steps (every_n_steps=None)
     "GradientMonitor": [
         Spec(
             init_args={
                 "every_n_steps": 2,
                 "log_histograms": True,
-                "detect_nonfinite": "raise",
+                "on_error": "raise",
                 "intermediate": ["backbone.0", "head"],
             },
             id="raise",
         ),
-        # warns on the fp16 step the loss scaler skips and logs (unscaled) norms every step
+        # counts the fp16 step the loss scaler skips and logs (unscaled) norms on logging steps
         Spec(
             init_args={
-                "every_n_steps": 1,
-                "detect_nonfinite": "warn",
+                "every_n_steps": None,
+                "on_error": "warn",
                 "intermediate": ["backbone.0", "head"],
             },
             arch="mlp",
             id="warn",
         ),
     ],
-    "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
-    "AliasingGuard": Spec(init_args={"every_n_steps": 1, "mode": "raise"}),
+    "RetainedGraphGuard": Spec(init_args={"every_n_steps": 1, "on_error": "raise"}),
+    "AliasingGuard": Spec(init_args={"every_n_steps": 1, "on_error": "raise"}),
 }
 
 # Exported classes of this team that are not components, with the reason.

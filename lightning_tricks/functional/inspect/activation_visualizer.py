@@ -1,4 +1,10 @@
-"""Capture layer outputs with temporary forward hooks, and turn them into images and statistics."""
+"""Capture layer outputs with temporary forward hooks, and turn them into images and statistics.
+
+The functional core of :class:`~lightning_tricks.ActivationVisualizer`: the callback picks
+layers with :func:`select_layers`, runs :func:`capture_activations` on a fixed sample and
+summarises each output with :func:`activation_stats`, :func:`activation_histogram`,
+:func:`feature_map_grid` and :func:`histogram_image`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from torch import nn
 
 from lightning_tricks.functional._checks import check_int, check_number
-from lightning_tricks.functional._modules import match_modules, unknown_module_error
+from lightning_tricks.functional._modules import resolve_modules
 
 __all__ = [
     "activation_histogram",
@@ -38,17 +44,21 @@ _VIRIDIS = torch.tensor(
 )
 
 
-def select_layers(model: nn.Module, layers: Sequence[str] | None = None, max_layers: int = 8) -> list[str]:
+def select_layers(
+    model: nn.Module, layers: Sequence[str] | str | None = None, max_layers: int = 8
+) -> list[str]:
     """Names of the submodules whose outputs to capture.
 
     By default the ``Conv2d`` layers (the first ``max_layers`` of them); for a model
-    without convolutions, its ``Linear`` layers. Otherwise ``layers`` are module names
-    or globs (``"backbone.*.0"``; ``*`` stays within a dotted segment, ``**`` spans
-    several: the rule of :func:`lightning_tricks.functional.select_modules`), in model order.
+    without convolutions, its ``Linear`` layers. Otherwise ``layers`` names modules by
+    the library's one naming rule (:mod:`lightning_tricks.functional._modules`):
+    qualified names, segment-wise globs (``"backbone.*.0"``: ``*`` stays within a dotted
+    segment, ``**`` spans several), class names (``"Conv2d"``) or classes; a lone
+    string is one entry. The result is in model order.
 
     Args:
         model: the network.
-        layers: names or globs, or ``None`` for the default.
+        layers: names, globs or classes, or ``None`` for the default.
         max_layers: at most this many layers are returned.
 
     Returns:
@@ -61,24 +71,17 @@ def select_layers(model: nn.Module, layers: Sequence[str] | None = None, max_lay
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
         >>> select_layers(net)
         ['0', '2']
-        >>> select_layers(net, ["1"])
-        ['1']
+        >>> select_layers(net, "1"), select_layers(net, "ReLU")
+        (['1'], ['1'])
     """
     max_layers = check_int("max_layers", max_layers, minimum=1)
-    named = [(n, m) for n, m in model.named_modules() if n]
     if layers is None:
+        named = [(n, m) for n, m in model.named_modules() if n]
         chosen = [n for n, m in named if isinstance(m, nn.Conv2d)]
         if not chosen:
             chosen = [n for n, m in named if isinstance(m, nn.Linear)]
         return chosen[:max_layers]
-    chosen = []
-    for pattern in layers:
-        hits = match_modules(model, pattern)
-        if not hits:
-            raise unknown_module_error("layers", pattern, model)
-        chosen.extend(h for h in hits if h not in chosen)
-    order = {n: i for i, (n, _) in enumerate(named)}
-    return sorted(chosen, key=order.__getitem__)[:max_layers]
+    return list(resolve_modules(model, layers, "layers"))[:max_layers]
 
 
 @contextlib.contextmanager
@@ -188,7 +191,7 @@ def feature_dim_of(module: nn.Module | None, activation: torch.Tensor) -> int:
 def capture_activations(
     model: nn.Module,
     inputs: Any,
-    layers: Sequence[str],
+    layers: Sequence[str] | str,
     forward_context: Callable[[], Any] | None = None,
     forward_fn: Callable[[Any], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -200,7 +203,9 @@ def capture_activations(
     Args:
         model: the network (or LightningModule).
         inputs: the input batch: a tensor, or a whole batch (see :func:`call_with_batch`).
-        layers: qualified module names, e.g. from :func:`select_layers`.
+        layers: the modules to capture, by the naming rule of :func:`select_layers`
+            (names, globs, class names; a lone string is one name), e.g. from
+            :func:`select_layers`.
         forward_context: optional context manager factory wrapping the forward pass
             (e.g. autocast).
         forward_fn: how to run the model on ``inputs`` (called as ``forward_fn(inputs)``);
@@ -215,10 +220,7 @@ def capture_activations(
         >>> acts["0"].shape, net.training, len(net[0]._forward_hooks)
         (torch.Size([2, 3]), True, 0)
     """
-    modules = dict(model.named_modules())
-    missing = [n for n in layers if n not in modules]
-    if missing:
-        raise unknown_module_error("layers", missing[0], model)
+    modules = resolve_modules(model, layers, "layers")
     captured: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -233,8 +235,8 @@ def capture_activations(
     first = inputs if isinstance(inputs, torch.Tensor) else _first_tensor(inputs)
     devices = [first.device] if first is not None and first.device.type == "cuda" else []
     try:
-        for name in layers:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
         with (
             torch.random.fork_rng(devices=devices),
             _eval_mode(model),

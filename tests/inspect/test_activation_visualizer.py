@@ -17,11 +17,11 @@ from lightning_tricks import ActivationVisualizer
 from lightning_tricks.functional.inspect import (
     activation_stats,
     capture_activations,
-    encode_png,
     feature_map_grid,
     histogram_image,
     select_layers,
 )
+from lightning_tricks.functional.inspect._png import encode_png
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
 
 
@@ -83,6 +83,17 @@ def test_capture_is_side_effect_free():
     assert torch.equal(rng, torch.get_rng_state())
 
 
+def test_capture_takes_one_name_globs_and_class_names():
+    net = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(12)], torch.nn.ReLU())
+    x = torch.randn(3, 2)
+    assert list(capture_activations(net, x, "12")) == ["12"]  # a lone string is one name
+    assert list(capture_activations(net, x, "ReLU")) == ["12"]
+    assert list(capture_activations(net, x, "1*")) == ["1", "10", "11", "12"]
+    assert select_layers(net, "1*", max_layers=2) == ["1", "10"]
+    with pytest.raises(ValueError, match=r"`layers` names no submodule '13'"):
+        capture_activations(net, x, "13")
+
+
 def test_stats_and_images():
     a = torch.zeros(2, 3, 4, 4)
     a[:, 0] = 1.0  # channel 0 alive, channels 1 and 2 dead
@@ -112,13 +123,13 @@ def test_tensorboard_images_histograms_scalars(tmp_path):
     acc.Reload()
     tags = acc.Tags()
     for layer in ("backbone.0.0", "backbone.1.0"):
-        assert f"activations/{layer}/feature_maps" in tags["images"]
-        assert f"activations/{layer}/colorful_dimension" in tags["images"]
-        assert f"activations/{layer}/histogram" in tags["histograms"]
+        assert f"activation_visualizer/{layer}/feature_maps" in tags["images"]
+        assert f"activation_visualizer/{layer}/colorful_dimension" in tags["images"]
+        assert f"activation_visualizer/{layer}/histogram" in tags["histograms"]
         for stat in ("mean", "std", "near_zero_fraction", "dead_fraction"):
-            assert len(acc.Scalars(f"activations/{layer}/{stat}")) == 3  # one per epoch
+            assert len(acc.Scalars(f"activation_visualizer/{layer}/{stat}")) == 3  # one per epoch
     # the colorful dimension grows one column per capture
-    imgs = acc.Images("activations/backbone.0.0/colorful_dimension")
+    imgs = acc.Images("activation_visualizer/backbone.0.0/colorful_dimension")
     assert [(i.width, i.height) for i in imgs] == [(1, 40), (2, 40), (3, 40)]
     assert (
         len(cb.history["backbone.0.0"]) == 3 and sum(cb.history["backbone.0.0"][0]) == 8 * 8 * 8 * 8
@@ -131,7 +142,7 @@ def test_csv_logger_writes_png_and_stats(tmp_path):
     with pytest.warns(UserWarning, match="written to") as record:
         trainer, _, _ = _fit(tmp_path, logger, epochs=2, every_n_epochs=1)
     assert sum("written to" in str(w.message) for w in record) == 1  # said once
-    root = Path(trainer.log_dir) / "activations"
+    root = Path(trainer.log_dir) / "activation_visualizer"
     pngs = sorted(root.rglob("*.png"))
     assert len(pngs) == 2 * 2 + 2  # 2 epochs x 2 layers + 2 colorful-dimension images
     for p in pngs:
@@ -146,6 +157,30 @@ def test_csv_logger_writes_png_and_stats(tmp_path):
         ("1", "backbone.1.0"),
     ]
     assert 0 <= float(rows[0]["dead_fraction"]) <= 1
+    # the statistics also reach the CSV logger, through `LightningModule.log`, once per epoch
+    with open(logger.experiment.metrics_file_path) as f:
+        metrics = list(csv.DictReader(f))
+    for layer in ("backbone.0.0", "backbone.1.0"):
+        for stat in ("mean", "std", "near_zero_fraction", "dead_fraction"):
+            key = f"activation_visualizer/{layer}/{stat}"
+            logged = [(r["epoch"], float(r[key])) for r in metrics if r.get(key)]
+            assert [e for e, _ in logged] == ["0", "1"]
+            csv_rows = [r for r in rows if r["layer"] == layer]
+            assert [v for _, v in logged] == pytest.approx([float(r[stat]) for r in csv_rows], rel=1e-5)
+
+
+def test_dirpath_and_a_last_epoch_off_the_schedule_is_captured_and_logged(tmp_path):
+    """every_n_epochs=2 over 3 epochs: captures after epochs 2 and 3 (the last), both logged."""
+    logger = CSVLogger(str(tmp_path), name="csv")
+    with pytest.warns(UserWarning, match="written to"):
+        trainer, _, cb = _fit(tmp_path, logger, epochs=3, every_n_epochs=2, dirpath=str(tmp_path / "viz"))
+    assert (tmp_path / "viz" / "activation_stats.csv").exists()
+    assert not (Path(trainer.log_dir) / "activation_visualizer").exists()
+    with open(logger.experiment.metrics_file_path) as f:
+        metrics = list(csv.DictReader(f))
+    key = "activation_visualizer/backbone.0.0/mean"
+    assert [r["epoch"] for r in metrics if r.get(key)] == ["1", "2"]
+    assert len(cb.history["backbone.0.0"]) == 2
 
 
 def test_training_unaffected_and_user_sample(tmp_path):
@@ -237,11 +272,11 @@ def test_sequence_activations_have_per_feature_stats_and_heat_maps(tmp_path, nam
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     for layer in (dense, act):
-        (dead,) = acc.Scalars(f"activations/{layer}/dead_fraction")
+        (dead,) = acc.Scalars(f"activation_visualizer/{layer}/dead_fraction")
         assert dead.value == pytest.approx(0.5)
         assert cb.last_stats[layer]["dead_fraction"] == pytest.approx(0.5)
         assert cb.last_stats[layer]["near_zero_fraction"] >= 0.5
-        (img,) = acc.Images(f"activations/{layer}/feature_maps")
+        (img,) = acc.Images(f"activation_visualizer/{layer}/feature_maps")
         tokens = 12 if name == "bert" else 17  # BERT's sequence; ViT's 16 patches + CLS
         # one tokens x features heat map per sample (4 samples, 1-pixel gaps), not 1-pixel strips
         assert (img.width, img.height) == (32, 4 * (tokens + 1) - 1)
@@ -256,10 +291,10 @@ def test_conv_activations_have_per_channel_stats_on_resnet(tmp_path):
     trainer.fit(model, train, val)
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
-    assert acc.Scalars(f"activations/{conv}/dead_fraction")[0].value == pytest.approx(0.5)
+    assert acc.Scalars(f"activation_visualizer/{conv}/dead_fraction")[0].value == pytest.approx(0.5)
     other = "model.resnet.encoder.stages.0.layers.0.layer.0.convolution"
-    assert acc.Scalars(f"activations/{other}/dead_fraction")[0].value < 0.5
-    (img,) = acc.Images(f"activations/{conv}/feature_maps")
+    assert acc.Scalars(f"activation_visualizer/{other}/dead_fraction")[0].value < 0.5
+    (img,) = acc.Images(f"activation_visualizer/{conv}/feature_maps")
     assert (img.width, img.height) == (3 * 17 - 1, 3 * 17 - 1)  # 8 maps of 16x16 in a 3x3 grid
 
 
@@ -318,7 +353,9 @@ def test_unexpected_loader_errors_are_named_not_swallowed(tmp_path):
             raise OSError("corrupt shard 3")
 
     cb = ActivationVisualizer(max_layers=1)
-    trainer = cpu_trainer(max_epochs=1, callbacks=[cb], limit_val_batches=0, logger=False)
+    trainer = cpu_trainer(
+        max_epochs=1, callbacks=[cb], limit_val_batches=0, logger=False, default_root_dir=str(tmp_path)
+    )
     dm = ImageDataModule()
     dm.val_dataloader = lambda: DataLoader(Corrupt(), batch_size=2)
     with pytest.warns(UserWarning, match="OSError: corrupt shard 3"):

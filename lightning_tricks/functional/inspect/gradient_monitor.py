@@ -1,4 +1,10 @@
-"""Per-layer gradient norms (batched, one host transfer) and intermediate gradients of module outputs."""
+"""Per-layer gradient norms (batched, one host transfer), non-finite gradient tracking and
+intermediate gradients of module outputs.
+
+The functional core of :class:`~lightning_tricks.GradientMonitor`: on sampled steps the
+callback calls :func:`layer_grad_norms` (and keeps output gradients with
+:class:`IntermediateGrads`); on every step it folds :meth:`NonFiniteTracker.update` in.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._modules import unknown_module_error
+from lightning_tricks._compat import foreach_norm
+from lightning_tricks.functional._modules import resolve_modules
 
-__all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms"]
+__all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms", "layer_of"]
 
 
-def _layer_of(param_name: str) -> str:
+def layer_of(param_name: str) -> str:
+    """The layer (owning module) of a parameter name: ``"head.2.weight"`` -> ``"head.2"``."""
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
@@ -42,9 +50,9 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
     if not named:
         return [], torch.zeros(0)
     grads = [g.detach() for _, g in named]
-    per_param = torch.stack([n.float() for n in torch._foreach_norm(grads, norm_type)])
+    per_param = torch.stack([n.float() for n in foreach_norm(grads, norm_type)])
     position: dict[str, int] = {}
-    index = [position.setdefault(_layer_of(n), len(position)) for n, _ in named]
+    index = [position.setdefault(layer_of(n), len(position)) for n, _ in named]
     layers = list(position)
     idx = torch.tensor(index, device=per_param.device)
     if math.isinf(norm_type):
@@ -103,10 +111,11 @@ class IntermediateGrads:
 
     Args:
         model: the network.
-        names: qualified names of the modules whose output gradients to keep.
+        names: the modules whose output gradients to keep, by the library's naming rule
+            (qualified names, segment-wise globs, class names; a lone string is one name).
 
     Raises:
-        ValueError: if a name is not a submodule of ``model``.
+        ValueError: if an entry selects no submodule of ``model``.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
@@ -116,15 +125,16 @@ class IntermediateGrads:
         (torch.Size([4, 3]), 0)
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        modules = dict(model.named_modules())
-        for name in names:
-            if name not in modules:
-                raise unknown_module_error("intermediate", name, model)
-        self._modules = [(n, modules[n]) for n in names]
+    def __init__(self, model: nn.Module, names: Sequence[str] | str) -> None:
+        self._modules = list(resolve_modules(model, names, "intermediate").items())
         self.grads: dict[str, torch.Tensor] = {}
         self.without_grad: set[str] = set()
-        self._handles: list = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def names(self) -> list[str]:
+        """The qualified names of the modules watched, in model order."""
+        return [n for n, _ in self._modules]
 
     def attach(self) -> None:
         """Register the forward hooks (idempotent)."""
@@ -165,7 +175,7 @@ class NonFiniteTracker:
     """Notice a NaN/Inf gradient on any step, without a host sync per step.
 
     Call :meth:`update` after each backward (after unscaling, under a loss scaler): it
-    computes each parameter's max-abs gradient with one ``torch._foreach_norm`` and folds
+    computes each parameter's max-abs gradient with one fused ``_foreach_norm`` and folds
     "is any non-finite" into tensors on the device: the first such step and every
     parameter's gradient norm at that step. Nothing goes to the host until
     :meth:`read`, which you call when you log anyway (e.g. every N steps and at the end
@@ -197,7 +207,7 @@ class NonFiniteTracker:
     def __init__(self, model: nn.Module) -> None:
         named = list(model.named_parameters())
         self._params = [p for _, p in named]
-        self._layers = [_layer_of(n) for n, _ in named]
+        self._layers = [layer_of(n) for n, _ in named]
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         self._order = {layer: order.get(layer, -1) for layer in self._layers}
         self._model = model
@@ -236,13 +246,16 @@ class NonFiniteTracker:
 
     def update(self, step: int) -> None:
         """Fold the current gradients in (device ops only; no host sync)."""
-        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
+        idx, grads = [], []
+        for i, p in enumerate(self._params):
+            if p.grad is not None:
+                idx.append(i)
+                grads.append(p.grad.detach())
         if not idx:
             return
-        grads = [self._params[i].grad.detach() for i in idx]
-        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, math.inf)])
+        norms = torch.stack([n.float() for n in foreach_norm(grads, math.inf)])
         device = norms.device
-        if self._first_step is None:
+        if self._first_step is None or self._first_norms is None or self._count is None:
             self._first_step = torch.full((), -1, dtype=torch.long, device=device)
             self._first_norms = torch.zeros(len(self._params), device=device)
             self._count = torch.zeros((), dtype=torch.long, device=device)
@@ -265,7 +278,7 @@ class NonFiniteTracker:
 
     def pending(self) -> list[torch.Tensor]:
         """The device tensors :meth:`read` needs, to be moved to the host with other numbers."""
-        if self._first_step is None:
+        if self._first_step is None or self._first_norms is None or self._count is None:
             return []
         return [self._first_step.reshape(1).float(), self._count.reshape(1).float(), self._first_norms]
 

@@ -1,4 +1,8 @@
-"""Cheap checks for two common mistakes: graphs kept alive across steps, and batches aliasing the dataset."""
+"""Find attributes that keep an autograd graph alive between training steps
+(the functional core of :class:`~lightning_tricks.RetainedGraphGuard`).
+
+The pair: ``RetainedGraphGuard`` calls :func:`find_retained_graphs` between steps.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = [
-    "RetainedGraph",
-    "dataset_storages",
-    "find_aliased_tensors",
-    "find_retained_graphs",
-    "graph_saved_bytes",
-    "tensor_leaves",
-]
+from lightning_tricks.functional.inspect._tensors import walk_tensors
+
+__all__ = ["RetainedGraph", "find_retained_graphs", "graph_saved_bytes"]
 
 _MODULE_REGISTRIES = ("_parameters", "_buffers", "_modules")
 
@@ -43,31 +42,6 @@ class RetainedGraph:
     saved_bytes: int
 
 
-def _walk(obj: Any, path: str, depth: int, budget: list[int]) -> Iterator[tuple[str, torch.Tensor]]:
-    if budget[0] <= 0:
-        return
-    budget[0] -= 1
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-    elif depth > 0 and isinstance(obj, (list, tuple, set, frozenset)):
-        for i, item in enumerate(obj):
-            yield from _walk(item, f"{path}[{i}]", depth - 1, budget)
-    elif depth > 0 and isinstance(obj, dict):
-        for key, item in list(obj.items()):
-            yield from _walk(item, f"{path}[{key!r}]", depth - 1, budget)
-
-
-def tensor_leaves(obj: Any, prefix: str = "batch", max_depth: int = 4) -> list[tuple[str, torch.Tensor]]:
-    """Every tensor in a nested list/tuple/dict, with its path.
-
-    Example:
-        >>> ((path, tensor),) = tensor_leaves({"x": torch.zeros(1)})
-        >>> path
-        "batch['x']"
-    """
-    return list(_walk(obj, prefix, max_depth, [100_000]))
-
-
 def _saved_tensors(node: Any) -> Iterator[torch.Tensor]:
     for attr in dir(node):
         if not attr.startswith("_saved_"):
@@ -83,7 +57,7 @@ def _saved_tensors(node: Any) -> Iterator[torch.Tensor]:
 
 
 def graph_saved_bytes(
-    tensors: list[torch.Tensor], exclude_ptrs: set[int] = frozenset(), max_nodes: int = 2000
+    tensors: list[torch.Tensor], exclude_ptrs: frozenset[int] | set[int] = frozenset(), max_nodes: int = 2000
 ) -> tuple[int, int]:
     """Nodes reachable from the tensors' ``grad_fn`` and bytes of the tensors they still hold.
 
@@ -169,62 +143,10 @@ def find_retained_graphs(
         for attr, value in list(vars(mod).items()):
             if attr in _MODULE_REGISTRIES or attr.startswith("__") or isinstance(value, nn.Module):
                 continue
-            with_graph = [t for _, t in _walk(value, attr, max_depth, budget) if t.grad_fn is not None]
+            with_graph = [t for _, t in walk_tensors(value, attr, max_depth, budget) if t.grad_fn is not None]
             if with_graph:
                 nodes, nbytes = graph_saved_bytes(with_graph, param_ptrs)
                 found.append(RetainedGraph(f"{base}.{attr}", len(with_graph), nodes, nbytes))
             if budget[0] <= 0:
                 return found
     return found
-
-
-def dataset_storages(dataset: Any, max_depth: int = 2) -> dict[int, str]:
-    """Storage data pointers of the tensors a dataset holds, mapped to a readable name.
-
-    Looks at ``dataset.tensors`` (``TensorDataset``) and at tensors among the dataset's
-    attributes (nested up to ``max_depth``), following ``.dataset`` of ``Subset``-like
-    wrappers.
-
-    Example:
-        >>> from torch.utils.data import TensorDataset
-        >>> ds = TensorDataset(torch.zeros(4, 2))
-        >>> list(dataset_storages(ds).values())
-        ['dataset.tensors[0]']
-    """
-    out: dict[int, str] = {}
-    prefix = "dataset"
-    seen = 0
-    while dataset is not None and seen < 4:
-        attrs = vars(dataset) if hasattr(dataset, "__dict__") else {}
-        for attr, value in attrs.items():
-            for path, t in _walk(value, f"{prefix}.{attr}", max_depth, [10_000]):
-                if t.numel() > 0:
-                    out.setdefault(t.untyped_storage().data_ptr(), path)
-        dataset = attrs.get("dataset")
-        prefix += ".dataset"
-        seen += 1
-    return out
-
-
-def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str, torch.Tensor, str]]:
-    """The tensors of ``batch`` that share storage with the dataset (see :func:`dataset_storages`).
-
-    Returns:
-        ``(batch_path, tensor, dataset_name)`` for each aliased tensor.
-
-    Example:
-        >>> from torch.utils.data import TensorDataset
-        >>> ds = TensorDataset(torch.arange(8.0).reshape(4, 2))
-        >>> batch = (ds.tensors[0].narrow(0, 0, 2), torch.zeros(2))  # a view and a copy
-        >>> for path, _, name in find_aliased_tensors(batch, dataset_storages(ds)):
-        ...     print(path, "aliases", name)
-        batch[0] aliases dataset.tensors[0]
-    """
-    out = []
-    for path, t in tensor_leaves(batch):
-        if t.numel() == 0:
-            continue
-        name = storages.get(t.untyped_storage().data_ptr())
-        if name is not None:
-            out.append((path, t, name))
-    return out
