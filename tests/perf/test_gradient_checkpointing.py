@@ -393,6 +393,16 @@ def test_bad_mode_and_preserve_rng_state():
         apply_gradient_checkpointing(model, "ResidualBlock", mode="selective")
 
 
+def test_conflicting_settings_wrap_nothing():
+    model = BlockNet(depth=2)
+    apply_gradient_checkpointing(model, "backbone.blocks.1")
+    with pytest.raises(ValueError, match=r"`backbone.blocks.1` is already checkpointed"):
+        apply_gradient_checkpointing(model, "ResidualBlock", mode="selective")
+    # the call fails as a whole: block 0, listed before the conflict, was not wrapped either
+    assert "forward" not in model.backbone.blocks[0].__dict__
+    assert model.backbone.blocks[1].forward.mode == "full"
+
+
 def test_selective_refuses_a_saved_output_modified_in_place():
     class Block(nn.Module):
         def __init__(self):

@@ -16,7 +16,14 @@ Two modes:
 
 Side effects of the recomputation are undone: running statistics of norm layers
 (``BatchNorm``, tracked ``InstanceNorm``) are updated once per step, by the original
-forward only, and the RNG state is replayed only for blocks that can draw random numbers.
+forward only, and the RNG state is replayed only for blocks that can draw random numbers
+(the helpers live in the private ``_checkpoint_side_effects`` module).
+
+Entry points of :class:`lightning_tricks.GradientCheckpointing` (``perf/gradient_checkpointing.py``):
+:func:`apply_gradient_checkpointing` in its ``setup``, the removal of
+:func:`remove_gradient_checkpointing` (limited to the wrappers it installed) in its ``teardown``.
+Which submodules ``targets`` selects is the one naming rule
+(:func:`lightning_tricks.functional._modules.resolve_modules`, outermost matches only).
 """
 
 from __future__ import annotations
@@ -197,9 +204,10 @@ def apply_gradient_checkpointing(
 ) -> list[str]:
     """Checkpoint the activations of the submodules of ``model`` chosen by ``targets``.
 
-    Targets are module classes, class names (``"ResidualBlock"``) or globs over qualified
-    submodule names (``"backbone.blocks.*"``); only the outermost match of a nested chain
-    is wrapped. Applying twice wraps nothing twice. Gradients are those of the plain model
+    Targets follow the one naming rule: qualified submodule names, globs over them
+    (``"backbone.blocks.*"``: ``*`` within one dotted segment, ``**`` across), class names
+    (``"ResidualBlock"``) or classes; a lone string is one entry. Every entry must select
+    a submodule; only the outermost match of a nested chain is wrapped. Applying twice wraps nothing twice. Gradients are those of the plain model
     (dropout draws the same mask in the recomputation), and norm layers update their
     running statistics once per step, as in the plain model. Call it before wrapping the
     model in DDP/FSDP.
@@ -227,9 +235,11 @@ def apply_gradient_checkpointing(
         The qualified names of the submodules newly wrapped.
 
     Raises:
-        ValueError: if ``targets`` matches no submodule (the message lists what exists),
+        ValueError: if an entry of ``targets`` selects no submodule (the message lists
+            the available names and suggests the closest ones; nothing is wrapped then),
             if ``mode`` is not ``"full"``/``"selective"``, or if a matched submodule is
-            already checkpointed with other settings.
+            already checkpointed with other settings (nothing is wrapped
+            then either).
         TypeError: if ``targets`` is not a string, class or a sequence of them, or
             ``preserve_rng_state`` is not ``None`` or a bool.
 
@@ -247,18 +257,20 @@ def apply_gradient_checkpointing(
     check_choice("mode", mode, MODES)
     if preserve_rng_state is not None:
         check_bool("preserve_rng_state", preserve_rng_state)
+    chosen = list(_iter_new(model, targets))
+    settings = (mode, preserve_rng_state)
+    for name, _, existing in chosen:  # check every target before wrapping any
+        if existing is not None and (existing.mode, existing.preserve_rng_state) != settings:
+            raise ValueError(
+                f"`{name}` is already checkpointed with mode={existing.mode!r}, "
+                f"preserve_rng_state={existing.preserve_rng_state!r}; got mode={mode!r}, "
+                f"preserve_rng_state={preserve_rng_state!r}. Call remove_gradient_checkpointing first."
+            )
     wrapped = []
-    for name, module, existing in list(_iter_new(model, targets)):
-        if existing is not None:
-            if (existing.mode, existing.preserve_rng_state) != (mode, preserve_rng_state):
-                raise ValueError(
-                    f"`{name}` is already checkpointed with mode={existing.mode!r}, "
-                    f"preserve_rng_state={existing.preserve_rng_state!r}; got mode={mode!r}, "
-                    f"preserve_rng_state={preserve_rng_state!r}. Call remove_gradient_checkpointing first."
-                )
-            continue
-        CheckpointedForward(module, mode, preserve_rng_state).install()
-        wrapped.append(name)
+    for name, module, existing in chosen:
+        if existing is None:
+            CheckpointedForward(module, mode, preserve_rng_state).install()
+            wrapped.append(name)
     return wrapped
 
 
