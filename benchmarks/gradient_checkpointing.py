@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_tricks.functional.perf.checkpointing import apply_gradient_checkpointing
+from lightning_tricks.functional.perf.gradient_checkpointing import apply_gradient_checkpointing
 from tests.helpers.models import ResidualBlock
 from tests.helpers.zoo_ckpt import GeluMLP, TorchCheckpointed, held_bytes, hooks_bytes
 

@@ -8,9 +8,10 @@ import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_tricks.functional._checks import check_bool, check_choice, check_str_sequence
+from lightning_tricks.functional._checks import check_bool, check_choice
+from lightning_tricks.functional._modules import name_entries
 from lightning_tricks.functional.perf._targets import find_wrapped, unwrap
-from lightning_tricks.functional.perf.checkpointing import (
+from lightning_tricks.functional.perf.gradient_checkpointing import (
     MODES,
     CheckpointedForward,
     CheckpointMode,
@@ -37,9 +38,11 @@ class GradientCheckpointing(Callback):
     run the plain forward. The wrappers are removed in ``teardown``.
 
     Args:
-        targets: module class names (``"ResidualBlock"``) or globs over qualified
-            submodule names of the LightningModule (``"backbone.blocks.*"``). Nested
-            matches wrap only the outermost module.
+        targets: the submodules of the LightningModule to wrap, by the one naming rule
+            (see the Conventions page): qualified names, globs over them
+            (``"backbone.blocks.*"``: ``*`` within one dotted segment, ``**`` across),
+            class names (``"ResidualBlock"``) or, in Python, classes. A lone string is
+            one entry. Nested matches wrap only the outermost module.
         mode: ``"full"`` (least memory) or ``"selective"`` (keeps matmul/convolution/
             attention outputs, recomputes the rest).
         preserve_rng_state: replay the RNG state in the recomputation. ``None``
@@ -47,10 +50,11 @@ class GradientCheckpointing(Callback):
             :func:`~lightning_tricks.functional.apply_gradient_checkpointing`).
 
     Raises:
-        TypeError: if ``targets`` is not a string or a sequence of strings, or
+        TypeError: if ``targets`` is not a name, a class or a sequence of them, or
             ``preserve_rng_state`` is not ``None`` or a bool.
-        ValueError: if ``mode`` is not ``"full"``/``"selective"``; in ``setup``, if
-            ``targets`` matches no submodule.
+        ValueError: if ``targets`` is empty or ``mode`` is not ``"full"``/``"selective"``;
+            in ``setup``, if an entry of ``targets`` selects no submodule (the message
+            lists the available names and suggests the closest ones).
 
     Example:
         >>> import lightning as L
@@ -64,7 +68,7 @@ class GradientCheckpointing(Callback):
         mode: CheckpointMode = "full",
         preserve_rng_state: bool | None = None,
     ) -> None:
-        self.targets = check_str_sequence("targets", targets)
+        self.targets = name_entries("targets", targets)
         self.mode = check_choice("mode", mode, MODES)
         self.preserve_rng_state = (
             None if preserve_rng_state is None else check_bool("preserve_rng_state", preserve_rng_state)

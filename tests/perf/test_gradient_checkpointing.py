@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import lightning_tricks.functional.perf.checkpointing as ckpt_mod
+import lightning_tricks.functional.perf.gradient_checkpointing as ckpt_mod
 from lightning_tricks import GradientCheckpointing
 from lightning_tricks.functional import apply_gradient_checkpointing, remove_gradient_checkpointing
 from tests.helpers import (
@@ -150,8 +150,12 @@ def test_nested_matches_and_idempotence_and_pickle():
 
 
 def test_error_lists_available_names():
-    with pytest.raises(ValueError, match=r"`targets`.*available names: backbone.*ResidualBlock"):
+    with pytest.raises(ValueError, match=r"`targets` names no submodule 'encodr'; available: backbone, "):
         apply_gradient_checkpointing(BlockNet(), "encodr")
+    with pytest.raises(
+        ValueError, match=r"`targets` names no submodule 'ResidualBlok'.*did you mean 'ResidualBlock'"
+    ):
+        apply_gradient_checkpointing(BlockNet(), "ResidualBlok")
     with pytest.raises(TypeError, match="targets"):
         GradientCheckpointing(targets=3)
 
@@ -184,8 +188,38 @@ def test_callback_fit_matches_plain_fit_and_unwraps(freeze, mode):
 
 
 def test_callback_bad_target_fails_in_setup():
-    with pytest.raises(ValueError, match="available names"):
+    with pytest.raises(ValueError, match="available"):
         _fit([GradientCheckpointing(targets="encodr")], freeze=False)
+
+
+def test_callback_typo_in_target_suggests_the_near_name():
+    with pytest.raises(ValueError) as err:
+        _fit([GradientCheckpointing(targets=["bakcbone.*"])], freeze=False)
+    assert str(err.value).startswith("`targets` names no submodule 'bakcbone.*'; available: backbone, ")
+    assert "did you mean 'backbone" in str(err.value)
+
+
+def test_every_target_must_match_and_one_message_form_names_the_unmatched_one():
+    from lightning_tricks.functional._modules import unknown_module_error
+
+    net = BlockNet()
+    with pytest.raises(ValueError) as err:  # the first entry matches, the second is a typo
+        apply_gradient_checkpointing(net, ["ResidualBlock", "backbone.blokcs.*"])
+    assert str(err.value) == str(unknown_module_error("targets", "backbone.blokcs.*", net))
+    assert not any("forward" in m.__dict__ for m in net.modules())  # nothing half-applied
+
+
+def test_callback_class_name_and_lone_string_targets():
+    seen = {}
+
+    class Probe(GradientCheckpointing):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["wrapped"] = sorted(n for n, m in pl_module.named_modules() if "forward" in m.__dict__)
+
+    _fit([Probe(targets="ResidualBlock")], freeze=False)  # one class name, not its characters
+    assert seen["wrapped"] == [f"backbone.blocks.{i}" for i in range(2)]
+    _fit([Probe(targets=["head", "backbone.blocks.1"])], freeze=False)
+    assert seen["wrapped"] == ["backbone.blocks.1", "head"]
 
 
 # --------------------------------------------------------------------------- BatchNorm statistics
@@ -357,6 +391,16 @@ def test_bad_mode_and_preserve_rng_state():
     apply_gradient_checkpointing(model, "ResidualBlock")
     with pytest.raises(ValueError, match=r"already checkpointed with mode='full'.*got mode='selective'"):
         apply_gradient_checkpointing(model, "ResidualBlock", mode="selective")
+
+
+def test_conflicting_settings_wrap_nothing():
+    model = BlockNet(depth=2)
+    apply_gradient_checkpointing(model, "backbone.blocks.1")
+    with pytest.raises(ValueError, match=r"`backbone.blocks.1` is already checkpointed"):
+        apply_gradient_checkpointing(model, "ResidualBlock", mode="selective")
+    # the call fails as a whole: block 0, listed before the conflict, was not wrapped either
+    assert "forward" not in model.backbone.blocks[0].__dict__
+    assert model.backbone.blocks[1].forward.mode == "full"
 
 
 def test_selective_refuses_a_saved_output_modified_in_place():

@@ -1,11 +1,11 @@
 """Pure-PyTorch cores for the `perf` area."""
 
 from lightning_tricks.functional.perf.channels_last import batch_to_channels_last, model_to_channels_last
-from lightning_tricks.functional.perf.checkpointing import (
+from lightning_tricks.functional.perf.compile import compile_modules, uncompile_modules
+from lightning_tricks.functional.perf.gradient_checkpointing import (
     apply_gradient_checkpointing,
     remove_gradient_checkpointing,
 )
-from lightning_tricks.functional.perf.compile import compile_modules, uncompile_modules
 from lightning_tricks.functional.perf.memory_snapshot import (
     MemoryWindow,
     dump_cpu_memory_profile,

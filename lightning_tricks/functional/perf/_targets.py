@@ -1,72 +1,42 @@
-"""Select submodules by type name or by name glob, and swap a module's ``forward`` reversibly.
+"""Select the submodules to wrap, and swap a module's ``forward`` reversibly.
 
 Shared by gradient checkpointing and compilation: both replace the ``forward`` of chosen
 submodules with a small picklable object, so that the module keeps its identity and its
-``state_dict`` keys (checkpoints, resume and DDP see the plain model).
+``state_dict`` keys (checkpoints, resume and DDP see the plain model). Which submodules
+is decided by the one naming rule of :mod:`lightning_tricks.functional._modules`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from lightning_tricks.functional._checks import check_str_sequence
-from lightning_tricks.functional._modules import glob_match
+from lightning_tricks.functional._modules import ModuleSpec, resolve_modules
 
-TargetSpec = str | type | Sequence[str | type]
-
-
-def _normalize(targets: Any) -> tuple[str | type, ...]:
-    if isinstance(targets, type):
-        return (targets,)
-    if isinstance(targets, Sequence) and not isinstance(targets, str):
-        if not targets:
-            raise ValueError(f"`targets` must name at least one module type or name glob; got {targets!r}")
-        out: list[str | type] = []
-        for t in targets:
-            if isinstance(t, type):
-                out.append(t)
-            else:
-                out.extend(check_str_sequence("targets", t))
-        return tuple(out)
-    return check_str_sequence("targets", targets)
-
-
-def _matches(name: str, module: nn.Module, target: str | type) -> bool:
-    if isinstance(target, type):
-        return isinstance(module, target)
-    cls = type(module)
-    return target in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}") or glob_match(name, target)
+TargetSpec = ModuleSpec
+"""What a ``targets`` argument accepts: one entry (name, glob, class name, class) or a sequence."""
 
 
 def select_modules(model: nn.Module, targets: TargetSpec) -> list[tuple[str, nn.Module]]:
-    """The outermost submodules of ``model`` matched by ``targets``, in registration order.
+    """The outermost submodules of ``model`` chosen by ``targets``, in model order.
 
-    A target is a class, a class name (``"ResidualBlock"``) or a glob over qualified
-    submodule names (``"backbone.blocks.*"``). A submodule inside a matched one is not
-    returned again, so that nothing is wrapped twice.
+    ``targets`` follows the one naming rule (:func:`~lightning_tricks.functional._modules.resolve_modules`):
+    qualified names, segment-wise globs (``"backbone.blocks.*"``), class names
+    (``"ResidualBlock"``) or classes; a lone string is one entry. A submodule inside a
+    selected one is not returned again, so that nothing is wrapped twice.
 
     Raises:
-        ValueError: if nothing matches; the message lists the available names and types.
+        TypeError: if ``targets`` is not a name, a class or a sequence of them.
+        ValueError: if ``targets`` is empty or one of its entries selects nothing (the
+            message lists the available names and suggests the closest ones).
+
+    Example:
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 1))
+        >>> [name for name, _ in select_modules(net, ["0", "Linear"])]
+        ['0', '1']
     """
-    wanted = _normalize(targets)
-    chosen: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(prefix + ".") for prefix, _ in chosen):
-            continue
-        if any(_matches(name, module, t) for t in wanted):
-            chosen.append((name, module))
-    if not chosen:
-        names = [n for n, _ in model.named_modules() if n]
-        types = sorted({type(m).__name__ for _, m in model.named_modules()})
-        shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-        raise ValueError(
-            f"`targets` {[getattr(t, '__name__', t) for t in wanted]} matched no submodule; "
-            f"available names: {shown or '(none)'}; available types: {', '.join(types)}"
-        )
-    return chosen
+    return list(resolve_modules(model, targets, "targets", outermost=True).items())
 
 
 class ForwardWrapper:
@@ -86,13 +56,14 @@ class ForwardWrapper:
         return type(self.module).forward(self.module, *args, **kwargs)
 
     def install(self) -> None:
-        self.module.forward = self  # type: ignore[method-assign]
+        # an instance attribute shadows the class's ``forward`` (``nn.Module.__call__`` looks it up)
+        self.module.__dict__["forward"] = self
 
     def uninstall(self) -> None:
         if self.original is None:
             self.module.__dict__.pop("forward", None)
         else:
-            self.module.forward = self.original  # type: ignore[method-assign]
+            self.module.__dict__["forward"] = self.original
 
 
 def find_wrapped(model: nn.Module, kind: type[ForwardWrapper]) -> list[tuple[str, ForwardWrapper]]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from tests.conformance.spec import Spec
 
 SETTINGS: dict = {
-    # Checkpoint every residual block of the tiny ViT (its blocks have attention + MLP).
-    "GradientCheckpointing": Spec(init_args={"targets": ["backbone.blocks.*"]}, arch="blocks"),
+    "GradientCheckpointing": [
+        # Checkpoint every residual block of the tiny ViT (its blocks have attention + MLP).
+        Spec(init_args={"targets": ["backbone.blocks.*"]}, arch="blocks"),
+        # Selective mode from YAML (the `mode` Literal), the blocks named by a lone class
+        # name (one entry, the one naming rule).
+        Spec(init_args={"targets": "ResidualBlock", "mode": "selective"}, arch="blocks", id="selective"),
+    ],
     # The whole LightningModule forward, through AOTAutograd (real tracing, forward and
     # backward graphs) but without code generation, so the suite stays fast; the
     # inductor path has its own slow test in tests/perf/test_compile.py.

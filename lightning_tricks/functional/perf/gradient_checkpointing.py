@@ -16,15 +16,20 @@ Two modes:
 
 Side effects of the recomputation are undone: running statistics of norm layers
 (``BatchNorm``, tracked ``InstanceNorm``) are updated once per step, by the original
-forward only, and the RNG state is replayed only for blocks that can draw random numbers.
+forward only, and the RNG state is replayed only for blocks that can draw random numbers
+(the helpers live in the private ``_checkpoint_side_effects`` module).
+
+Entry points of :class:`lightning_tricks.GradientCheckpointing` (``perf/gradient_checkpointing.py``):
+:func:`apply_gradient_checkpointing` in its ``setup``, the removal of
+:func:`remove_gradient_checkpointing` (limited to the wrappers it installed) in its ``teardown``.
+Which submodules ``targets`` selects is the one naming rule
+(:func:`lightning_tricks.functional._modules.resolve_modules`, outermost matches only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import numbers
-import re
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
@@ -38,6 +43,14 @@ from torch.utils.checkpoint import (
 )
 
 from lightning_tricks.functional._checks import check_bool, check_choice
+from lightning_tricks.functional.perf._checkpoint_side_effects import (
+    Both,
+    FrozenRunningStats,
+    first_device_type,
+    random_sources,
+    rng_state,
+    tracks_running_stats,
+)
 from lightning_tricks.functional.perf._targets import (
     ForwardWrapper,
     TargetSpec,
@@ -90,127 +103,6 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
 _SELECTIVE_CONTEXT_FN = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
 
 
-# --------------------------------------------------------------------------- norm statistics
-
-_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _tracks_running_stats(module: nn.Module) -> bool:
-    return getattr(module, "track_running_stats", False) is True and isinstance(
-        getattr(module, "running_mean", None), torch.Tensor
-    )
-
-
-class _FrozenRunningStats:
-    """While active, the norm layers in training mode update scratch copies of their running
-    statistics, so that a recomputed forward leaves the real buffers as the original forward
-    left them (BatchNorm updates its statistics once per step, as in the plain model)."""
-
-    def __init__(self, norms: list[nn.Module]) -> None:
-        self.norms = norms
-        self._stash: list[list[tuple[nn.Module, str, torch.Tensor]]] = []
-
-    def __enter__(self) -> None:
-        swapped = []
-        for m in self.norms:
-            if not m.training:
-                continue
-            for name in _STAT_BUFFERS:
-                buf = m._buffers.get(name)
-                if buf is not None:
-                    swapped.append((m, name, buf))
-                    m._buffers[name] = buf.clone()
-        self._stash.append(swapped)
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, name, buf in self._stash.pop():
-            m._buffers[name] = buf
-
-
-class _Both:
-    """Two context managers entered in order, exited in reverse (the recompute context)."""
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.first, self.second = first, second
-
-    def __enter__(self) -> None:
-        self.first.__enter__()
-        try:
-            self.second.__enter__()
-        except BaseException:
-            self.first.__exit__(None, None, None)
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.second.__exit__(*exc)
-        finally:
-            self.first.__exit__(*exc)
-
-
-# --------------------------------------------------------------------------- randomness
-
-_RANDOM_TYPES = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-_RANDOM_NAME = re.compile(r"drop|stochastic|noise", re.IGNORECASE)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _random_sources(block: nn.Module) -> tuple[bool, list[tuple[Any, str]]]:
-    """How ``block`` can draw random numbers: ``(always, [(obj, attr), ...])``.
-
-    ``always``: a module that draws whenever it trains (``RReLU``, a dropout-like module
-    without a rate attribute). Otherwise the block draws random numbers in training when
-    any ``getattr(obj, attr) > 0``: the ``p`` of dropout modules and every numeric
-    attribute whose name contains "drop" (``attention_dropout``, ``drop_prob``,
-    ``config.attention_probs_dropout_prob``...), read at call time so that rates changed
-    during training count.
-    """
-    always = False
-    sources: list[tuple[Any, str]] = []
-    for m in block.modules():
-        if isinstance(m, nn.RReLU):
-            always = True
-        elif isinstance(m, _RANDOM_TYPES) or _RANDOM_NAME.search(type(m).__name__):
-            rate = next((a for a in ("p", "drop_prob", "drop_rate") if _is_number(getattr(m, a, None))), None)
-            if rate is None:
-                always = True
-            else:
-                sources.append((m, rate))
-        for owner in (m, getattr(m, "config", None)):
-            attrs = getattr(owner, "__dict__", {}) if owner is not None else {}
-            sources += [(owner, k) for k, v in attrs.items() if "drop" in k.lower() and _is_number(v)]
-    unique = {(id(obj), attr): (obj, attr) for obj, attr in sources}
-    return always, list(unique.values())
-
-
-def _rng_state(device_type: str) -> list[torch.Tensor] | None:
-    """The RNG states a block on ``device_type`` can draw from, or ``None`` if unknown."""
-    states = [torch.get_rng_state()]
-    if device_type == "cuda":
-        if torch.cuda.is_initialized():
-            states += torch.cuda.get_rng_state_all()
-    elif device_type != "cpu":
-        return None
-    return states
-
-
-def _first_device_type(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            return a.device.type
-    return "cpu"
-
-
 # --------------------------------------------------------------------------- the wrapper
 
 
@@ -244,9 +136,9 @@ class CheckpointedForward(ForwardWrapper):
         self.preserve_rng_state = (
             None if preserve_rng_state is None else check_bool("preserve_rng_state", preserve_rng_state)
         )
-        norms = [m for m in module.modules() if _tracks_running_stats(m)]
-        self._stats = _FrozenRunningStats(norms) if norms else None
-        self._always_random, self._rate_sources = _random_sources(module)
+        norms = [m for m in module.modules() if tracks_running_stats(m)]
+        self._stats = FrozenRunningStats(norms) if norms else None
+        self._always_random, self._rate_sources = random_sources(module)
         # set by the first checkpointed call when nothing above says the block is random:
         # whether that call drew random numbers all the same (a functional dropout, noise)
         self._draws_anyway: bool | None = None
@@ -255,7 +147,7 @@ class CheckpointedForward(ForwardWrapper):
         if self.mode == "full":
             return contextlib.nullcontext(), self._stats
         caching, cached = create_selective_checkpoint_contexts(_selective_policy)
-        return caching, cached if self._stats is None else _Both(self._stats, cached)
+        return caching, cached if self._stats is None else Both(self._stats, cached)
 
     def _may_draw(self) -> bool:
         if self._always_random or self._draws_anyway:
@@ -289,9 +181,9 @@ class CheckpointedForward(ForwardWrapper):
     def _probe(self, fn: Callable[..., Any], context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
         """First call of a block that looks deterministic: preserve the RNG state anyway and
         look whether the call drew random numbers; decide for all later calls."""
-        before = _rng_state(_first_device_type(args, kwargs))
+        before = rng_state(first_device_type(args, kwargs))
         out = checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True, context_fn=context_fn)
-        after = _rng_state(_first_device_type(args, kwargs))
+        after = rng_state(first_device_type(args, kwargs))
         self._draws_anyway = (
             before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
         )
@@ -312,9 +204,10 @@ def apply_gradient_checkpointing(
 ) -> list[str]:
     """Checkpoint the activations of the submodules of ``model`` chosen by ``targets``.
 
-    Targets are module classes, class names (``"ResidualBlock"``) or globs over qualified
-    submodule names (``"backbone.blocks.*"``); only the outermost match of a nested chain
-    is wrapped. Applying twice wraps nothing twice. Gradients are those of the plain model
+    Targets follow the one naming rule: qualified submodule names, globs over them
+    (``"backbone.blocks.*"``: ``*`` within one dotted segment, ``**`` across), class names
+    (``"ResidualBlock"``) or classes; a lone string is one entry. Every entry must select
+    a submodule; only the outermost match of a nested chain is wrapped. Applying twice wraps nothing twice. Gradients are those of the plain model
     (dropout draws the same mask in the recomputation), and norm layers update their
     running statistics once per step, as in the plain model. Call it before wrapping the
     model in DDP/FSDP.
@@ -342,9 +235,11 @@ def apply_gradient_checkpointing(
         The qualified names of the submodules newly wrapped.
 
     Raises:
-        ValueError: if ``targets`` matches no submodule (the message lists what exists),
+        ValueError: if an entry of ``targets`` selects no submodule (the message lists
+            the available names and suggests the closest ones; nothing is wrapped then),
             if ``mode`` is not ``"full"``/``"selective"``, or if a matched submodule is
-            already checkpointed with other settings.
+            already checkpointed with other settings (nothing is wrapped
+            then either).
         TypeError: if ``targets`` is not a string, class or a sequence of them, or
             ``preserve_rng_state`` is not ``None`` or a bool.
 
@@ -362,18 +257,20 @@ def apply_gradient_checkpointing(
     check_choice("mode", mode, MODES)
     if preserve_rng_state is not None:
         check_bool("preserve_rng_state", preserve_rng_state)
+    chosen = list(_iter_new(model, targets))
+    settings = (mode, preserve_rng_state)
+    for name, _, existing in chosen:  # check every target before wrapping any
+        if existing is not None and (existing.mode, existing.preserve_rng_state) != settings:
+            raise ValueError(
+                f"`{name}` is already checkpointed with mode={existing.mode!r}, "
+                f"preserve_rng_state={existing.preserve_rng_state!r}; got mode={mode!r}, "
+                f"preserve_rng_state={preserve_rng_state!r}. Call remove_gradient_checkpointing first."
+            )
     wrapped = []
-    for name, module, existing in list(_iter_new(model, targets)):
-        if existing is not None:
-            if (existing.mode, existing.preserve_rng_state) != (mode, preserve_rng_state):
-                raise ValueError(
-                    f"`{name}` is already checkpointed with mode={existing.mode!r}, "
-                    f"preserve_rng_state={existing.preserve_rng_state!r}; got mode={mode!r}, "
-                    f"preserve_rng_state={preserve_rng_state!r}. Call remove_gradient_checkpointing first."
-                )
-            continue
-        CheckpointedForward(module, mode, preserve_rng_state).install()
-        wrapped.append(name)
+    for name, module, existing in chosen:
+        if existing is None:
+            CheckpointedForward(module, mode, preserve_rng_state).install()
+            wrapped.append(name)
     return wrapped
 
 
