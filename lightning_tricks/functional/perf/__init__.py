@@ -14,7 +14,7 @@ from lightning_tricks.functional.perf.memory_snapshot import (
     start_memory_recording,
     stop_memory_recording,
 )
-from lightning_tricks.functional.perf.sync_detect import SyncDetectedError, SyncReport, detect_syncs
+from lightning_tricks.functional.perf.sync_detector import SyncDetectedError, SyncReport, detect_syncs
 
 __all__: list[str] = [
     "MemoryWindow",
