@@ -6,6 +6,7 @@ from lightning_tricks.functional.perf.checkpointing import (
     remove_gradient_checkpointing,
 )
 from lightning_tricks.functional.perf.compile import compile_modules, uncompile_modules
+from lightning_tricks.functional.perf.data_stall_monitor import DataStallTimer, data_stall_advice
 from lightning_tricks.functional.perf.memory_snapshot import (
     MemoryWindow,
     dump_cpu_memory_profile,
@@ -17,12 +18,14 @@ from lightning_tricks.functional.perf.memory_snapshot import (
 from lightning_tricks.functional.perf.sync_detector import SyncDetectedError, SyncReport, detect_syncs
 
 __all__: list[str] = [
+    "DataStallTimer",
     "MemoryWindow",
     "SyncDetectedError",
     "SyncReport",
     "apply_gradient_checkpointing",
     "batch_to_channels_last",
     "compile_modules",
+    "data_stall_advice",
     "detect_syncs",
     "dump_cpu_memory_profile",
     "dump_memory_snapshot",
