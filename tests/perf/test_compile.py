@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import pickle
 import warnings
 
@@ -68,12 +69,25 @@ def test_fit_reports_compile_time_and_matches_eager(tmp_path):
     assert callback.compile_time_s > 0
     acc = EventAccumulator(str(tmp_path / "tb" / "version_0"))
     acc.Reload()
-    assert "compile_time_s" in acc.Tags()["scalars"]
-    assert acc.Scalars("compile_time_s")[0].value > 0
+    assert "compile/time_s" in acc.Tags()["scalars"]
+    assert acc.Scalars("compile/time_s")[0].value > 0
     # the same training, up to float reassociation
     a, b = state_of(compiled), state_of(eager)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert all("forward" not in m.__dict__ for m in compiled.modules())  # unwrapped at teardown
+
+
+def test_compile_time_reaches_a_csv_logger(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    callback = Compile(targets=["head"], backend="eager")
+    logger = CSVLogger(tmp_path, name="run")
+    _fit(callback, tmp_path, n_train=32, max_epochs=1, logger=logger, log_every_n_steps=1)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    values = [float(r["compile/time_s"]) for r in rows if r.get("compile/time_s")]
+    assert values and values[0] > 0 and values[0] <= callback.compile_time_s
+    assert "compile_time_s" not in rows[0]
 
 
 def test_smaller_last_batch_warns_with_the_fix(tmp_path):
