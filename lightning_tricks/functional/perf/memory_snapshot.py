@@ -25,6 +25,7 @@ from lightning_tricks._compat import (
     cpu_profile_to_snapshot,
     cuda_memory_snapshot,
     drop_undecodable_profiler_events,
+    memory_viz_html,
     record_cuda_memory_history,
 )
 from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_optional_int
@@ -144,7 +145,7 @@ def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
 
     Args:
         path: the ``.pickle`` file.
-        html: also write the HTML rendering (``torch.cuda._memory_viz.trace_plot``).
+        html: also write the HTML rendering (PyTorch's memory-viz page).
 
     Returns:
         The files written.
@@ -159,9 +160,7 @@ def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
     snapshot = cuda_memory_snapshot()
     files = [atomic_write_bytes(path, pickle.dumps(snapshot))]
     if html:
-        from torch.cuda import _memory_viz
-
-        files.append(atomic_write_text(path.with_suffix(".html"), _memory_viz.trace_plot(snapshot)))
+        files.append(atomic_write_text(path.with_suffix(".html"), memory_viz_html(snapshot)))
     return files
 
 
@@ -220,12 +219,10 @@ def dump_cpu_memory_profile(
     table = averages.table(sort_by="self_cpu_memory_usage", row_limit=row_limit)
     files = [atomic_write_text(path.with_name(path.name + ".txt"), table)]
     try:
-        from torch.cuda import _memory_viz
-
         snapshot = cpu_profile_to_snapshot(prof)
         files.append(atomic_write_bytes(path.with_name(path.name + ".pickle"), pickle.dumps(snapshot)))
         if html:
-            page = _memory_viz.trace_plot(snapshot)
+            page = memory_viz_html(snapshot)
             files.append(atomic_write_text(path.with_name(path.name + ".html"), page))
     except Exception as err:  # a private converter: never lose the table because of it
         warnings.warn(f"could not convert the CPU memory profile to a snapshot: {err!r}")
