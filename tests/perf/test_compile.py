@@ -164,3 +164,29 @@ def test_a_crashed_fit_leaves_the_model_plain_and_the_next_fit_compiles_again(tm
     cpu_trainer(max_epochs=1, callbacks=[cb, seen]).fit(model, ImageDataModule())
     assert seen.wrapped == [("head", "aot_eager")]
     assert find_wrapped(model, CompiledForward) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17.1, inspect side: the capture must run outside the compiled graph "
+    "(torch.compiler.set_stance('force_eager') around capture_activations); dynamo does not "
+    "guard on nn.Module hooks, so it reuses validation's hook-free graph and the hooks never fire",
+)
+def test_compile_with_activation_visualizer_captures(tmp_path):
+    """Issue 17.1: a capture's forward hooks fire although validation compiled the forward."""
+    from lightning_tricks import ActivationVisualizer
+
+    torch._dynamo.reset()
+    # the sample has the validation batches' shape: no shape change forces a recompile
+    visualizer = ActivationVisualizer(every_n_epochs=1, layers=["backbone.*"], max_layers=2, num_samples=8)
+    compiled = Compile(backend="eager")
+    L.seed_everything(0, verbose=False)
+    trainer = cpu_trainer(
+        max_epochs=2, callbacks=[compiled, visualizer], default_root_dir=str(tmp_path), limit_val_batches=2
+    )
+    trainer.fit(ClassifierModule(arch="cnn"), datamodule=ImageDataModule(n_train=32, batch_size=8))
+    assert trainer.state.finished
+    assert visualizer.last_stats and set(visualizer.last_stats) <= {
+        n for n, _ in trainer.lightning_module.named_modules()
+    }
+    assert all(len(h) == 2 for h in visualizer.history.values())  # one capture per epoch, none stale
