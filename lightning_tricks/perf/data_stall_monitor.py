@@ -8,7 +8,7 @@ measure, log and warn.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -16,10 +16,13 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_tricks._logging import log_scalars
-from lightning_tricks.functional._checks import check_bool, check_int, check_number
+from lightning_tricks.functional._checks import check_bool, check_int, check_number, check_on_error
 from lightning_tricks.functional.perf.data_stall_monitor import DataStallTimer, data_stall_advice
 
 __all__ = ["DataStallMonitor"]
+
+OnStall = Literal["warn", "ignore"]
+"""What DataStallMonitor does when data loading is the bottleneck (it never raises)."""
 
 
 class DataStallMonitor(Callback):
@@ -47,7 +50,8 @@ class DataStallMonitor(Callback):
         window: number of recent steps the fraction is averaged over.
         threshold: warn when the fraction over a full window exceeds this.
         sync: synchronize CUDA on logging steps for exact numbers on a GPU.
-        warn: warn when data loading is the bottleneck.
+        on_error: ``"warn"``: warn once per fit (global rank 0) when data loading is the
+            bottleneck; ``"ignore"``: only log the fraction.
 
     Raises:
         TypeError: for arguments of the wrong type.
@@ -65,13 +69,13 @@ class DataStallMonitor(Callback):
         window: int = 20,
         threshold: float = 0.3,
         sync: bool = False,
-        warn: bool = True,
+        on_error: OnStall = "warn",
     ) -> None:
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1)
         self.window = check_int("window", window, minimum=1)
         self.threshold = check_number("threshold", threshold, minimum=0.0, maximum=1.0)
         self.sync = check_bool("sync", sync)
-        self.warn = check_bool("warn", warn)
+        self.on_error = check_on_error(on_error, get_args(OnStall))
         self._reset()
 
     def _reset(self) -> None:
@@ -112,7 +116,7 @@ class DataStallMonitor(Callback):
             self._timer.restart_wait()  # logging is not waiting for data
 
     def _maybe_warn(self, trainer: L.Trainer) -> None:
-        if not self.warn or self._warned or not self._timer.full:
+        if self.on_error == "ignore" or self._warned or not self._timer.full:
             return
         frac = self._timer.fraction()
         if frac is None or frac <= self.threshold:

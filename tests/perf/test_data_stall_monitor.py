@@ -110,7 +110,14 @@ def test_real_sleep_raises_the_fraction(tmp_path):
     assert slow.last_fraction > fast.last_fraction
 
 
+def test_on_error_ignore_logs_without_warning(tmp_path, clock):
+    monitor, values, warned = _fit(0.02, tmp_path, clock, on_error="ignore")
+    assert values and monitor.last_fraction == pytest.approx(0.08 / 0.09) and not warned
+
+
 def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match=r"`on_error`.*'warn', 'ignore'; got 'raise'"):
+        DataStallMonitor(on_error="raise")
     with pytest.raises(ValueError, match="`threshold`"):
         DataStallMonitor(threshold=1.5)
     with pytest.raises(TypeError, match="`window`"):
