@@ -81,7 +81,7 @@ def test_findings_aggregate_per_site_across_blocks_and_name_the_line():
     assert "X.sum().item()  # the line reported" in text and "(x3)" in text
 
 
-def test_raise_on_first_names_the_call_site():
+def test_on_error_raise_names_the_call_site():
     match = r"test_sync_detector\.py:\d+.*\.item\(\)"
     with pytest.raises(SyncDetectedError, match=match), detect_syncs(on_error="raise"):
         X.sum().item()
