@@ -77,7 +77,7 @@ class Compile(Callback):
 
     def __init__(
         self,
-        targets: Sequence[str] | None = None,
+        targets: Sequence[str] | str | None = None,
         mode: CompileMode | None = None,
         fullgraph: bool = False,
         dynamic: bool | None = None,
