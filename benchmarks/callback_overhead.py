@@ -86,8 +86,8 @@ def configurations() -> dict[str, Callable[[], list]]:
             lambda: lt.GradientMonitor(every_n_steps=1),
         ),
         "SyncDetector": (
-            lambda: lt.SyncDetector(mode="count", every_n_steps=NEVER, start_step=NEVER),
-            lambda: lt.SyncDetector(mode="count", every_n_steps=1),
+            lambda: lt.SyncDetector(on_error="ignore", every_n_steps=NEVER, start_step=NEVER),
+            lambda: lt.SyncDetector(on_error="ignore", every_n_steps=1),
         ),
         "RetainedGraphGuard": (
             lambda: lt.RetainedGraphGuard(every_n_steps=NEVER),
@@ -108,8 +108,8 @@ def configurations() -> dict[str, Callable[[], list]]:
         ),
     }
     pairs["DataStallMonitor"] = (
-        lambda: lt.DataStallMonitor(log_every_n_steps=NEVER, warn=False),
-        lambda: lt.DataStallMonitor(log_every_n_steps=1, warn=False),
+        lambda: lt.DataStallMonitor(log_every_n_steps=NEVER, on_error="ignore"),
+        lambda: lt.DataStallMonitor(log_every_n_steps=1, on_error="ignore"),
     )
     for name, (idle, capturing) in pairs.items():
         cfg[f"{name} idle"] = lambda f=idle: [f()]

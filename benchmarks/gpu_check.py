@@ -224,7 +224,15 @@ def section_sync_detector(args, device) -> None:
     base = time_loop(step, x, y, steps, 2, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t = time_loop(step, x, y, steps, 0, device, wrap=lambda i: detect_syncs(report, device=device))
+        t = time_loop(
+            step,
+            x,
+            y,
+            steps,
+            0,
+            device,
+            wrap=lambda i: detect_syncs(report, device=device, on_error="ignore"),
+        )
     cuda_warned = sum("synchroniz" in str(w.message) for w in caught)
     found = report.findings[0] if report.findings else {}
     where = f"{Path(found.get('site', '?')).name} `{found.get('code', '')}`"

@@ -31,6 +31,7 @@ __all__ = [
     "forget_step_values",
     "foreach_norm",
     "norm_base_class",
+    "memory_viz_html",
     "record_cuda_memory_history",
     "rewrap_ddp_model",
     "should_update_logs",
@@ -95,6 +96,13 @@ def cpu_profile_to_snapshot(prof: Any) -> Any:
     from torch.cuda import _memory_viz
 
     return _memory_viz._profile_to_snapshot(prof)
+
+
+def memory_viz_html(snapshot: Any) -> str:
+    """A self-contained HTML page showing a memory snapshot (``torch.cuda._memory_viz.trace_plot``)."""
+    from torch.cuda import _memory_viz
+
+    return str(_memory_viz.trace_plot(snapshot))
 
 
 class _DecodableEvents:
@@ -196,6 +204,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "cuda_memory_snapshot": ("torch.cuda.memory", "_snapshot"),
     "attach_cuda_oom_observer": ("torch._C", "_cuda_attach_out_of_memory_observer"),
     "cpu_profile_to_snapshot": ("torch.cuda._memory_viz", "_profile_to_snapshot"),
+    "memory_viz_html": ("torch.cuda._memory_viz", "trace_plot"),
     "drop_undecodable_profiler_events": ("torch.autograd.profiler", "profile._parse_kineto_results"),
     "configure_optimizers_outputs": ("lightning.pytorch.core.optimizer", "_configure_optimizers"),
     "should_update_logs": (

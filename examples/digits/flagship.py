@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     model = DigitsClassifier(width=args.width)
     export = ExportWeights(dirpath=str(out / "weights"), filename="digits.safetensors")
-    syncs = SyncDetector(mode="warn", every_n_steps=10)
+    syncs = SyncDetector(on_error="warn", every_n_steps=10)
     grads = GradientMonitor(log_histograms=True, on_error="warn")  # samples on the logging steps
     activations = ActivationVisualizer(every_n_epochs=5, max_layers=6, num_samples=8)
     memory = MemorySnapshot(start_step=2, num_steps=1, dirpath=str(out / "memory"), html=False)

@@ -1,22 +1,30 @@
-"""Lightning layer of ``torch.compile``: compile at setup, report compile time and recompilations."""
+"""Lightning layer of ``torch.compile``: compile at setup, report compile time and recompilations.
+
+A documented pair: :class:`Compile` <-> :func:`~lightning_tricks.functional.compile_modules`
+(``lightning_tricks.functional.perf.compile``), which does the in-place compilation;
+the callback decides when (``setup``, undone in ``teardown``) and reports.
+"""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from lightning_tricks._compat import compile_event_handler
+from lightning_tricks._logging import log_scalars
 from lightning_tricks.functional._checks import check_bool, check_choice, check_str, check_str_sequence
 from lightning_tricks.functional.perf._targets import find_wrapped, unwrap
 from lightning_tricks.functional.perf.compile import (
     COMPILE_MODES,
     CompiledForward,
+    CompileMode,
     check_backend,
     compile_modules,
 )
@@ -33,22 +41,14 @@ RECOMPILE_ADVICE = (
 )
 
 
-def _compile_events() -> Any:
-    """The dynamo compile start/end callback registry (private API; ``None`` if absent)."""
-    try:
-        from torch._dynamo.callback import callback_handler
-    except ImportError:  # pragma: no cover - older or newer torch
-        return None
-    return callback_handler
-
-
 class Compile(Callback):
     """``torch.compile`` the LightningModule's forward, or chosen submodules, for training.
 
     Compiles in ``setup`` (before DDP wraps the model) by replacing each target's
     ``forward`` with a compiled one in place, so parameter names, checkpoints, resume and
     DDP see the plain model. Compilation happens on the first forward; the callback
-    measures it (``compile_time_s`` is logged, and reported once compilation is done)
+    measures it (``compile/time_s`` is logged through ``LightningModule.log`` on the
+    training steps after which compilation was done, and reported at info level)
     and warns once, with the fix, when a graph is compiled again later in a stage for a
     reason such as a smaller last batch. The wrappers are removed in ``teardown``.
 
@@ -77,9 +77,8 @@ class Compile(Callback):
 
     def __init__(
         self,
-        targets: Sequence[str] | None = None,
-        mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-        | None = None,
+        targets: Sequence[str] | str | None = None,
+        mode: CompileMode | None = None,
         fullgraph: bool = False,
         dynamic: bool | None = None,
         backend: str = "inductor",
@@ -145,7 +144,7 @@ class Compile(Callback):
         )
         names = set(compiled)
         self._installed = {id(w) for n, w in find_wrapped(pl_module, CompiledForward) if n in names}
-        handler = _compile_events()
+        handler = compile_event_handler()
         if handler is None:
             rank_zero_info("Compile: this torch has no compile-event API; compile time is not reported.")
         else:
@@ -168,7 +167,7 @@ class Compile(Callback):
             self._reported = self.compile_time_s
             rank_zero_info(f"Compile: {self.compile_time_s:.2f} s spent compiling so far")
             if log:
-                pl_module.log("compile_time_s", self.compile_time_s, on_step=True, on_epoch=False)
+                log_scalars(pl_module, self, {"time_s": self.compile_time_s})
         if self.recompiles and self.warn_recompiles and not self._warned:
             self._warned = True
             rank_zero_warn(
@@ -205,7 +204,7 @@ class Compile(Callback):
         if self._installed:
             unwrap(pl_module, CompiledForward, only=self._installed)
         self._installed = set()
-        handler = _compile_events()
+        handler = compile_event_handler()
         if self._hooks is not None and handler is not None:
             handler.remove_start_callback(self._hooks[0])
             handler.remove_end_callback(self._hooks[1])

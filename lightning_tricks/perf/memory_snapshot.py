@@ -1,20 +1,32 @@
-"""MemorySnapshot: CUDA allocator snapshots (or a CPU memory profile) of chosen training steps."""
+"""MemorySnapshot: CUDA allocator snapshots (or a CPU memory profile) of chosen training steps.
+
+The Lightning layer of ``lightning_tricks.functional.perf.memory_snapshot``
+(:class:`~lightning_tricks.functional.MemoryWindow`,
+:func:`~lightning_tricks.functional.start_memory_recording`,
+:func:`~lightning_tricks.functional.dump_memory_snapshot` and their CPU profiler
+counterparts): the callback decides which steps are recorded, on which ranks, and where
+the files go.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_tricks._compat import attach_cuda_oom_observer
+from lightning_tricks._logging import component_dir
 from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_str
 from lightning_tricks.functional.perf import memory_snapshot as F
+from lightning_tricks.functional.perf.memory_snapshot import StackContext, StackKind
 
 __all__ = ["MemorySnapshot"]
+
+Ranks = Literal["all", "zero"]
 
 
 def _on_cuda(pl_module: L.LightningModule) -> bool:
@@ -43,7 +55,8 @@ class MemorySnapshot(L.Callback):
         max_entries: allocator events kept in the history ring buffer.
         stacks: ``"python"`` or ``"all"`` (adds C++ frames; slower).
         context: which stacks to keep: ``"state"``, ``"alloc"``, ``"all"`` or ``None``.
-        dirpath: output folder; default ``<trainer.log_dir>/memory_snapshots``.
+        dirpath: output folder; default ``<log_dir>/memory_snapshot/`` (``trainer.log_dir``,
+            or ``default_root_dir`` without a logger).
         html: also write the HTML rendering.
         on_exception: write a snapshot when fit fails (on CUDA also at the OOM itself).
 
@@ -63,25 +76,26 @@ class MemorySnapshot(L.Callback):
         start_step: int = 1,
         num_steps: int = 3,
         every_n_steps: int | None = None,
-        ranks: Literal["all", "zero"] = "all",
+        ranks: Ranks = "all",
         max_entries: int = 100_000,
-        stacks: Literal["python", "all"] = "python",
-        context: Literal["state", "alloc", "all"] | None = "all",
+        stacks: StackKind = "python",
+        context: StackContext | None = "all",
         dirpath: str | None = None,
         html: bool = True,
         on_exception: bool = True,
     ) -> None:
         super().__init__()
         self.window = F.MemoryWindow(start_step, num_steps, every_n_steps)
-        self.ranks = check_choice("ranks", ranks, ("all", "zero"))
+        self.ranks = check_choice("ranks", ranks, get_args(Ranks))
         self.max_entries = check_int("max_entries", max_entries, minimum=1)
-        self.stacks = check_choice("stacks", stacks, ("python", "all"))
+        self.stacks = check_choice("stacks", stacks, F._STACKS)
         self.context = check_choice("context", context, F._CONTEXTS)
         self.dirpath = None if dirpath is None else check_str("dirpath", dirpath)
         self.html = check_bool("html", html)
         self.dump_on_exception = check_bool("on_exception", on_exception)
         self.files: list[Path] = []
         self._warned_cpu = False
+        self._trainer: L.Trainer | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -105,8 +119,7 @@ class MemorySnapshot(L.Callback):
         self._rank = trainer.global_rank
         self._enabled = self.ranks == "all" or trainer.global_rank == 0
         self._cuda = _on_cuda(pl_module)
-        root = trainer.log_dir or trainer.default_root_dir
-        self._out = Path(self.dirpath) if self.dirpath else Path(root) / "memory_snapshots"
+        self._out = component_dir(trainer, self, self.dirpath)
         if not self._cuda and not self._warned_cpu:
             self._warned_cpu = True
             rank_zero_warn(
@@ -114,7 +127,7 @@ class MemorySnapshot(L.Callback):
                 "are recorded as a CPU memory profile with the PyTorch profiler instead."
             )
         if self._cuda and self._enabled and self.dump_on_exception and not getattr(self, "_observing", False):
-            torch._C._cuda_attach_out_of_memory_observer(self._on_oom)
+            attach_cuda_oom_observer(self._on_oom)
             self._observing = True  # the observer cannot be detached: it checks `_enabled`
 
     def _name(self, step: int, suffix: str = "") -> Path:

@@ -1,8 +1,12 @@
-"""SyncDetector: report host-device syncs and CPU-built tensors inside ``training_step``."""
+"""SyncDetector: report host-device syncs and CPU-built tensors inside ``training_step``.
+
+The Lightning layer of :func:`~lightning_tricks.functional.detect_syncs`
+(``lightning_tricks.functional.perf.sync_detector``): the callback decides which steps
+are inspected, and warns, raises or logs what the functional core finds.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -10,12 +14,11 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks.functional._checks import check_choice, check_int, check_str_sequence
-from lightning_tricks.functional.perf.sync_detect import SyncReport, detect_syncs
+from lightning_tricks._logging import log_scalars
+from lightning_tricks.functional._checks import check_int, check_on_error, check_str_sequence
+from lightning_tricks.functional.perf.sync_detector import SyncReport, detect_syncs
 
 __all__ = ["SyncDetector"]
-
-_MODES = ("warn", "raise", "count")
 
 
 class SyncDetector(L.Callback):
@@ -29,11 +32,14 @@ class SyncDetector(L.Callback):
     before a GPU run. Lightning's own code (``self.log``) is not reported. On CUDA,
     PyTorch's ``set_sync_debug_mode`` is also on inside the step, restored after.
 
+    On every inspected step the number of findings of that step is logged as
+    ``sync_detector/findings`` (through ``LightningModule.log``, so every logger sees it).
+
     Args:
-        mode: ``"warn"``: one warning listing every call site at the end of fit (global
+        on_error: ``"warn"``: one warning listing every call site at the end of fit (global
             rank 0); ``"raise"``: raise :class:`~lightning_tricks.functional.SyncDetectedError`
-            at the first finding, naming the call site; ``"count"``: only count (see
-            :attr:`report`) and log ``sync_detector/findings`` on sampled steps.
+            at the first finding, naming the call site; ``"ignore"``: only count (see
+            :attr:`report`) and log.
         every_n_steps: inspect one optimizer step every this many (the others cost nothing).
         start_step: first step inspected (``trainer.global_step``).
         ignore: call sites to skip: substrings of ``"path/to/file.py:line"``.
@@ -49,18 +55,18 @@ class SyncDetector(L.Callback):
 
     def __init__(
         self,
-        mode: Literal["warn", "raise", "count"] = "warn",
+        on_error: Literal["warn", "raise", "ignore"] = "warn",
         every_n_steps: int = 100,
         start_step: int = 0,
         ignore: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.mode = check_choice("mode", mode, _MODES)
+        self.on_error = check_on_error(on_error)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
         self.start_step = check_int("start_step", start_step, minimum=0)
         self.ignore = check_str_sequence("ignore", ignore, allow_empty=True)
         self.report = SyncReport()
-        self._active: contextlib.ExitStack | None = None
+        self._before = 0
 
     def _sampled(self, step: int) -> bool:
         return step >= self.start_step and (step - self.start_step) % self.every_n_steps == 0
@@ -78,12 +84,13 @@ class SyncDetector(L.Callback):
 
         @functools.wraps(original)
         def training_step(*args: Any, **kwargs: Any) -> Any:
-            with detect_syncs(
-                self.report, device=device, raise_on_first=self.mode == "raise", ignore=self.ignore
-            ):
+            # the callback warns once per fit, for all inspected steps together
+            on_error: Literal["raise", "ignore"] = "raise" if self.on_error == "raise" else "ignore"
+            with detect_syncs(self.report, device=device, on_error=on_error, ignore=self.ignore):
                 return original(*args, **kwargs)
 
-        pl_module.training_step = training_step  # instance attribute, removed after the step
+        # an instance attribute, removed after the step
+        setattr(pl_module, "training_step", training_step)  # noqa: B010 (mypy: no method assignment)
         self._before = self.report.total
 
     def _unwrap(self, pl_module: L.LightningModule) -> bool:
@@ -95,8 +102,8 @@ class SyncDetector(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._unwrap(pl_module) and self.mode == "count":
-            pl_module.log("sync_detector/findings", float(self.report.total - self._before), on_step=True)
+        if self._unwrap(pl_module):
+            log_scalars(pl_module, self, {"findings": float(self.report.total - self._before)})
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -105,5 +112,5 @@ class SyncDetector(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._unwrap(pl_module)
-        if self.mode == "warn" and self.report.total:
+        if self.on_error == "warn" and self.report.total:
             rank_zero_warn(self.report.format("SyncDetector: host-device syncs inside training_step"))

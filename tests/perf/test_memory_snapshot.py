@@ -63,7 +63,16 @@ def test_cpu_windows_repeat_and_default_dir_and_warn_once(tmp_path):
     assert [p.name for p in cb.files if p.suffix == ".txt"] == [
         f"memory_profile_rank0_step{s}.txt" for s in (0, 3, 6)
     ]
-    assert all(p.parent == tmp_path / "memory_snapshots" for p in cb.files)
+    assert all(p.parent == tmp_path / "memory_snapshot" for p in cb.files)
+
+
+def test_default_dir_is_the_components_folder_in_the_loggers_log_dir(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    cb = MemorySnapshot(start_step=1, num_steps=1, html=False)
+    _fit(cb, max_epochs=1, logger=logger)
+    assert cb.files and all(p.parent == tmp_path / "run" / "version_0" / "memory_snapshot" for p in cb.files)
 
 
 class Crash(ClassifierModule):

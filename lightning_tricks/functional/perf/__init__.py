@@ -2,6 +2,7 @@
 
 from lightning_tricks.functional.perf.channels_last import batch_to_channels_last, model_to_channels_last
 from lightning_tricks.functional.perf.compile import compile_modules, uncompile_modules
+from lightning_tricks.functional.perf.data_stall_monitor import DataStallTimer, data_stall_advice
 from lightning_tricks.functional.perf.gradient_checkpointing import (
     apply_gradient_checkpointing,
     remove_gradient_checkpointing,
@@ -14,15 +15,17 @@ from lightning_tricks.functional.perf.memory_snapshot import (
     start_memory_recording,
     stop_memory_recording,
 )
-from lightning_tricks.functional.perf.sync_detect import SyncDetectedError, SyncReport, detect_syncs
+from lightning_tricks.functional.perf.sync_detector import SyncDetectedError, SyncReport, detect_syncs
 
 __all__: list[str] = [
+    "DataStallTimer",
     "MemoryWindow",
     "SyncDetectedError",
     "SyncReport",
     "apply_gradient_checkpointing",
     "batch_to_channels_last",
     "compile_modules",
+    "data_stall_advice",
     "detect_syncs",
     "dump_cpu_memory_profile",
     "dump_memory_snapshot",

@@ -1,9 +1,15 @@
-"""Channels-last (NHWC) memory format for a model and for the 4-D tensors of a batch."""
+"""Channels-last (NHWC) memory format for a model and for the 4-D tensors of a batch.
+
+The functional core of :class:`~lightning_tricks.ChannelsLast` (a documented pair:
+``ChannelsLast`` <-> :func:`model_to_channels_last`, with :func:`batch_to_channels_last`
+for the batches); the callback converts the model in ``setup`` and each batch after its
+transfer to the device.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,7 +43,8 @@ def model_to_channels_last(model: nn.Module) -> int:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    model.to(memory_format=torch.channels_last)
+    # nn.Module.to takes `memory_format`; torch's type stubs do not list it
+    cast(Any, model).to(memory_format=torch.channels_last)
     return sum(1 for p in model.parameters() if p.dim() == 4)
 
 
@@ -69,7 +76,7 @@ def batch_to_channels_last(batch: Any) -> Any:
     if isinstance(batch, Mapping):
         items = {k: batch_to_channels_last(v) for k, v in batch.items()}
         try:
-            return type(batch)(items)
+            return cast(Any, type(batch))(items)
         except TypeError:
             return items
     return batch

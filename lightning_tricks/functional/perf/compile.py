@@ -6,15 +6,21 @@ prefix, and ``nn.Module.compile()`` silently compiles nothing for modules define
 :func:`compile_modules` instead replaces each target's ``forward`` by a picklable
 object that compiles the original forward on first use: checkpoints, resume, DDP and
 ``pickle`` all see the plain module.
+
+The functional core of :class:`~lightning_tricks.Compile` (a documented pair:
+``Compile`` <-> :func:`compile_modules`, undone by :func:`uncompile_modules`); the
+callback compiles in ``setup`` and adds the compile-time report and the recompilation
+warning.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from lightning_tricks._compat import dynamo_backends
 from lightning_tricks.functional._checks import check_bool, check_choice, check_str
 from lightning_tricks.functional.perf._targets import (
     ForwardWrapper,
@@ -24,9 +30,11 @@ from lightning_tricks.functional.perf._targets import (
     unwrap,
 )
 
-__all__ = ["COMPILE_MODES", "CompiledForward", "compile_modules", "uncompile_modules"]
+__all__ = ["COMPILE_MODES", "CompileMode", "CompiledForward", "compile_modules", "uncompile_modules"]
 
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+"""The ``torch.compile`` modes (``None`` means ``"default"``)."""
+COMPILE_MODES: tuple[str | None, ...] = (None, *get_args(CompileMode))
 
 
 class CompiledForward(ForwardWrapper):
@@ -66,7 +74,7 @@ def compile_modules(
     model: nn.Module,
     targets: TargetSpec | None = None,
     *,
-    mode: str | None = None,
+    mode: CompileMode | None = None,
     fullgraph: bool = False,
     dynamic: bool | None = None,
     backend: str = "inductor",
@@ -137,7 +145,7 @@ def check_backend(backend: Any) -> str:
         'eager'
     """
     check_str("backend", backend)
-    known = torch._dynamo.list_backends(exclude_tags=())
+    known = dynamo_backends()
     if backend not in known:
         raise ValueError(f"`backend` must be one of {', '.join(known)}; got {backend!r}")
     return backend

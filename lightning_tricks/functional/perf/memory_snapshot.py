@@ -5,6 +5,9 @@ On CUDA, :func:`start_memory_recording` turns on the caching allocator's history
 https://pytorch.org/memory_viz) and as an HTML page with the snapshot embedded. On CPU,
 :func:`start_cpu_memory_profile` / :func:`dump_cpu_memory_profile` record the same
 window with the PyTorch profiler. :class:`MemoryWindow` decides which steps are recorded.
+
+The functional core of :class:`~lightning_tricks.MemorySnapshot`, which opens and closes
+the windows during training and writes the files.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lightning_tricks._compat import cpu_profile_to_snapshot, drop_undecodable_profiler_events
+from lightning_tricks._compat import (
+    cpu_profile_to_snapshot,
+    cuda_memory_snapshot,
+    drop_undecodable_profiler_events,
+    memory_viz_html,
+    record_cuda_memory_history,
+)
 from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_optional_int
 from lightning_tricks.functional._io import atomic_write_bytes, atomic_write_text
 
@@ -30,7 +40,12 @@ __all__ = [
     "stop_memory_recording",
 ]
 
-_CONTEXTS = ("state", "alloc", "all", None)
+StackKind = Literal["python", "all"]
+"""Which stack frames the allocator history records."""
+StackContext = Literal["state", "alloc", "all"]
+"""Which events keep their stacks (``None``: none)."""
+_STACKS: tuple[str, ...] = get_args(StackKind)
+_CONTEXTS: tuple[str | None, ...] = (*get_args(StackContext), None)
 
 
 @dataclass(frozen=True)
@@ -85,9 +100,10 @@ class MemoryWindow:
 
 
 def start_memory_recording(
-    max_entries: int = 100_000, stacks: str = "python", context: str | None = "all"
+    max_entries: int = 100_000, stacks: StackKind = "python", context: StackContext | None = "all"
 ) -> None:
-    """Turn on the CUDA caching allocator's history (``torch.cuda.memory._record_memory_history``).
+    """Turn on the CUDA caching allocator's history (``torch.cuda.memory._record_memory_history``,
+    through ``lightning_tricks._compat``).
 
     Args:
         max_entries: alloc/free events kept (a ring buffer; several KB each).
@@ -104,13 +120,11 @@ def start_memory_recording(
         ...     stop_memory_recording()
     """
     check_int("max_entries", max_entries, minimum=1)
-    check_choice("stacks", stacks, ("python", "all"))
+    check_choice("stacks", stacks, _STACKS)
     check_choice("context", context, _CONTEXTS)
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA memory recording needs a CUDA device; use start_cpu_memory_profile on CPU")
-    torch.cuda.memory._record_memory_history(
-        enabled="all", context=context, stacks=stacks, max_entries=max_entries
-    )
+    record_cuda_memory_history(enabled="all", context=context, stacks=stacks, max_entries=max_entries)
 
 
 def stop_memory_recording() -> None:
@@ -120,7 +134,7 @@ def stop_memory_recording() -> None:
         >>> stop_memory_recording()
     """
     if torch.cuda.is_available():
-        torch.cuda.memory._record_memory_history(enabled=None)
+        record_cuda_memory_history(enabled=None)
 
 
 def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
@@ -131,7 +145,7 @@ def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
 
     Args:
         path: the ``.pickle`` file.
-        html: also write the HTML rendering (``torch.cuda._memory_viz.trace_plot``).
+        html: also write the HTML rendering (PyTorch's memory-viz page).
 
     Returns:
         The files written.
@@ -143,12 +157,10 @@ def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
     """
     check_bool("html", html)
     path = Path(path)
-    snapshot = torch.cuda.memory._snapshot()
+    snapshot = cuda_memory_snapshot()
     files = [atomic_write_bytes(path, pickle.dumps(snapshot))]
     if html:
-        from torch.cuda import _memory_viz
-
-        files.append(atomic_write_text(path.with_suffix(".html"), _memory_viz.trace_plot(snapshot)))
+        files.append(atomic_write_text(path.with_suffix(".html"), memory_viz_html(snapshot)))
     return files
 
 
@@ -207,12 +219,10 @@ def dump_cpu_memory_profile(
     table = averages.table(sort_by="self_cpu_memory_usage", row_limit=row_limit)
     files = [atomic_write_text(path.with_name(path.name + ".txt"), table)]
     try:
-        from torch.cuda import _memory_viz
-
         snapshot = cpu_profile_to_snapshot(prof)
         files.append(atomic_write_bytes(path.with_name(path.name + ".pickle"), pickle.dumps(snapshot)))
         if html:
-            page = _memory_viz.trace_plot(snapshot)
+            page = memory_viz_html(snapshot)
             files.append(atomic_write_text(path.with_name(path.name + ".html"), page))
     except Exception as err:  # a private converter: never lose the table because of it
         warnings.warn(f"could not convert the CPU memory profile to a snapshot: {err!r}")

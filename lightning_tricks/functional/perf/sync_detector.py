@@ -9,6 +9,9 @@ device-to-host copies. Each finding is attributed to the first stack frame of us
 
 Works on CPU: the ops that would synchronise on an accelerator are recognised by what
 they are, not by timing, so a CPU CI run catches them before a GPU run.
+
+The functional core of :class:`~lightning_tricks.SyncDetector`, which runs sampled
+training steps under :func:`detect_syncs`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ import linecache
 import os
 import sys
 import sysconfig
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import Any, Literal
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_tricks.functional._checks import check_bool, check_str_sequence
+from lightning_tricks.functional._checks import check_bool, check_on_error, check_str_sequence, report_problem
 
 __all__ = ["SyncDetectedError", "SyncReport", "detect_syncs"]
 
@@ -71,7 +76,7 @@ _BOOL_INDEX = "indexing with a boolean mask has a data-dependent size: a sync (u
 
 
 class SyncDetectedError(RuntimeError):
-    """Raised by :func:`detect_syncs` with ``raise_on_first=True`` at the first finding.
+    """Raised by :func:`detect_syncs` with ``on_error="raise"`` at the first finding.
 
     Example:
         >>> isinstance(SyncDetectedError("x.py:3: `.item()`"), RuntimeError)
@@ -170,7 +175,7 @@ def _user_site() -> tuple[str, str, str] | None:
     """(``file:line``, function, source line) of the innermost user frame; ``None`` when the
     finding comes from Lightning's own code (e.g. ``self.log``), which is not the user's."""
     framework, skip = _dirs()
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
         if name.startswith(framework):
@@ -187,8 +192,11 @@ def _user_site() -> tuple[str, str, str] | None:
 
 
 class _State:
-    def __init__(self, report: SyncReport, device: torch.device | None, raise_on_first: bool, ignore):
-        self.report, self.device, self.raise_on_first, self.ignore = report, device, raise_on_first, ignore
+    def __init__(
+        self, report: SyncReport, device: torch.device | None, on_error: str, ignore: tuple[str, ...]
+    ) -> None:
+        self.report, self.device, self.on_error, self.ignore = report, device, on_error, ignore
+        self.block = SyncReport()  # this block's findings only, for its warning
         self.suppress = 0
         self.fresh: dict[int, weakref.ref] = {}
 
@@ -197,8 +205,9 @@ class _State:
         if site is None or any(pattern in site[0] for pattern in self.ignore):
             return
         self.report.add(kind, what, *site)
-        if self.raise_on_first:
-            raise SyncDetectedError(f"{site[0]} in {site[1]}: {what}\n    {site[2]}")
+        self.block.add(kind, what, *site)
+        if self.on_error == "raise":
+            report_problem("raise", f"{site[0]} in {site[1]}: {what}\n    {site[2]}", SyncDetectedError)
 
 
 def _is_move_target(arg: Any, device: torch.device | None) -> bool:
@@ -292,7 +301,7 @@ def detect_syncs(
     report: SyncReport | None = None,
     *,
     device: torch.device | str | None = None,
-    raise_on_first: bool = False,
+    on_error: Literal["warn", "raise", "ignore"] = "warn",
     cuda_sync_debug: bool = True,
     ignore: Sequence[str] = (),
 ) -> Iterator[SyncReport]:
@@ -305,15 +314,17 @@ def detect_syncs(
     ``masked_select``, ``unique``, ``bincount``, ``torch.equal``, ``repeat_interleave``
     without ``output_size``, and tensors made by a factory (``torch.tensor``,
     ``torch.zeros``, ...) without ``device=`` and then moved with ``.to()``/``.cuda()``.
-    On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` is also on inside the block (the
-    previous mode is restored after), so syncs inside kernels we do not know are reported
-    by PyTorch itself.
+    On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` (``"error"`` with
+    ``on_error="raise"``) is also on inside the block (the previous mode is restored
+    after), so syncs inside kernels we do not know are reported by PyTorch itself.
 
     Args:
         report: where findings accumulate; a new :class:`SyncReport` if ``None``.
         device: the model's device; on a CPU run, ``.to(device)`` of a CPU-built tensor is
             then recognised although it moves nothing.
-        raise_on_first: raise :class:`SyncDetectedError` at the first finding.
+        on_error: ``"warn"``: one warning listing the block's call sites when the block
+            ends; ``"raise"``: raise :class:`SyncDetectedError` at the first finding;
+            ``"ignore"``: only record in ``report``.
         cuda_sync_debug: on CUDA, also turn on PyTorch's sync debug mode in the block.
         ignore: call sites to skip: substrings of ``"path/to/file.py:line"``.
 
@@ -321,30 +332,35 @@ def detect_syncs(
         A context manager yielding the report.
 
     Raises:
-        SyncDetectedError: with ``raise_on_first=True``, naming the call site.
+        SyncDetectedError: with ``on_error="raise"``, naming the call site.
+        ValueError: for an unknown ``on_error``.
 
     Example:
-        >>> with detect_syncs() as report:
+        >>> with detect_syncs(on_error="ignore") as report:
         ...     x = torch.randn(8)
         ...     positives = x[x > 0]
         ...     ids = torch.arange(4).to("cpu")
         >>> report.total
         1
     """
-    check_bool("raise_on_first", raise_on_first)
+    action = check_on_error(on_error)
     check_bool("cuda_sync_debug", cuda_sync_debug)
     ignore = check_str_sequence("ignore", ignore, allow_empty=True)
     report = SyncReport() if report is None else report
     if not isinstance(report, SyncReport):
         raise TypeError(f"`report` must be a SyncReport or None; got {type(report).__name__}")
     dev = torch.device(device) if device is not None else None
-    state = _State(report, dev, raise_on_first, ignore)
+    state = _State(report, dev, action, ignore)
     report.blocks += 1
     use_cuda = cuda_sync_debug and dev is not None and dev.type == "cuda" and torch.cuda.is_available()
     previous = torch.cuda.get_sync_debug_mode() if use_cuda else 0
     with contextlib.ExitStack() as stack:
         if use_cuda:
-            torch.cuda.set_sync_debug_mode("error" if raise_on_first else "warn")
+            torch.cuda.set_sync_debug_mode("error" if action == "raise" else "warn")
             stack.callback(torch.cuda.set_sync_debug_mode, previous)
         with _FunctionMode(state), _DispatchMode(state):
             yield report
+    if action == "warn" and state.block.total:
+        state.block.blocks = 1
+        # stacklevel: this generator, contextlib's __exit__, the caller's `with`
+        warnings.warn(state.block.format("detect_syncs: host-device syncs in the block"), stacklevel=3)
