@@ -166,12 +166,6 @@ def test_a_crashed_fit_leaves_the_model_plain_and_the_next_fit_compiles_again(tm
     assert find_wrapped(model, CompiledForward) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17.1, inspect side: the capture must run outside the compiled graph "
-    "(torch.compiler.set_stance('force_eager') around capture_activations); dynamo does not "
-    "guard on nn.Module hooks, so it reuses validation's hook-free graph and the hooks never fire",
-)
 def test_compile_with_activation_visualizer_captures(tmp_path):
     """Issue 17.1: a capture's forward hooks fire although validation compiled the forward."""
     from lightning_tricks import ActivationVisualizer

@@ -188,6 +188,13 @@ def feature_dim_of(module: nn.Module | None, activation: torch.Tensor) -> int:
     return 1 if nd >= 4 else nd - 1
 
 
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Run compiled code eagerly for the capture: dynamo does not guard on module hooks, so a
+    graph compiled before the hooks were added would run without calling them."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 def capture_activations(
     model: nn.Module,
     inputs: Any,
@@ -242,6 +249,7 @@ def capture_activations(
             _eval_mode(model),
             torch.no_grad(),
             forward_context() if forward_context is not None else contextlib.nullcontext(),
+            _eager(),
         ):
             if forward_fn is not None:
                 forward_fn(inputs)
