@@ -494,9 +494,9 @@ def test_unfreeze_into_optimizer_moves_splits_and_keeps_schedules():
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))  # the stray one moved, not duplicated
     assert all(p is not stray for p in opt.param_groups[1]["params"])
-    # the new groups copy the head's decayed group (largest weight decay), split into decay/no-decay
-    assert [g["weight_decay"] for g in opt.param_groups[2:]] == [0.05, 0.0]
-    assert {id(p) for p in opt.param_groups[2]["params"]} == {id(net.backbone[i][0].weight) for i in (0, 1)}
+    # the new groups copy the head's decayed group (largest weight decay), split no-decay first
+    assert [g["weight_decay"] for g in opt.param_groups[2:]] == [0.0, 0.05]
+    assert {id(p) for p in opt.param_groups[3]["params"]} == {id(net.backbone[i][0].weight) for i in (0, 1)}
     assert len(sched.base_lrs) == len(opt.param_groups) == 4
     opt.step()
     sched.step()
