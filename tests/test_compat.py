@@ -27,7 +27,6 @@ def test_each_internal_is_where_compat_looks(helper):
         obj = getattr(obj, part)
 
 
-@pytest.mark.xfail(strict=True, reason="callers switch to _compat in the one-voice change (issue 13)")
 def test_every_private_use_goes_through_compat():
     """No module of the package but `_compat` reaches into Lightning/torch internals."""
     import pathlib
