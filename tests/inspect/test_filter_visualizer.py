@@ -123,3 +123,72 @@ def test_hf_convnext_stage_rgb_decorrelated():
     assert imgs.shape == (2, 3, 16, 16) and torch.isfinite(imgs).all()
     assert layer_channels(model, "convnext.encoder.stages.1", (3, 32, 32)) == 16
     assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+def _fit(callbacks, tmp_path, logger=False, max_epochs=2):
+    import lightning as L
+
+    from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+
+    L.seed_everything(0, verbose=False)
+    model = ClassifierModule("cnn")
+    trainer = cpu_trainer(
+        max_epochs=max_epochs, callbacks=callbacks, logger=logger, default_root_dir=tmp_path
+    )
+    trainer.fit(model, datamodule=ImageDataModule(n_train=32, n_val=16, batch_size=8, shuffle=True))
+    return model
+
+
+def test_callback_leaves_training_untouched_and_writes_pngs(tmp_path):
+    from lightning_tricks import FilterVisualizer
+    from tests.helpers import state_of
+
+    cb = FilterVisualizer(layers=["backbone.0", "backbone.1.2"], channels=3, steps=4, rounds=2)
+    with pytest.warns(UserWarning, match="PNG files"):
+        model = _fit([cb], tmp_path / "fv")
+    plain = _fit([], tmp_path / "plain")
+    a, b = state_of(model, params_only=False), state_of(plain, params_only=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    files = sorted(p.name for p in (tmp_path / "fv" / "filter_visualizer").iterdir())
+    assert files == [
+        "backbone.0_epoch000_step000004.png",
+        "backbone.0_epoch001_step000008.png",
+        "backbone.1.2_epoch000_step000004.png",
+        "backbone.1.2_epoch001_step000008.png",
+    ]
+    assert cb.last_images["backbone.1.2"].shape == (3, 3, 8, 8)
+
+
+def test_callback_logs_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_tricks import FilterVisualizer
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    cb = FilterVisualizer(layers="backbone.1.0", channels=[1, 4], every_n_epochs=2, steps=2, size=12)
+    _fit([cb], tmp_path, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    (img,) = acc.Images("filter_visualizer/backbone.1.0")
+    assert (img.step, img.height, img.width) == (8, 12, 2 * 12 + 1)
+
+
+def test_callback_bad_arguments(tmp_path):
+    from lightning_tricks import FilterVisualizer
+
+    with pytest.raises(ValueError, match=r"`layers` names no submodule 'backbone\.9'"):
+        _fit([FilterVisualizer(layers="backbone.9")], tmp_path, max_epochs=1)
+    with pytest.raises(ValueError, match=r"`channels` must lie in \[0, 8\)"):
+        _fit(
+            [FilterVisualizer(layers="backbone.0.0", channels=[9], steps=1, on_error="raise")],
+            tmp_path,
+            max_epochs=1,
+        )
+    with pytest.raises(TypeError, match="`channels`"):
+        FilterVisualizer(layers="a", channels="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`color` must be one of"):
+        FilterVisualizer(layers="a", color="hsv")  # type: ignore[arg-type]

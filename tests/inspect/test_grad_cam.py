@@ -141,3 +141,71 @@ def test_hf_models(name, layer):
         pred = model.eval()(pixel_values=x).logits.argmax(1)
     model.train()
     torch.testing.assert_close(grad_cam(model, x, layer, targets=pred), cams)
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+def _fit(callbacks, tmp_path, logger=False, max_epochs=2, seed=0, **kw):
+    import lightning as L
+
+    from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+
+    L.seed_everything(seed, verbose=False)
+    model = ClassifierModule("cnn")
+    trainer = cpu_trainer(
+        max_epochs=max_epochs, callbacks=callbacks, logger=logger, default_root_dir=tmp_path, **kw
+    )
+    trainer.fit(model, datamodule=ImageDataModule(n_train=32, n_val=16, batch_size=8, shuffle=True))
+    return model
+
+
+def test_callback_writes_pngs_and_leaves_training_untouched(tmp_path):
+    from lightning_tricks import ClassActivationMaps
+    from tests.helpers import state_of
+
+    plain = state_of(_fit([], tmp_path / "plain"), params_only=False)
+    cb = ClassActivationMaps(layer="backbone.1", num_images=3, every_n_epochs=2)
+    with pytest.warns(UserWarning, match="PNG files"):
+        model = _fit([cb], tmp_path / "cam", max_epochs=3)
+    again = state_of(_fit([], tmp_path / "plain3", max_epochs=3), params_only=False)
+    assert all(torch.equal(again[k], v) for k, v in state_of(model, params_only=False).items())
+    assert plain  # the 2-epoch run exists; the 3-epoch run is the one compared
+    files = sorted(p.name for p in (tmp_path / "cam" / "class_activation_maps").iterdir())
+    assert files == ["backbone.1_epoch001_step000008.png"]  # every 2nd epoch only
+    assert cb.last_maps is not None and cb.last_maps.shape == (3, 8, 8)
+    assert cb.sample is not None and cb.sample.shape == (3, 3, 8, 8)
+    # the sample is the first validation images, not training images
+    from tests.helpers.data import make_image_dataset
+
+    val = make_image_dataset(16, seed=1)
+    assert torch.equal(cb.sample, torch.stack([val[i][0] for i in range(3)]))
+
+
+def test_callback_logs_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_tricks import ClassActivationMaps
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    _fit([ClassActivationMaps(layer="backbone.0", num_images=2)], tmp_path, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    imgs = acc.Images("class_activation_maps/backbone.0")
+    assert [i.step for i in imgs] == [4, 8]
+    assert (imgs[0].height, imgs[0].width) == (2 * 8 + 1, 2 * 8 + 1)
+
+
+def test_callback_layer_errors(tmp_path):
+    from lightning_tricks import ClassActivationMaps
+
+    with pytest.raises(ValueError, match=r"`layer` names no submodule 'backbone\.7'"):
+        _fit([ClassActivationMaps(layer="backbone.7")], tmp_path, max_epochs=1)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        _fit([ClassActivationMaps(layer="head.2", on_error="raise")], tmp_path, max_epochs=1)
+    cb = ClassActivationMaps(layer="head.2")
+    with pytest.warns(UserWarning, match="No more heatmaps"):
+        _fit([cb], tmp_path, max_epochs=2)
+    with pytest.raises(ValueError, match="`num_images` must be an int >= 1"):
+        ClassActivationMaps(layer="x", num_images=0)

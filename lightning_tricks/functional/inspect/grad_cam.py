@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_tricks.functional._modules import ModuleSpec, resolve_modules
 
-__all__ = ["grad_cam", "logits_of", "model_untouched", "resolve_one_layer"]
+__all__ = ["grad_cam", "image_grid", "logits_of", "model_untouched", "overlay_heatmaps", "resolve_one_layer"]
 
 
 def resolve_one_layer(model: nn.Module, layer: ModuleSpec, arg: str = "layer") -> tuple[str, nn.Module]:
@@ -202,3 +202,55 @@ def _targets(targets: int | Sequence[int] | torch.Tensor | None, logits: torch.T
     if bool(((idx < 0) | (idx >= classes)).any()):
         raise ValueError(f"`targets` must lie in [0, {classes}); got {idx.tolist()}")
     return idx.contiguous()
+
+
+def _display(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in ``[0, 1]``: the first 3 channels (grey repeated), min-max per image."""
+    img = images.detach().float()
+    img = img[:, :3] if img.shape[1] >= 3 else img[:, :1].expand(-1, 3, -1, -1)
+    flat = img.flatten(1)
+    low = flat.min(dim=1).values[:, None, None, None]
+    span = (flat.max(dim=1).values[:, None, None, None] - low).clamp_min(1e-12)
+    return (img - low) / span
+
+
+def _jet(cam: torch.Tensor) -> torch.Tensor:
+    """A jet-like colour map: ``(B, H, W)`` in ``[0, 1]`` -> ``(B, 3, H, W)``."""
+    c = cam.clamp(0, 1)[:, None]
+    return torch.cat([(1.5 - (4 * c - s).abs()).clamp(0, 1) for s in (3.0, 2.0, 1.0)], dim=1)
+
+
+def overlay_heatmaps(images: torch.Tensor, cams: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """A ``(3, H', W')`` grid in ``[0, 1]``: the images on top, their heatmaps blended in below.
+
+    Args:
+        images: ``(B, C, H, W)``, any range (each is min-max scaled for display).
+        cams: ``(B, H, W)`` maps in ``[0, 1]`` (as :func:`grad_cam` returns them).
+        alpha: weight of the heat colour in the blend.
+
+    Example:
+        >>> overlay_heatmaps(torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4)).shape
+        torch.Size([3, 9, 9])
+    """
+    shown = _display(images)
+    blended = (1 - alpha) * shown + alpha * _jet(cams.to(shown))
+    return image_grid(torch.cat([shown, blended]), nrow=shown.shape[0])
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
+    """Tile ``(N, 3, H, W)`` images into a ``(3, H', W')`` grid, ``nrow`` images per row,
+    separated by ``pad`` white pixels.
+
+    Example:
+        >>> image_grid(torch.zeros(5, 3, 2, 2), nrow=3).shape
+        torch.Size([3, 5, 7])
+    """
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(
+        c, rows * (h + pad) - pad, nrow * (w + pad) - pad, dtype=images.dtype, device=images.device
+    )
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = images[i]
+    return grid
