@@ -243,7 +243,7 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
 
     Example:
         >>> image_grid(torch.zeros(5, 3, 2, 2), nrow=3).shape
-        torch.Size([3, 5, 7])
+        torch.Size([3, 5, 8])
     """
     n, c, h, w = images.shape
     rows = -(-n // nrow)
