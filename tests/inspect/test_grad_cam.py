@@ -209,3 +209,18 @@ def test_callback_layer_errors(tmp_path):
         _fit([cb], tmp_path, max_epochs=2)
     with pytest.raises(ValueError, match="`num_images` must be an int >= 1"):
         ClassActivationMaps(layer="x", num_images=0)
+
+
+def test_callback_on_hf_resnet_module(tmp_path):
+    from lightning_tricks import ClassActivationMaps
+    from tests.helpers import cpu_trainer
+    from tests.helpers.zoo import IMAGE_SIZE, zoo_loaders, zoo_module
+
+    cb = ClassActivationMaps(layer="model.resnet.encoder.stages.1", num_images=2, on_error="raise")
+    trainer = cpu_trainer(
+        max_epochs=1, callbacks=[cb], default_root_dir=tmp_path, limit_train_batches=1, limit_val_batches=1
+    )
+    with pytest.warns(UserWarning, match="PNG files"):
+        trainer.fit(zoo_module("resnet"), *zoo_loaders("resnet"))
+    assert cb.last_maps is not None and cb.last_maps.shape == (2, IMAGE_SIZE, IMAGE_SIZE)
+    assert len(list((tmp_path / "class_activation_maps").glob("*.png"))) == 1
