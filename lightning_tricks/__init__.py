@@ -72,6 +72,8 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks.inspect.activation_visualizer import ActivationVisualizer as ActivationVisualizer
     from lightning_tricks.inspect.aliasing_guard import AliasingError as AliasingError
     from lightning_tricks.inspect.aliasing_guard import AliasingGuard as AliasingGuard
+    from lightning_tricks.inspect.filter_visualizer import FilterVisualizer as FilterVisualizer
+    from lightning_tricks.inspect.grad_cam import ClassActivationMaps as ClassActivationMaps
     from lightning_tricks.inspect.gradient_monitor import GradientMonitor as GradientMonitor
     from lightning_tricks.inspect.gradient_monitor import NonFiniteGradientError as NonFiniteGradientError
     from lightning_tricks.inspect.retained_graph_guard import RetainedGraphError as RetainedGraphError

@@ -2,8 +2,9 @@
 
 One module per trick, with the stem of its Lightning counterpart:
 ``activation_visualizer`` (``ActivationVisualizer``), ``gradient_monitor``
-(``GradientMonitor``), ``retained_graph_guard`` (``RetainedGraphGuard``) and
-``aliasing_guard`` (``AliasingGuard``). PNG encoding and tensor walking are private helpers.
+(``GradientMonitor``), ``retained_graph_guard`` (``RetainedGraphGuard``),
+``aliasing_guard`` (``AliasingGuard``), ``filter_visualizer`` (``FilterVisualizer``) and
+``grad_cam`` (``ClassActivationMaps``). PNG encoding and tensor walking are private helpers.
 """
 
 from lightning_tricks.functional.inspect.activation_visualizer import (
@@ -15,6 +16,8 @@ from lightning_tricks.functional.inspect.activation_visualizer import (
     select_layers,
 )
 from lightning_tricks.functional.inspect.aliasing_guard import dataset_storages, find_aliased_tensors
+from lightning_tricks.functional.inspect.filter_visualizer import visualize_filters
+from lightning_tricks.functional.inspect.grad_cam import grad_cam
 from lightning_tricks.functional.inspect.gradient_monitor import (
     IntermediateGrads,
     NonFiniteTracker,
@@ -35,7 +38,9 @@ __all__: list[str] = [
     "find_aliased_tensors",
     "find_retained_graphs",
     "first_nonfinite",
+    "grad_cam",
     "histogram_image",
     "layer_grad_norms",
     "select_layers",
+    "visualize_filters",
 ]
