@@ -13,6 +13,8 @@ shows, on real data:
   warning on NaN/Inf gradients;
 * ``ActivationVisualizer``: feature maps, histograms and "colorful dimension" plots of
   the convolutions on a fixed validation batch, in TensorBoard's IMAGES tab;
+* ``FilterVisualizer`` / ``ClassActivationMaps``: the input each channel of two
+  convolution stages responds to most, and Grad-CAM heatmaps of a validation batch;
 * ``SyncDetector``: checks ``training_step`` for host-device synchronisations;
 * ``MemorySnapshot`` (with ``--gpu``, or ``--memory-profile`` on CPU): a CUDA allocator
   snapshot of one training step (a PyTorch-profiler memory table on CPU);
@@ -54,7 +56,9 @@ from examples.digits.common import (
 )
 from lightning_tricks import (
     ActivationVisualizer,
+    ClassActivationMaps,
     ExportWeights,
+    FilterVisualizer,
     GradientMonitor,
     MemorySnapshot,
     SplitDataModule,
@@ -111,12 +115,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     syncs = SyncDetector(on_error="warn", every_n_steps=10)
     grads = GradientMonitor(log_histograms=True, on_error="warn")  # samples on the logging steps
     activations = ActivationVisualizer(every_n_epochs=5, max_layers=6, num_samples=8)
+    filters = FilterVisualizer(
+        layers=["backbone.1", "backbone.2"],
+        channels=8,
+        every_n_epochs=5,
+        steps=32,
+        rounds=2,
+        mean=[0.25],
+        std=[0.35],
+    )
+    cams = ClassActivationMaps(layer="backbone.2", num_images=8, every_n_epochs=5)
     memory = MemorySnapshot(start_step=2, num_steps=1, dirpath=str(out / "memory"), html=False)
     callbacks: list[L.Callback] = [
         WeightInit("kaiming_normal", zero_init_last_bn=True, seed=args.seed),
         TTAEvaluation(views=list(model.tta_views), merge=model.tta_merge, on_validation=False),
         grads,
         activations,
+        filters,
+        cams,
         syncs,
         export,
     ]
@@ -182,6 +198,8 @@ memory profile        {", ".join(Path(f).name for f in s["memory_files"]) or "-"
 gradients             gradient_monitor/grad_norm/<layer> and gradient_monitor/grad_hist/<layer> in TensorBoard (last total norm {s["last_grad_norm"]:.3g})
 activation pictures   activation_visualizer/<layer>/ in TensorBoard's IMAGES tab, {len(s["activation_layers"])} layers: \
 {", ".join(s["activation_layers"])}
+filter images         filter_visualizer/<layer> in TensorBoard's IMAGES tab (what each channel responds to most)
+class activation maps class_activation_maps/backbone.2 in TensorBoard's IMAGES tab (Grad-CAM: where it looked)
 TensorBoard logs      {s["tensorboard_dir"]}   (tensorboard --logdir {Path(s["tensorboard_dir"]).parent})
 """
     )
