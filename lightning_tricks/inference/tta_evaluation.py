@@ -16,7 +16,7 @@ from lightning_tricks.functional._checks import (
     check_optional_int,
     check_str_sequence,
 )
-from lightning_tricks.functional.inference.tta import (
+from lightning_tricks.functional.inference.tta_predict import (
     MERGE_MODES,
     check_chunk_size,
     merge_outputs,

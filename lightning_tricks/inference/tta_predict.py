@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_tricks._base import LightningMixin
-from lightning_tricks.functional.inference.tta import MERGE_MODES, tta_predict
+from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, tta_predict
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAPredict", "batch_input"]
@@ -54,7 +54,7 @@ class TTAPredict(LightningMixin):
     * ``tta_merge`` (``"mean"``): one of ``mean``, ``mean_softmax``, ``mean_sigmoid``,
       ``gmean_softmax``, ``gmean_sigmoid``, ``max``, ``vote``.
     * ``tta_chunk_size`` (``"auto"``): most images per forward pass; ``"auto"`` plans it
-      once per input shape (see :func:`~lightning_tricks.functional.inference.tta.clear_tta_plans`),
+      once per input shape (see :func:`~lightning_tricks.functional.clear_tta_plans`),
       ``None`` runs all views at once.
     * ``tta_output`` (``None``): which tensor of ``forward``'s output to merge: ``None``
       takes a tensor as is, ``"logits"`` of a ``ModelOutput``/dict, element 0 of a tuple;

@@ -1,4 +1,9 @@
-"""FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model."""
+"""FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model.
+
+The Lightning layer of :class:`~lightning_tricks.functional.FeatureExtractor` and
+:func:`~lightning_tricks.functional.extract_features` (the documented pair of
+``functional/inference/features.py``): the mixin only decides when to capture.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TTAPredict and TTAEvaluation through a real Trainer."""
+"""TTAEvaluation through a real Trainer."""
 
 from __future__ import annotations
 
@@ -7,78 +7,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_tricks import TTAEvaluation, TTAPredict
+from lightning_tricks import TTAEvaluation
 from lightning_tricks.functional import tta_predict
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
-
-
-class TTAModel(TTAPredict, ClassifierModule):
-    tta_views = ("hflip", "vflip")
-    tta_merge = "mean_softmax"
-
-
-class TTATestModel(TTAPredict, ClassifierModule):
-    tta_views = ("hflip",)
-    tta_on_test = True
-
-
-def _val_x():
-    dm = ImageDataModule(n_val=20)
-    dm.setup()
-    return dm.val_set.tensors[0]
-
-
-def test_predict_uses_tta_and_restores_forward():
-    torch.manual_seed(0)
-    model = TTAModel()
-    trainer = cpu_trainer(max_epochs=1)
-    trainer.fit(model, datamodule=ImageDataModule())
-    preds = torch.cat(trainer.predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
-    x = _val_x()
-    model.eval()
-    expected = tta_predict(model, x, ["identity", "hflip", "vflip"], "mean_softmax")
-    torch.testing.assert_close(preds, expected, rtol=1e-5, atol=1e-6)
-    assert "forward" not in model.__dict__  # plain forward outside predict
-    with torch.no_grad():
-        assert not torch.allclose(model(x), expected)
-
-
-def test_user_predict_step_gets_tta_too():
-    class Own(TTAModel):
-        def predict_step(self, batch, batch_idx):
-            return self(batch[0]).log()
-
-    model = Own()
-    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
-    expected = tta_predict(model, _val_x(), ["hflip", "vflip"], "mean_softmax")
-    torch.testing.assert_close(preds, expected.log(), rtol=1e-5, atol=1e-6)
-
-
-def test_tta_on_test_changes_test_metrics_only_when_enabled():
-    torch.manual_seed(0)
-    model = TTATestModel()
-    dm = ImageDataModule(n_val=20)
-    res = cpu_trainer().test(model, datamodule=dm, verbose=False)[0]
-    x = _val_x()
-    y = dm.val_set.tensors[1]
-    tta = tta_predict(model, x, ["hflip"])
-    assert res["test_acc"] == pytest.approx((tta.argmax(1) == y).float().mean().item(), abs=1e-6)
-    TTATestModel.tta_on_test = False
-    try:
-        res2 = cpu_trainer().test(model, datamodule=dm, verbose=False)[0]
-        with torch.no_grad():
-            plain = model.eval()(x)
-        assert res2["test_acc"] == pytest.approx((plain.argmax(1) == y).float().mean().item(), abs=1e-6)
-    finally:
-        TTATestModel.tta_on_test = True
-
-
-def test_bad_class_attribute_is_named():
-    class Bad(TTAPredict, ClassifierModule):
-        tta_merge = "median"
-
-    with pytest.raises(ValueError, match="tta_merge"):
-        cpu_trainer().predict(Bad(), datamodule=ImageDataModule(n_val=8))
 
 
 def _scalars(path):

@@ -1,4 +1,10 @@
-"""Test-time augmentation with all views of a batch in one (chunked) forward pass."""
+"""Test-time augmentation with all views of a batch in one (chunked) forward pass.
+
+The functional core of :class:`~lightning_tricks.TTAPredict` (``TTAPredict`` ->
+:func:`tta_predict`); :class:`~lightning_tricks.TTAEvaluation` compares plain and TTA
+predictions with :func:`merge_outputs`. Views live in ``views.py``, output selection and
+eval-mode switching in ``_tta_model.py``, chunk-size planning in ``_tta_plan.py``.
+"""
 
 from __future__ import annotations
 
@@ -20,21 +26,14 @@ from lightning_tricks.functional.inference._tta_model import (
     modules_of,
     select_output,
 )
-from lightning_tricks.functional.inference._tta_plan import (
-    clear_tta_plans,
-    forward_in_chunks,
-    planned_chunk_size,
-    tta_plans,
-)
+from lightning_tricks.functional.inference._tta_plan import forward_in_chunks, planned_chunk_size
 from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
 __all__ = [
     "MERGE_MODES",
     "check_chunk_size",
-    "clear_tta_plans",
     "merge_outputs",
     "select_output",
-    "tta_plans",
     "tta_predict",
 ]
 
@@ -159,7 +158,7 @@ def tta_predict(
     the model in chunks of ``chunk_size`` images (views that change the image size, such
     as crops and rescales, form one group per distinct size). By default the chunk size is
     planned: the first call for a model, image shape, dtype and device times a few
-    candidates and caches the fastest (see :func:`clear_tta_plans`). Dense outputs are
+    candidates and caches the fastest (see :func:`~lightning_tricks.functional.clear_tta_plans`). Dense outputs are
     mapped back by each view's inverse before merging. The call runs under
     ``torch.inference_mode()`` with every submodule of the model in eval mode (also the
     modules a function or lambda refers to); the modes that were switched are restored.
