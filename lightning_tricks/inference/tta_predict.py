@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_tricks._base import LightningMixin
-from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, tta_predict
+from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, tta_predict
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAPredict", "batch_input"]
@@ -51,8 +51,8 @@ class TTAPredict(LightningMixin):
 
     * ``tta_views`` (``("identity", "hflip")``): view strings, see
       :func:`~lightning_tricks.functional.parse_view`.
-    * ``tta_merge`` (``"mean"``): one of ``mean``, ``mean_softmax``, ``mean_sigmoid``,
-      ``gmean_softmax``, ``gmean_sigmoid``, ``max``, ``vote``.
+    * ``tta_merge`` (``"mean"``): how the views are merged, one of the modes of
+      :func:`~lightning_tricks.functional.merge_outputs`.
     * ``tta_chunk_size`` (``"auto"``): most images per forward pass; ``"auto"`` plans it
       once per input shape (see :func:`~lightning_tricks.functional.clear_tta_plans`),
       ``None`` runs all views at once.
@@ -81,7 +81,7 @@ class TTAPredict(LightningMixin):
     """
 
     tta_views: Sequence[str] = ("identity", "hflip")
-    tta_merge: str = "mean"
+    tta_merge: MergeMode = "mean"
     tta_chunk_size: int | Literal["auto"] | None = "auto"
     tta_output: str | int | Callable[[Any], torch.Tensor] | None = None
     tta_include_identity: bool = True

@@ -1,14 +1,17 @@
-"""TTAEvaluation through a real Trainer."""
+"""TTAEvaluation: the functional comparison and the callback through a real Trainer."""
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_tricks import TTAEvaluation
-from lightning_tricks.functional import tta_predict
+from lightning_tricks.functional import tta_evaluation, tta_flips, tta_predict
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
 
 
@@ -18,17 +21,40 @@ def _scalars(path):
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _csv_columns(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in rows[0]}
+
+
+KEYS = ["accuracy_plain", "accuracy_tta", "accuracy_gain", "correct_to_wrong", "wrong_to_correct"]
+
+
 def test_tta_evaluation_logs_plain_tta_gain_and_flips(tmp_path):
     torch.manual_seed(0)
     cb = TTAEvaluation(views=["hflip", "vflip", "rot90"], merge="mean")
-    logger = TensorBoardLogger(str(tmp_path), name="", version="")
+    tb = TensorBoardLogger(str(tmp_path), name="", version="")
+    csv_logger = CSVLogger(str(tmp_path), name="csv", version=0)
     model = ClassifierModule()
     dm = ImageDataModule(n_val=32, batch_size=16)
-    trainer = cpu_trainer(max_epochs=2, logger=logger, callbacks=[cb])
+    trainer = cpu_trainer(max_epochs=2, logger=[tb, csv_logger], callbacks=[cb])
     trainer.fit(model, datamodule=dm)
     res = trainer.test(model, datamodule=dm, verbose=False)[0]
     logs = _scalars(tmp_path)
-    assert len(logs["val_accuracy_plain"]) == 2 and len(logs["val_accuracy_tta"]) == 2
+    assert (
+        len(logs["tta_evaluation/val_accuracy_plain"]) == 2
+        and len(logs["tta_evaluation/val_accuracy_tta"]) == 2
+    )
+    # every key reaches the CSV logger too, under tta_evaluation/<stage>_<key>
+    columns = _csv_columns(tmp_path / "csv" / "version_0" / "metrics.csv")
+    for key in KEYS:
+        assert len(columns[f"tta_evaluation/val_{key}"]) == 2, key
+        assert columns[f"tta_evaluation/test_{key}"] == [pytest.approx(res[f"tta_evaluation/test_{key}"])], (
+            key
+        )
+    assert not any(
+        k.startswith(("val_accuracy", "val_tta", "test_accuracy", "test_tta")) for k in columns
+    )  # old keys
     # recompute the test numbers by hand
     dm.setup()
     x, y = dm.val_set.tensors
@@ -37,14 +63,20 @@ def test_tta_evaluation_logs_plain_tta_gain_and_flips(tmp_path):
         plain = model(x)
     tta = tta_predict(model, x, ["hflip", "vflip", "rot90"])
     ok_p, ok_t = plain.argmax(1) == y, tta.argmax(1) == y
-    assert res["test_accuracy_plain"] == pytest.approx(ok_p.float().mean().item(), abs=1e-6)
-    assert res["test_accuracy_tta"] == pytest.approx(ok_t.float().mean().item(), abs=1e-6)
-    assert res["test_accuracy_tta_gain"] == pytest.approx(
+    assert res["tta_evaluation/test_accuracy_plain"] == pytest.approx(ok_p.float().mean().item(), abs=1e-6)
+    assert res["tta_evaluation/test_accuracy_tta"] == pytest.approx(ok_t.float().mean().item(), abs=1e-6)
+    assert res["tta_evaluation/test_accuracy_gain"] == pytest.approx(
         (ok_t.float().mean() - ok_p.float().mean()).item(), abs=1e-6
     )
-    assert res["test_tta_correct_to_wrong"] == pytest.approx((ok_p & ~ok_t).float().mean().item(), abs=1e-6)
-    assert res["test_tta_wrong_to_correct"] == pytest.approx((~ok_p & ok_t).float().mean().item(), abs=1e-6)
-    assert res["test_accuracy_plain"] == pytest.approx(res["test_acc"], abs=1e-6)  # the model's own metric
+    assert res["tta_evaluation/test_correct_to_wrong"] == pytest.approx(
+        (ok_p & ~ok_t).float().mean().item(), abs=1e-6
+    )
+    assert res["tta_evaluation/test_wrong_to_correct"] == pytest.approx(
+        (~ok_p & ok_t).float().mean().item(), abs=1e-6
+    )
+    assert res["tta_evaluation/test_accuracy_plain"] == pytest.approx(
+        res["test_acc"], abs=1e-6
+    )  # the model's own metric
 
 
 def test_tta_evaluation_does_not_change_training():
@@ -68,3 +100,42 @@ def test_tta_evaluation_does_not_change_training():
 def test_tta_evaluation_validates(kwargs, name):
     with pytest.raises(ValueError, match=name):
         TTAEvaluation(**kwargs)
+
+
+def test_early_stopping_monitors_the_gain(tmp_path):
+    torch.manual_seed(0)
+    stop = EarlyStopping(monitor="tta_evaluation/val_accuracy_gain", mode="max", patience=0, min_delta=1.0)
+    trainer = cpu_trainer(
+        max_epochs=3, callbacks=[TTAEvaluation(views=["hflip"]), stop], default_root_dir=tmp_path
+    )
+    trainer.fit(ClassifierModule(), datamodule=ImageDataModule(n_val=16))
+    # min_delta=1 can never be reached: the run stops after the second epoch, on the monitored key
+    assert trainer.current_epoch == 2 and stop.stopped_epoch == 1
+    assert torch.isfinite(stop.best_score)
+    assert "tta_evaluation/val_accuracy_gain" in trainer.callback_metrics
+
+
+# ------------------------------------------------------------------------------ functional core
+
+
+def test_functional_plain_is_the_model_and_tta_the_merge():
+    torch.manual_seed(0)
+    model = ClassifierModule().eval()
+    x = torch.randn(6, 3, 8, 8)
+    plain, tta = tta_evaluation(model, x, ["hflip", "vflip"], "mean_softmax")
+    with torch.no_grad():
+        torch.testing.assert_close(plain, model(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        tta, tta_predict(model, x, ["hflip", "vflip"], "mean_softmax"), rtol=1e-5, atol=1e-6
+    )
+    _, no_identity = tta_evaluation(model, x, ["hflip"], include_identity=False)
+    torch.testing.assert_close(no_identity, tta_predict(model, x, ["hflip"], include_identity=False))
+
+
+def test_functional_flips_and_bad_shapes():
+    plain = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    tta = torch.tensor([[0.0, 2.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    c2w, w2c = tta_flips(plain, tta, torch.tensor([0, 1, 1, 0]))
+    assert c2w.tolist() == [True, False, False, False] and w2c.tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="target"):
+        tta_flips(plain, tta, torch.tensor([0, 1]))

@@ -7,6 +7,7 @@ from lightning_tricks.functional.inference.prediction_writer import (
     merge_rank_predictions,
     save_rank_predictions,
 )
+from lightning_tricks.functional.inference.tta_evaluation import tta_evaluation, tta_flips
 from lightning_tricks.functional.inference.tta_predict import merge_outputs, tta_predict
 from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
@@ -21,6 +22,8 @@ __all__: list[str] = [
     "parse_view",
     "parse_views",
     "save_rank_predictions",
+    "tta_evaluation",
+    "tta_flips",
     "tta_plans",
     "tta_predict",
 ]

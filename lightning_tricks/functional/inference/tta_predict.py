@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from lightning_tricks.functional.inference.views import View, parse_view, parse_
 
 __all__ = [
     "MERGE_MODES",
+    "MergeMode",
     "check_chunk_size",
     "merge_outputs",
     "select_output",
@@ -38,18 +39,11 @@ __all__ = [
 ]
 
 MergeMode = Literal["mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"]
-MERGE_MODES: tuple[str, ...] = (
-    "mean",
-    "mean_softmax",
-    "mean_sigmoid",
-    "gmean_softmax",
-    "gmean_sigmoid",
-    "max",
-    "vote",
-)
+"""How TTA merges the views; the one list of merge modes (see :func:`merge_outputs`)."""
+MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 
 
-def merge_outputs(outputs: torch.Tensor, merge: str = "mean") -> torch.Tensor:
+def merge_outputs(outputs: torch.Tensor, merge: MergeMode = "mean") -> torch.Tensor:
     """Merge per-view outputs of shape ``(V, B, K, ...)`` (class dimension 2) into ``(B, K, ...)``.
 
     Modes:
@@ -144,7 +138,7 @@ def tta_predict(
     model: nn.Module | Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     views: str | View | Sequence[str | View] = ("identity", "hflip"),
-    merge: str = "mean",
+    merge: MergeMode = "mean",
     chunk_size: int | Literal["auto"] | None = "auto",
     *,
     include_identity: bool = True,
