@@ -7,6 +7,7 @@ comparison itself is :func:`~lightning_tricks.functional.tta_evaluation` and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
@@ -25,6 +26,7 @@ from lightning_tricks.functional._checks import (
 from lightning_tricks.functional.inference.tta_evaluation import tta_evaluation, tta_flips
 from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, check_chunk_size
 from lightning_tricks.functional.inference.views import parse_views
+from lightning_tricks.inference.tta_predict import TTAPredict
 
 __all__ = ["TTAEvaluation"]
 
@@ -148,9 +150,15 @@ class TTAEvaluation(Callback):
                 f"the target at `target_index`={self.target_index}; got {type(batch).__name__}"
             )
         x, y = batch[self.input_index], batch[self.target_index]
-        plain, tta = tta_evaluation(
-            pl_module, x, self.views, self.merge, self.chunk_size, include_identity=self.include_identity
+        # with TTAPredict(tta_on_test=True) the module's own forward is TTA during test: compare
+        # its plain forward (and apply TTA once), not TTA with TTA-of-TTA
+        plain_forward = (
+            pl_module.tta_disabled() if isinstance(pl_module, TTAPredict) else contextlib.nullcontext()
         )
+        with plain_forward:
+            plain, tta = tta_evaluation(
+                pl_module, x, self.views, self.merge, self.chunk_size, include_identity=self.include_identity
+            )
         if stage not in self._metrics:
             k = self.num_classes or (plain.shape[1] if plain.ndim >= 2 else 0)
             if plain.ndim < 2 or k < 2:

@@ -9,8 +9,9 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tricks import TTAEvaluation
+from lightning_tricks import TTAEvaluation, TTAPredict
 from lightning_tricks.functional import tta_evaluation, tta_flips, tta_predict
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer, params_equal, state_of
 
@@ -139,3 +140,36 @@ def test_functional_flips_and_bad_shapes():
     assert c2w.tolist() == [True, False, False, False] and w2c.tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="target"):
         tta_flips(plain, tta, torch.tensor([0, 1]))
+
+
+class LeftOrRight(TTAPredict, ClassifierModule):
+    """Says whether the left or the right half of the image is brighter: hflip-TTA (mean of
+    softmax) makes both classes equally likely, so TTA visibly changes the predictions."""
+
+    tta_views = ("hflip",)
+    tta_merge = "mean_softmax"
+    tta_on_test = True
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        d = x[..., :w].mean((1, 2, 3)) - x[..., w:].mean((1, 2, 3))
+        return torch.stack([d, -d], 1) * 10
+
+
+def test_with_tta_predict_on_test_plain_is_plain_and_tta_applied_once():
+    # TTAPredict(tta_on_test=True) makes the module's own forward TTA during test; TTAEvaluation
+    # must still compare the plain forward with TTA applied once, not TTA with TTA-of-TTA
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 8, 8, generator=g)
+    model = LeftOrRight(num_classes=2)
+    y = model(x).argmax(1)  # the plain forward is always right
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    cb = TTAEvaluation(views=["vflip"], merge="mean")  # vflip keeps left and right
+    res = cpu_trainer(callbacks=[cb]).test(model, dataloaders=loader, verbose=False)[0]
+    own = tta_predict(model, x, ["hflip"], "mean_softmax")  # the model's own test metric: its TTA
+    own_acc = (own.argmax(1) == y).float().mean().item()
+    assert own_acc < 0.9  # the model's TTA does change predictions
+    assert res["test_acc"] == pytest.approx(own_acc, abs=1e-6)
+    assert res["tta_evaluation/test_accuracy_plain"] == pytest.approx(1.0)
+    assert res["tta_evaluation/test_accuracy_tta"] == pytest.approx(1.0)
+    assert "forward" not in model.__dict__

@@ -3,6 +3,8 @@ through a real Trainer."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -238,3 +240,53 @@ def test_bad_class_attribute_is_named():
 
     with pytest.raises(ValueError, match="tta_merge"):
         cpu_trainer().predict(Bad(), datamodule=ImageDataModule(n_val=8))
+
+
+class FailingPredict(TTAModel):
+    fail = True
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        out = super().predict_step(batch, batch_idx, dataloader_idx)
+        if self.fail:
+            raise RuntimeError("boom in predict_step")
+        return out
+
+
+def test_failed_predict_leaves_no_tta_behind():
+    torch.manual_seed(0)
+    model = FailingPredict()
+    trainer = cpu_trainer(max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.predict(model, datamodule=ImageDataModule(n_val=16, batch_size=8))
+    x = _val_x()
+    model.eval()
+    with torch.no_grad():
+        plain = model.head(model.backbone(x))  # the plain forward, by hand
+        out = model(x)
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)  # calls are plain again
+    pickle.dumps(model)  # nothing unpicklable left on the module
+    # validation runs without TTA: its accuracy is the plain one
+    dm = ImageDataModule(n_val=20)
+    res = cpu_trainer().validate(model, datamodule=dm, verbose=False)[0]
+    dm.setup()
+    y = dm.val_set.tensors[1]
+    assert res["val_acc"] == pytest.approx((out.argmax(1) == y).float().mean().item(), abs=1e-6)
+    assert "forward" not in model.__dict__
+    model.train()
+    cpu_trainer(max_epochs=1).fit(model, datamodule=ImageDataModule())  # and training works
+    model.fail = False
+    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    model.eval()
+    torch.testing.assert_close(preds, tta_predict(model, x, ["identity", "hflip", "vflip"], "mean_softmax"))
+
+
+def test_tta_forward_during_predict_applies_tta_once():
+    class Own(TTAModel):
+        def predict_step(self, batch, batch_idx):
+            return self.tta_forward(batch[0])
+
+    torch.manual_seed(0)
+    model = Own()
+    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    expected = tta_predict(model.eval(), _val_x(), ["hflip", "vflip"], "mean_softmax")
+    torch.testing.assert_close(preds, expected, rtol=1e-5, atol=1e-6)
