@@ -30,8 +30,11 @@ class FeaturePredict(LightningMixin):
 
     Class attributes:
 
-    * ``feature_layers`` (``()``): names from ``self.named_modules()``, e.g.
-      ``("backbone.0", "head")``; checked when prediction starts.
+    * ``feature_layers`` (``()``): the submodules to capture, by the naming rule of
+      :class:`~lightning_tricks.functional.FeatureExtractor`: qualified names from
+      ``self.named_modules()`` (``("backbone.0", "head")``), segment globs
+      (``"backbone.*"``), class names or classes; a lone string is one entry. Checked when
+      prediction starts; the features are keyed by qualified name.
     * ``feature_stop_early`` (``True``): stop the forward pass once every requested layer
       has run, so later layers cost nothing.
     * ``feature_include_output`` (``False``): also return the model's output under the
@@ -55,15 +58,13 @@ class FeaturePredict(LightningMixin):
         {'body': (3, 8)}
     """
 
-    feature_layers: Sequence[str] = ()
+    feature_layers: str | type | Sequence[str | type] = ()
     feature_stop_early: bool = True
     feature_include_output: bool = False
 
     def _feature_extractor(self) -> FeatureExtractor:
         name = type(self).__name__
         layers = self.feature_layers
-        if isinstance(layers, str):
-            layers = (layers,)
         if not layers:
             raise ValueError(f"{name}.feature_layers names no layer; set it to names from named_modules()")
         for attr in ("feature_stop_early", "feature_include_output"):
