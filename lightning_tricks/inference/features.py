@@ -8,18 +8,23 @@ The Lightning layer of :class:`~lightning_tricks.functional.FeatureExtractor` an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_tricks._base import LightningMixin
+
+if TYPE_CHECKING:  # the mixin is only mixed into LightningModules: type-check it as one
+    from lightning.pytorch import LightningModule as _ModuleBase
+else:
+    _ModuleBase = object
 from lightning_tricks.functional.inference.features import FeatureExtractor
 from lightning_tricks.inference.tta_predict import batch_input
 
 __all__ = ["FeaturePredict"]
 
 
-class FeaturePredict(LightningMixin):
+class FeaturePredict(LightningMixin, _ModuleBase):
     """A ``predict_step`` that returns ``{layer: output}`` for the layers you name.
 
     The intermediate outputs are captured with forward hooks by
@@ -72,7 +77,7 @@ class FeaturePredict(LightningMixin):
                 raise TypeError(f"{name}.{attr} must be a bool; got {getattr(self, attr)!r}")
         try:
             return FeatureExtractor(
-                self,  # type: ignore[arg-type]
+                self,
                 layers,
                 stop_early=self.feature_stop_early and not self.feature_include_output,
             )
@@ -80,7 +85,7 @@ class FeaturePredict(LightningMixin):
             raise type(err)(f"{name}.feature_layers: {err}") from None
 
     def on_predict_start(self) -> None:
-        super().on_predict_start()  # type: ignore[misc]
+        super().on_predict_start()
         self._feature_extractor()  # fail before the first batch if a name is wrong
 
     def feature_input(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
@@ -96,5 +101,5 @@ class FeaturePredict(LightningMixin):
         if not self.feature_include_output:
             return fx(*args, **kwargs)
         with fx:
-            out = self(*args, **kwargs)  # type: ignore[operator]
+            out = self(*args, **kwargs)
         return {**{n: fx.features[n] for n in fx.layers}, "output": out}

@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from lightning_tricks._base import LightningMixin
+
+if TYPE_CHECKING:  # the mixin is only mixed into LightningModules: type-check it as one
+    from lightning.pytorch import LightningModule as _ModuleBase
+else:
+    _ModuleBase = object
 from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, tta_predict
 from lightning_tricks.functional.inference.views import parse_views
 
@@ -31,7 +36,7 @@ def batch_input(batch: Any, owner: str, hook: str = "tta_input") -> torch.Tensor
     )
 
 
-class TTAPredict(LightningMixin):
+class TTAPredict(LightningMixin, _ModuleBase):
     """Test-time augmentation in ``trainer.predict`` (and, optionally, ``trainer.test``).
 
     While predicting (and testing, with ``tta_on_test``), every call of the module with one
@@ -143,7 +148,7 @@ class TTAPredict(LightningMixin):
                     [1.]])
         """
         with self.tta_disabled():
-            return self._tta_run(cast(Callable[[torch.Tensor], Any], self), x)
+            return self._tta_run(self, x)
 
     @contextlib.contextmanager
     def tta_disabled(self) -> Iterator[None]:
@@ -183,7 +188,7 @@ class TTAPredict(LightningMixin):
     def _tta_call(self, *args: Any, **kwargs: Any) -> Any:
         """The ``forward`` installed while predicting (a bound method, so the module still
         pickles and deep-copies)."""
-        plain = type(self).forward  # type: ignore[attr-defined]
+        plain = type(self).forward
         if not self._tta_wanted():
             return plain(self, *args, **kwargs)
         where: list[int | str] = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -224,33 +229,33 @@ class TTAPredict(LightningMixin):
     # Until then ``_tta_wanted`` keeps a left-over install inert outside predict/test.
     def on_fit_start(self) -> None:
         self._tta_uninstall()
-        super().on_fit_start()  # type: ignore[misc]
+        super().on_fit_start()
 
     def on_validation_start(self) -> None:
         self._tta_uninstall()
-        super().on_validation_start()  # type: ignore[misc]
+        super().on_validation_start()
 
     def on_predict_start(self) -> None:
-        super().on_predict_start()  # type: ignore[misc]
+        super().on_predict_start()
         self._tta_install()
 
     def on_predict_end(self) -> None:
         self._tta_uninstall()
-        super().on_predict_end()  # type: ignore[misc]
+        super().on_predict_end()
 
     def on_test_start(self) -> None:
-        super().on_test_start()  # type: ignore[misc]
+        super().on_test_start()
         self._tta_uninstall()
         if self.tta_on_test:
             self._tta_install()
 
     def on_test_end(self) -> None:
         self._tta_uninstall()
-        super().on_test_end()  # type: ignore[misc]
+        super().on_test_end()
 
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> Any:
         """``self(tta_input(batch))``, which is TTA-merged during ``trainer.predict``."""
-        return self(self.tta_input(batch))  # type: ignore[operator]
+        return self(self.tta_input(batch))
 
 
 def _rewrap(raw: Any, merged: torch.Tensor, output: Any) -> Any:

@@ -33,7 +33,7 @@ def detach_all(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         items = {k: detach_all(v) for k, v in obj.items()}
         try:
-            return type(obj)(items)  # type: ignore[call-arg]
+            return type(obj)(items)  # type: ignore[call-arg]  # Mapping subclasses may not take a dict: see except
         except TypeError:
             return items
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):

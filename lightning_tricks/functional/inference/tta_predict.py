@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, overload
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +132,51 @@ def _views(views: Any, include_identity: bool) -> list[View]:
     if include_identity and not any(v.name == "identity" for v in view_list):
         view_list = [parse_view("identity"), *view_list]
     return view_list
+
+
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: Literal[False] = ...,
+    output: OutputSelector = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: Literal[True],
+    output: OutputSelector = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: bool = ...,
+    output: OutputSelector = ...,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def tta_predict(
