@@ -180,10 +180,14 @@ class TTAPredict(LightningMixin, _ModuleBase):
         attached to a Trainer) that Trainer is predicting, or testing with ``tta_on_test``."""
         if self.__dict__.get("_tta_bypass", 0):
             return False
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:  # outside a Trainer (e.g. installed by hand): as installed
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # outside a Trainer (e.g. installed by hand): as installed
             return True
-        return bool(trainer.predicting or (self.tta_on_test and trainer.testing))
+        predicting = getattr(trainer, "predicting", None)  # None under Fabric: as installed
+        if predicting is None:
+            return True
+        return bool(predicting or (self.tta_on_test and trainer.testing))
 
     def _tta_call(self, *args: Any, **kwargs: Any) -> Any:
         """The ``forward`` installed while predicting (a bound method, so the module still
