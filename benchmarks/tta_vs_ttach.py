@@ -38,8 +38,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lightning_tricks.functional import clear_tta_plans, tta_plans, tta_predict  # noqa: E402
 from lightning_tricks.functional._io import atomic_write_text  # noqa: E402
-from lightning_tricks.functional.inference.tta import clear_tta_plans, tta_plans, tta_predict  # noqa: E402
 
 D4 = ["identity", "rot90", "rot180", "rot270", "hflip", "hflip+rot90", "hflip+rot180", "hflip+rot270"]
 BATCHES = (1, 8, 64)

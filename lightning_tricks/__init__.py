@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks.finetune.weights_io import ExportWeights as ExportWeights
     from lightning_tricks.functional.inference.features import FeatureExtractor as FeatureExtractor
     from lightning_tricks.functional.repro.seeds import freeze_seeds as freeze_seeds
-    from lightning_tricks.inference.feature_predict import FeaturePredict as FeaturePredict
+    from lightning_tricks.inference.features import FeaturePredict as FeaturePredict
     from lightning_tricks.inference.prediction_writer import PredictionWriter as PredictionWriter
     from lightning_tricks.inference.prediction_writer import load_predictions as load_predictions
     from lightning_tricks.inference.tta_evaluation import TTAEvaluation as TTAEvaluation

@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary: dict[str, Any] = {
         "test_acc": tested["test_acc"],
-        "test_acc_plain": tested["test_accuracy_plain"],
-        "test_acc_tta": tested["test_accuracy_tta"],
-        "tta_wrong_to_correct": tested["test_tta_wrong_to_correct"],
-        "tta_correct_to_wrong": tested["test_tta_correct_to_wrong"],
+        "test_acc_plain": tested["tta_evaluation/test_accuracy_plain"],
+        "test_acc_tta": tested["tta_evaluation/test_accuracy_tta"],
+        "tta_wrong_to_correct": tested["tta_evaluation/test_wrong_to_correct"],
+        "tta_correct_to_wrong": tested["tta_evaluation/test_correct_to_wrong"],
         "params": count_parameters(model),
         "sync_findings": syncs.report.total,
         "last_grad_norm": last_grad_norm,

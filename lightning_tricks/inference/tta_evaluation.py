@@ -1,14 +1,21 @@
-"""TTAEvaluation: measure what test-time augmentation gains on the validation/test set."""
+"""TTAEvaluation: measure what test-time augmentation gains on the validation/test set.
+
+The callback decides on which batches to evaluate and accumulates the metrics; the
+comparison itself is :func:`~lightning_tricks.functional.tta_evaluation` and
+:func:`~lightning_tricks.functional.tta_flips`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
 from lightning.pytorch import Callback
 
+from lightning_tricks._logging import log_scalars
 from lightning_tricks.functional._checks import (
     check_bool,
     check_choice,
@@ -16,31 +23,32 @@ from lightning_tricks.functional._checks import (
     check_optional_int,
     check_str_sequence,
 )
-from lightning_tricks.functional.inference.tta import (
-    MERGE_MODES,
-    check_chunk_size,
-    merge_outputs,
-    tta_predict,
-)
+from lightning_tricks.functional.inference.tta_evaluation import tta_evaluation, tta_flips
+from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, check_chunk_size
 from lightning_tricks.functional.inference.views import parse_views
+from lightning_tricks.inference.tta_predict import TTAPredict
 
 __all__ = ["TTAEvaluation"]
 
-METRICS = ("accuracy", "f1", "precision", "recall")
+Metric = Literal["accuracy", "f1", "precision", "recall"]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 class TTAEvaluation(Callback):
     """Compute a metric with and without TTA on the same validation/test batches and log both.
 
     On each evaluated batch the identity view and the TTA views run in one forward pass
-    (see :func:`~lightning_tricks.functional.tta_predict`); the identity output is the
-    plain prediction. At the end of the epoch it logs, for ``stage`` = ``val`` or ``test``:
+    (:func:`~lightning_tricks.functional.tta_evaluation`); the identity output is the
+    plain prediction. At the end of the epoch it logs through ``LightningModule.log`` (so
+    every logger, ``EarlyStopping`` and ``ModelCheckpoint`` see them), for ``stage`` =
+    ``val`` or ``test``:
 
-    * ``{stage}_{metric}_plain`` and ``{stage}_{metric}_tta``, and their difference
-      ``{stage}_{metric}_tta_gain``;
-    * ``{stage}_tta_correct_to_wrong`` and ``{stage}_tta_wrong_to_correct``: fractions of
-      samples (pixels, for dense outputs) whose argmax prediction TTA turned from right to
-      wrong and from wrong to right.
+    * ``tta_evaluation/{stage}_{metric}_plain`` and ``tta_evaluation/{stage}_{metric}_tta``,
+      and their difference ``tta_evaluation/{stage}_{metric}_gain``;
+    * ``tta_evaluation/{stage}_correct_to_wrong`` and
+      ``tta_evaluation/{stage}_wrong_to_correct``: fractions of samples (pixels, for dense
+      outputs) whose argmax prediction TTA turned from right to wrong and from wrong to
+      right (:func:`~lightning_tricks.functional.tta_flips`).
 
     Metrics are torchmetrics objects (multiclass, macro average except accuracy), so their
     states are synchronised across DDP ranks before the values are logged. The callback
@@ -74,10 +82,8 @@ class TTAEvaluation(Callback):
     def __init__(
         self,
         views: Sequence[str] = ("hflip",),
-        merge: Literal[
-            "mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"
-        ] = ("mean"),
-        metric: Literal["accuracy", "f1", "precision", "recall"] = "accuracy",
+        merge: MergeMode = "mean",
+        metric: Metric = "accuracy",
         num_classes: int | None = None,
         include_identity: bool = True,
         chunk_size: int | Literal["auto"] | None = "auto",
@@ -144,15 +150,17 @@ class TTAEvaluation(Callback):
                 f"the target at `target_index`={self.target_index}; got {type(batch).__name__}"
             )
         x, y = batch[self.input_index], batch[self.target_index]
-        views = ["identity", *[v for v in self.views if v != "identity"]]
-        _, per_view = tta_predict(
-            pl_module, x, views, "mean", self.chunk_size, include_identity=True, return_views=True
+        # with TTAPredict(tta_on_test=True) the module's own forward is TTA during test: compare
+        # its plain forward (and apply TTA once), not TTA with TTA-of-TTA
+        plain_forward = (
+            pl_module.tta_disabled() if isinstance(pl_module, TTAPredict) else contextlib.nullcontext()
         )
-        per_view = per_view.float()
-        plain = per_view[0]
-        tta = merge_outputs(per_view if self.include_identity else per_view[1:], self.merge)
+        with plain_forward:
+            plain, tta = tta_evaluation(
+                pl_module, x, self.views, self.merge, self.chunk_size, include_identity=self.include_identity
+            )
         if stage not in self._metrics:
-            k = self.num_classes or plain.shape[1]
+            k = self.num_classes or (plain.shape[1] if plain.ndim >= 2 else 0)
             if plain.ndim < 2 or k < 2:
                 raise ValueError(
                     f"TTAEvaluation needs class logits (B, K, ...) with K >= 2; got shape {tuple(plain.shape)}"
@@ -162,9 +170,9 @@ class TTAEvaluation(Callback):
         y = y.to(plain.device)
         m["plain"].update(plain, y)
         m["tta"].update(tta, y)
-        ok_plain, ok_tta = plain.argmax(1) == y, tta.argmax(1) == y
-        m["c2w"].update((ok_plain & ~ok_tta).float().flatten())
-        m["w2c"].update((~ok_plain & ok_tta).float().flatten())
+        c2w, w2c = tta_flips(plain, tta, y)
+        m["c2w"].update(c2w.float().flatten())
+        m["w2c"].update(w2c.float().flatten())
 
     def _log(self, pl_module: L.LightningModule, stage: str) -> None:
         m = self._metrics.pop(stage, None)
@@ -175,13 +183,13 @@ class TTAEvaluation(Callback):
         logs = {
             f"{name}_plain": values["plain"],
             f"{name}_tta": values["tta"],
-            f"{name}_tta_gain": values["tta"] - values["plain"],
-            f"{stage}_tta_correct_to_wrong": values["c2w"],
-            f"{stage}_tta_wrong_to_correct": values["w2c"],
+            f"{name}_gain": values["tta"] - values["plain"],
+            f"{stage}_correct_to_wrong": values["c2w"],
+            f"{stage}_wrong_to_correct": values["w2c"],
         }
-        for key, value in logs.items():
-            # identical on every rank already: the mean over ranks changes nothing
-            pl_module.log(key, value.float(), on_epoch=True, sync_dist=True)
+        # identical on every rank already: the mean over ranks changes nothing
+        logs = {k: v.float() for k, v in logs.items()}
+        log_scalars(pl_module, self, logs, on_step=False, on_epoch=True, sync_dist=True)
 
     # ---------------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from lightning_tricks._base import LightningMixin
-from lightning_tricks.functional.inference.tta import MERGE_MODES, tta_predict
+
+if TYPE_CHECKING:  # the mixin is only mixed into LightningModules: type-check it as one
+    from lightning.pytorch import LightningModule as _ModuleBase
+else:
+    _ModuleBase = object
+from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, tta_predict
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAPredict", "batch_input"]
@@ -30,7 +36,7 @@ def batch_input(batch: Any, owner: str, hook: str = "tta_input") -> torch.Tensor
     )
 
 
-class TTAPredict(LightningMixin):
+class TTAPredict(LightningMixin, _ModuleBase):
     """Test-time augmentation in ``trainer.predict`` (and, optionally, ``trainer.test``).
 
     While predicting (and testing, with ``tta_on_test``), every call of the module with one
@@ -51,10 +57,10 @@ class TTAPredict(LightningMixin):
 
     * ``tta_views`` (``("identity", "hflip")``): view strings, see
       :func:`~lightning_tricks.functional.parse_view`.
-    * ``tta_merge`` (``"mean"``): one of ``mean``, ``mean_softmax``, ``mean_sigmoid``,
-      ``gmean_softmax``, ``gmean_sigmoid``, ``max``, ``vote``.
+    * ``tta_merge`` (``"mean"``): how the views are merged, one of the modes of
+      :func:`~lightning_tricks.functional.merge_outputs`.
     * ``tta_chunk_size`` (``"auto"``): most images per forward pass; ``"auto"`` plans it
-      once per input shape (see :func:`~lightning_tricks.functional.inference.tta.clear_tta_plans`),
+      once per input shape (see :func:`~lightning_tricks.functional.clear_tta_plans`),
       ``None`` runs all views at once.
     * ``tta_output`` (``None``): which tensor of ``forward``'s output to merge: ``None``
       takes a tensor as is, ``"logits"`` of a ``ModelOutput``/dict, element 0 of a tuple;
@@ -62,8 +68,11 @@ class TTAPredict(LightningMixin):
     * ``tta_include_identity`` (``True``): add the identity view if missing.
     * ``tta_on_test`` (``False``): also apply TTA during ``trainer.test``.
 
-    If you override ``on_predict_start``/``on_predict_end`` (or the test ones), call
-    ``super()``. Forward hooks of the module run once per TTA forward pass (and a few more
+    If a predict fails, the TTA ``forward`` stays inert: calls outside ``trainer.predict``
+    (and ``trainer.test`` with ``tta_on_test``) run the plain ``forward``, and the next
+    ``fit``/``validate``/``test`` removes it. Inside :meth:`tta_disabled` every call is
+    plain. If you override ``on_predict_start``/``on_predict_end`` (or the test, fit and
+    validation start hooks), call ``super()``. Forward hooks of the module run once per TTA forward pass (and a few more
     times on the first call of each input shape, when ``"auto"`` times the chunk sizes).
 
     Example:
@@ -81,7 +90,7 @@ class TTAPredict(LightningMixin):
     """
 
     tta_views: Sequence[str] = ("identity", "hflip")
-    tta_merge: str = "mean"
+    tta_merge: MergeMode = "mean"
     tta_chunk_size: int | Literal["auto"] | None = "auto"
     tta_output: str | int | Callable[[Any], torch.Tensor] | None = None
     tta_include_identity: bool = True
@@ -111,9 +120,9 @@ class TTAPredict(LightningMixin):
         """The tensor to augment in ``batch`` (override for dict batches)."""
         return batch_input(batch, type(self).__name__)
 
-    def _tta_run(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
+    def _tta_run(self, model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
         self._tta_check()
-        return tta_predict(  # type: ignore[return-value]
+        return tta_predict(
             model,
             x,
             list(self.tta_views),
@@ -124,7 +133,10 @@ class TTAPredict(LightningMixin):
         )
 
     def tta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Merged TTA output of ``x`` (works outside the Trainer as well).
+        """Merged TTA output of ``x``: the tensor chosen by ``tta_output``, merged over the views.
+
+        Works outside the Trainer as well, and inside ``predict_step``/``test_step`` (the
+        views then run through the plain ``forward``: TTA is applied once).
 
         Example:
             >>> import lightning as L
@@ -135,72 +147,119 @@ class TTAPredict(LightningMixin):
             tensor([[1.],
                     [1.]])
         """
-        return self._tta_run(self, x)  # type: ignore[arg-type]
+        with self.tta_disabled():
+            return self._tta_run(self, x)
+
+    @contextlib.contextmanager
+    def tta_disabled(self) -> Iterator[None]:
+        """Calls of the module inside this block run the plain ``forward``, also while predicting.
+
+        :class:`~lightning_tricks.TTAEvaluation` uses it to compare the plain model with TTA
+        when ``tta_on_test`` makes the test-time ``forward`` TTA.
+
+        Example:
+            >>> import lightning as L
+            >>> class Net(TTAPredict, L.LightningModule):
+            ...     def forward(self, x):
+            ...         return x.flatten(1)[:, :1]
+            >>> net = Net()
+            >>> with net.tta_disabled():
+            ...     net(torch.arange(4.0).reshape(1, 1, 2, 2))
+            tensor([[0.]])
+        """
+        depth = self.__dict__.get("_tta_bypass", 0)
+        self.__dict__["_tta_bypass"] = depth + 1
+        try:
+            yield
+        finally:
+            self.__dict__["_tta_bypass"] = depth
 
     # -- forward swap: ``self(x)`` runs TTA during predict/test --------------------------------
+    def _tta_wanted(self) -> bool:
+        """Whether a call of the module now runs TTA: installed, not bypassed, and (when
+        attached to a Trainer) that Trainer is predicting, or testing with ``tta_on_test``."""
+        if self.__dict__.get("_tta_bypass", 0):
+            return False
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # outside a Trainer (e.g. installed by hand): as installed
+            return True
+        predicting = getattr(trainer, "predicting", None)  # None under Fabric: as installed
+        if predicting is None:
+            return True
+        return bool(predicting or (self.tta_on_test and trainer.testing))
+
+    def _tta_call(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``forward`` installed while predicting (a bound method, so the module still
+        pickles and deep-copies)."""
+        plain = type(self).forward
+        if not self._tta_wanted():
+            return plain(self, *args, **kwargs)
+        where: list[int | str] = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        where += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        if not where:
+            return plain(self, *args, **kwargs)
+        if len(where) > 1:
+            raise TypeError(
+                f"{type(self).__name__}: TTA augments one image tensor per call, but forward was called with "
+                f"several tensors ({', '.join(map(str, where))}) during predict/test; call it with the image "
+                "alone, or call `lightning_tricks.functional.tta_predict` with a function of the image"
+            )
+        pos = where[0]
+        x = args[pos] if isinstance(pos, int) else kwargs[pos]
+        raw: list[Any] = [None]
+
+        def call(img: torch.Tensor) -> Any:
+            if isinstance(pos, int):
+                out = plain(self, *args[:pos], img, *args[pos + 1 :], **kwargs)
+            else:
+                out = plain(self, *args, **{**kwargs, pos: img})
+            raw[0] = out
+            return out
+
+        with self.tta_disabled():  # calls of self(...) inside forward run plain
+            merged = self._tta_run(call, x)
+        return _rewrap(raw[0], merged, self.tta_output)
+
     def _tta_install(self) -> None:
         self._tta_check()
-        busy = [False]
-        plain = type(self).forward  # type: ignore[attr-defined]
-        name = type(self).__name__
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if busy[0]:
-                return plain(self, *args, **kwargs)
-            where: list[int | str] = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-            where += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
-            if not where:
-                return plain(self, *args, **kwargs)
-            if len(where) > 1:
-                raise TypeError(
-                    f"{name}: TTA augments one image tensor per call, but forward was called with several "
-                    f"tensors ({', '.join(map(str, where))}) during predict/test; call it with the image "
-                    "alone, or call `lightning_tricks.functional.tta_predict` with a function of the image"
-                )
-            pos = where[0]
-            x = args[pos] if isinstance(pos, int) else kwargs[pos]
-            raw: list[Any] = [None]
-
-            def call(img: torch.Tensor) -> Any:
-                if isinstance(pos, int):
-                    out = plain(self, *args[:pos], img, *args[pos + 1 :], **kwargs)
-                else:
-                    out = plain(self, *args, **{**kwargs, pos: img})
-                raw[0] = out
-                return out
-
-            busy[0] = True
-            try:
-                merged = self._tta_run(call, x)
-            finally:
-                busy[0] = False
-            return _rewrap(raw[0], merged, self.tta_output)
-
-        self.__dict__["forward"] = forward
+        self.__dict__["forward"] = self._tta_call
 
     def _tta_uninstall(self) -> None:
         self.__dict__.pop("forward", None)
 
+    # Install at the start of predict (and test); uninstall at its end and, since Lightning
+    # calls no module hook when a predict raises, at the start of every other stage too.
+    # Until then ``_tta_wanted`` keeps a left-over install inert outside predict/test.
+    def on_fit_start(self) -> None:
+        self._tta_uninstall()
+        super().on_fit_start()
+
+    def on_validation_start(self) -> None:
+        self._tta_uninstall()
+        super().on_validation_start()
+
     def on_predict_start(self) -> None:
-        super().on_predict_start()  # type: ignore[misc]
+        super().on_predict_start()
         self._tta_install()
 
     def on_predict_end(self) -> None:
         self._tta_uninstall()
-        super().on_predict_end()  # type: ignore[misc]
+        super().on_predict_end()
 
     def on_test_start(self) -> None:
-        super().on_test_start()  # type: ignore[misc]
+        super().on_test_start()
+        self._tta_uninstall()
         if self.tta_on_test:
             self._tta_install()
 
     def on_test_end(self) -> None:
         self._tta_uninstall()
-        super().on_test_end()  # type: ignore[misc]
+        super().on_test_end()
 
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> Any:
         """``self(tta_input(batch))``, which is TTA-merged during ``trainer.predict``."""
-        return self(self.tta_input(batch))  # type: ignore[operator]
+        return self(self.tta_input(batch))
 
 
 def _rewrap(raw: Any, merged: torch.Tensor, output: Any) -> Any:

@@ -51,7 +51,12 @@ def test_flagship(tmp_path):
     assert s["reloaded_acc_plain"] == pytest.approx(s["test_acc_plain"], abs=1e-6)
     assert s["reloaded_acc_tta"] == pytest.approx(s["test_acc_tta"], abs=1e-6)
     tags = scalars(s["tensorboard_dir"])
-    assert {"test_acc", "test_accuracy_plain", "test_accuracy_tta", "val_acc"} <= tags
+    assert {
+        "test_acc",
+        "tta_evaluation/test_accuracy_plain",
+        "tta_evaluation/test_accuracy_tta",
+        "val_acc",
+    } <= tags
     assert s["sync_findings"] == 0
     names = {Path(f).name for f in s["memory_files"]}
     assert "memory_profile_rank0_step2.txt" in names and all(Path(f).is_file() for f in s["memory_files"])
@@ -107,7 +112,7 @@ def test_cli_fit_from_yaml(tmp_path):
     weights = load_file(tmp_path / "runs/cli/weights/digits.safetensors")
     assert weights["head.weight"].shape == (10, 64)
     tags = scalars(tmp_path / "runs/cli/tensorboard/version_0")
-    assert {"val_acc", "val_accuracy_plain", "val_accuracy_tta"} <= tags
+    assert {"val_acc", "tta_evaluation/val_accuracy_plain", "tta_evaluation/val_accuracy_tta"} <= tags
     assert "WeightInit (kaiming_normal" in proc.stderr + proc.stdout
 
 

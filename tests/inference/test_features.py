@@ -102,3 +102,26 @@ def test_feature_predict_wrong_layer_fails_before_first_batch():
 
     with pytest.raises(ValueError, match="feature_layers"):
         cpu_trainer().predict(Bad(), datamodule=ImageDataModule(n_val=8))
+
+
+def test_layers_follow_the_naming_rule_globs_and_class_names():
+    model = SmallCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    by_glob = extract_features(model, x, "backbone.*", stop_early=False)  # a lone string is one entry
+    assert list(by_glob) == ["backbone.0", "backbone.1"]
+    by_class = FeatureExtractor(model, ["Conv2d", nn.Linear])
+    assert by_class.layers == ("backbone.0.0", "backbone.1.0", "head.2")
+    feats = by_class(x)
+    torch.testing.assert_close(feats["head.2"], model(x))  # the last Linear is the output
+    deep = extract_features(model, x, ["head", "**.1"], stop_early=False)  # entry order, then model order
+    assert list(deep) == ["head", "backbone.0.1", "backbone.1", "backbone.1.1", "head.1"]
+    with pytest.raises(ValueError, match="`layers` names no submodule 'Conv3d'"):
+        FeatureExtractor(model, "Conv3d")
+
+
+def test_feature_predict_takes_globs():
+    class Globbed(FeaturePredict, ClassifierModule):
+        feature_layers = "backbone.*"
+
+    out = cpu_trainer().predict(Globbed(), datamodule=ImageDataModule(n_val=8, batch_size=8))
+    assert list(out[0]) == ["backbone.0", "backbone.1"]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_tricks import FeaturePredict, PredictionWriter, TTAPredict, load_predictions
-from lightning_tricks.functional import tta_predict
+from lightning_tricks.functional import load_predictions as load_predictions_functional
+from lightning_tricks.functional import merge_rank_predictions, save_rank_predictions, tta_predict
+from lightning_tricks.functional.inference.prediction_writer import prediction_to_cpu
 from tests.helpers import ClassifierModule, cpu_trainer, make_image_dataset
 
 N = 23  # odd: not divisible by 2 ranks nor by the batch size
@@ -109,8 +112,64 @@ def test_feature_dicts(tmp_path):
     assert out["predictions"]["backbone.0"].shape == (N, 8, 8, 8)
 
 
+def test_load_predictions_is_one_function():
+    assert load_predictions is load_predictions_functional
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="filename"):
         PredictionWriter("x", filename="p.npy")
-    with pytest.raises(TypeError, match="output_dir"):
-        PredictionWriter(None)
+    with pytest.raises(TypeError, match="dirpath"):
+        PredictionWriter(3)
+    with pytest.raises(ValueError, match="dirpath"):
+        PredictionWriter("")
+
+
+def test_dirpath_none_writes_to_the_log_dir(tmp_path):
+    logger = CSVLogger(str(tmp_path), name="run", version=0)
+    writer = PredictionWriter(filename="p.pt")
+    cpu_trainer(callbacks=[writer], logger=logger).predict(
+        IndexedModel(), datamodule=Data(), return_predictions=False
+    )
+    out = _check_complete(tmp_path / "run" / "version_0" / "prediction_writer" / "p.pt")
+    assert torch.equal(out["predictions"]["ids"], torch.arange(N))
+    # without a logger: default_root_dir
+    cpu_trainer(callbacks=[writer], logger=False, default_root_dir=str(tmp_path / "root")).predict(
+        IndexedModel(), datamodule=Data(), return_predictions=False
+    )
+    _check_complete(tmp_path / "root" / "prediction_writer" / "p.pt")
+
+
+# ------------------------------------------------------------------------------ functional core
+
+
+def test_merge_rank_predictions_sorts_dedups_and_cleans_up(tmp_path):
+    # two "ranks" that padded with a duplicate of sample 2, nested predictions
+    save_rank_predictions(
+        tmp_path / "r0.pt",
+        [(torch.tensor([4, 2]), {"a": torch.tensor([4.0, 2.0]), "b": [torch.tensor([[4], [2]])]})],
+    )
+    save_rank_predictions(
+        tmp_path / "r1.pt",
+        [
+            (torch.tensor([0, 3]), {"a": torch.tensor([0.0, 3.0]), "b": [torch.tensor([[0], [3]])]}),
+            (torch.tensor([1, 2]), {"a": torch.tensor([1.0, 2.0]), "b": [torch.tensor([[1], [2]])]}),
+        ],
+    )
+    save_rank_predictions(tmp_path / "r2.pt", [])  # a rank without samples
+    paths = [tmp_path / f"r{r}.pt" for r in range(3)]
+    result = merge_rank_predictions(paths, tmp_path / "all.pt")
+    out = load_predictions(tmp_path / "all.pt")
+    assert torch.equal(out["indices"], torch.arange(5)) and torch.equal(result["indices"], torch.arange(5))
+    assert out["predictions"]["a"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert out["predictions"]["b"][0].flatten().tolist() == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.pt"]
+    assert merge_rank_predictions([], tmp_path / "none.pt") is None
+    assert not (tmp_path / "none.pt").exists()
+
+
+def test_prediction_to_cpu_checks_rows():
+    with pytest.raises(ValueError, match="one row per sample"):
+        prediction_to_cpu({"a": torch.zeros(3), "b": torch.zeros(2)}, num_rows=3)
+    with pytest.raises(TypeError, match="str"):
+        prediction_to_cpu("x")

@@ -145,7 +145,7 @@ def clear_tta_plans(model: object | None = None) -> None:
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from lightning_tricks.functional.inference.tta import tta_predict
+        >>> from lightning_tricks.functional.inference.tta_predict import tta_predict
         >>> model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         >>> _ = tta_predict(model, torch.randn(2, 3, 8, 8), ["hflip"])  # plans once
         >>> list(tta_plans(model).values())[0] in (1, 2, 4)

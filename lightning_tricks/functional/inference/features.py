@@ -1,4 +1,10 @@
-"""Named intermediate outputs of any model through forward hooks (no FX tracing needed)."""
+"""Named intermediate outputs of any model through forward hooks (no FX tracing needed).
+
+The functional core of :class:`~lightning_tricks.FeaturePredict` (the documented pair:
+``FeaturePredict`` -> :class:`FeatureExtractor` / :func:`extract_features`). Layers are
+named by the one naming rule of :mod:`lightning_tricks.functional._modules` (qualified
+names, segment globs, class names, classes).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_str_sequence
-from lightning_tricks.functional._modules import unknown_module_error
+from lightning_tricks.functional._checks import check_bool
+from lightning_tricks.functional._modules import ModuleSpec, name_entries, resolve_modules
 
 __all__ = ["FeatureExtractor", "extract_features"]
 
@@ -27,7 +33,7 @@ def detach_all(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         items = {k: detach_all(v) for k, v in obj.items()}
         try:
-            return type(obj)(items)  # type: ignore[call-arg]
+            return type(obj)(items)  # type: ignore[call-arg]  # Mapping subclasses may not take a dict: see except
         except TypeError:
             return items
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
@@ -41,13 +47,13 @@ class _StopForward(Exception):
     """Raised by the hook of the last requested layer to end the forward pass early."""
 
 
-def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
-    out = {}
-    for name in layers:
-        if name not in modules:
-            raise unknown_module_error("layers", name, model)
-        out[name] = modules[name]
+def _resolve_layers(model: nn.Module, layers: ModuleSpec) -> dict[str, nn.Module]:
+    """The modules ``layers`` selects: entry by entry (each entry's matches in model order),
+    each module once."""
+    out: dict[str, nn.Module] = {}
+    for entry in name_entries("layers", layers):
+        for name, module in resolve_modules(model, entry, "layers").items():
+            out.setdefault(name, module)
     return out
 
 
@@ -67,15 +73,21 @@ class FeatureExtractor:
 
     Args:
         model: the model whose submodules to capture.
-        layers: names from ``model.named_modules()``, e.g. ``"backbone.1"``.
+        layers: the submodules to capture: qualified names from ``model.named_modules()``
+            (``"backbone.1"``), segment globs (``"backbone.*"``, ``"**.norm1"``), class
+            names (``"Conv2d"``) or classes; a lone string is one entry. Features are
+            keyed by qualified name, entry by entry (a glob's matches in model order).
         stop_early: stop the forward pass once every requested layer has run (only
             when called, see :meth:`__call__`).
         detach: store the output with every tensor detached (keeps no graph), also
             inside ``ModelOutput`` objects, dicts, tuples and lists.
 
     Raises:
-        ValueError: if a name is not a submodule (the message suggests near matches).
+        ValueError: if an entry selects no submodule (the message suggests near matches).
         TypeError: for arguments of the wrong type.
+
+    Attributes:
+        layers: the qualified names of the captured submodules.
 
     Example:
         >>> import torch
@@ -88,18 +100,24 @@ class FeatureExtractor:
         ...     out = model(torch.randn(3, 4))
         >>> fx.features["1"].shape, len(model[1]._forward_hooks)
         (torch.Size([3, 8]), 0)
+        >>> FeatureExtractor(model, "Linear").layers  # a class name selects every Linear
+        ('0', '2')
     """
 
     def __init__(
-        self, model: nn.Module, layers: str | Sequence[str], stop_early: bool = False, detach: bool = True
+        self,
+        model: nn.Module,
+        layers: str | type | Sequence[str | type],
+        stop_early: bool = False,
+        detach: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-        self.layers = check_str_sequence("layers", layers)
         self.stop_early = check_bool("stop_early", stop_early)
         self.detach = check_bool("detach", detach)
         self.model = model
-        self._modules = _resolve_layers(model, self.layers)
+        self._modules = _resolve_layers(model, layers)
+        self.layers: tuple[str, ...] = tuple(self._modules)
         self._handles: list[Any] = []
         self._stopping = False
         self.features: dict[str, torch.Tensor] = {}
@@ -149,22 +167,27 @@ class FeatureExtractor:
 
 
 def extract_features(
-    model: nn.Module, x: Any, layers: str | Sequence[str], stop_early: bool = True, detach: bool = True
+    model: nn.Module,
+    x: Any,
+    layers: str | type | Sequence[str | type],
+    stop_early: bool = True,
+    detach: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Outputs of the named submodules of ``model`` for input ``x`` (functional form).
 
     Args:
         model: the model.
         x: the input of ``model``.
-        layers: names from ``model.named_modules()``.
+        layers: qualified names, segment globs, class names or classes (see
+            :class:`FeatureExtractor`).
         stop_early: stop the forward pass once every requested layer has run.
         detach: detach the captured outputs.
 
     Returns:
-        ``{layer: output}``, in the order of ``layers``.
+        ``{qualified name: output}``, in the order of ``layers``.
 
     Raises:
-        ValueError: if a name is not a submodule (with near matches suggested).
+        ValueError: if an entry selects no submodule (with near matches suggested).
 
     Example:
         >>> import torch

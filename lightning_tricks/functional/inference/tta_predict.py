@@ -1,4 +1,10 @@
-"""Test-time augmentation with all views of a batch in one (chunked) forward pass."""
+"""Test-time augmentation with all views of a batch in one (chunked) forward pass.
+
+The functional core of :class:`~lightning_tricks.TTAPredict` (``TTAPredict`` ->
+:func:`tta_predict`); :class:`~lightning_tricks.TTAEvaluation` compares plain and TTA
+predictions with :func:`merge_outputs`. Views live in ``views.py``, output selection and
+eval-mode switching in ``_tta_model.py``, chunk-size planning in ``_tta_plan.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args, overload
 
 import torch
 import torch.nn.functional as F
@@ -20,37 +26,24 @@ from lightning_tricks.functional.inference._tta_model import (
     modules_of,
     select_output,
 )
-from lightning_tricks.functional.inference._tta_plan import (
-    clear_tta_plans,
-    forward_in_chunks,
-    planned_chunk_size,
-    tta_plans,
-)
+from lightning_tricks.functional.inference._tta_plan import forward_in_chunks, planned_chunk_size
 from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
 __all__ = [
     "MERGE_MODES",
+    "MergeMode",
     "check_chunk_size",
-    "clear_tta_plans",
     "merge_outputs",
     "select_output",
-    "tta_plans",
     "tta_predict",
 ]
 
 MergeMode = Literal["mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"]
-MERGE_MODES: tuple[str, ...] = (
-    "mean",
-    "mean_softmax",
-    "mean_sigmoid",
-    "gmean_softmax",
-    "gmean_sigmoid",
-    "max",
-    "vote",
-)
+"""How TTA merges the views; the one list of merge modes (see :func:`merge_outputs`)."""
+MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 
 
-def merge_outputs(outputs: torch.Tensor, merge: str = "mean") -> torch.Tensor:
+def merge_outputs(outputs: torch.Tensor, merge: MergeMode = "mean") -> torch.Tensor:
     """Merge per-view outputs of shape ``(V, B, K, ...)`` (class dimension 2) into ``(B, K, ...)``.
 
     Modes:
@@ -141,11 +134,56 @@ def _views(views: Any, include_identity: bool) -> list[View]:
     return view_list
 
 
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: Literal[False] = ...,
+    output: OutputSelector = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: Literal[True],
+    output: OutputSelector = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def tta_predict(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: str | View | Sequence[str | View] = ...,
+    merge: MergeMode = ...,
+    chunk_size: int | Literal["auto"] | None = ...,
+    *,
+    include_identity: bool = ...,
+    dense: bool | None = ...,
+    return_views: bool = ...,
+    output: OutputSelector = ...,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def tta_predict(
     model: nn.Module | Callable[[torch.Tensor], Any],
     x: torch.Tensor,
     views: str | View | Sequence[str | View] = ("identity", "hflip"),
-    merge: str = "mean",
+    merge: MergeMode = "mean",
     chunk_size: int | Literal["auto"] | None = "auto",
     *,
     include_identity: bool = True,
@@ -159,7 +197,7 @@ def tta_predict(
     the model in chunks of ``chunk_size`` images (views that change the image size, such
     as crops and rescales, form one group per distinct size). By default the chunk size is
     planned: the first call for a model, image shape, dtype and device times a few
-    candidates and caches the fastest (see :func:`clear_tta_plans`). Dense outputs are
+    candidates and caches the fastest (see :func:`~lightning_tricks.functional.clear_tta_plans`). Dense outputs are
     mapped back by each view's inverse before merging. The call runs under
     ``torch.inference_mode()`` with every submodule of the model in eval mode (also the
     modules a function or lambda refers to); the modes that were switched are restored.

@@ -9,9 +9,9 @@ import ttach as tta
 from torch import nn
 
 from lightning_tricks.functional.inference.features import FeatureExtractor
-from lightning_tricks.functional.inference.tta import tta_predict
+from lightning_tricks.functional.inference.tta_predict import tta_predict
 from lightning_tricks.functional.inference.views import parse_views
-from lightning_tricks.inference.feature_predict import FeaturePredict
+from lightning_tricks.inference.features import FeaturePredict
 from lightning_tricks.inference.tta_predict import TTAPredict
 from tests.helpers.utils import cpu_trainer
 from tests.helpers.zoo import (

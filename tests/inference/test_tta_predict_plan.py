@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_tricks.functional import clear_tta_plans, tta_plans, tta_predict
 from lightning_tricks.functional.inference import _tta_plan
-from lightning_tricks.functional.inference.tta import clear_tta_plans, tta_plans, tta_predict
 from tests.helpers import SmallCNN
 
 

@@ -1,13 +1,17 @@
-"""Functional TTA: views, inversion, merge modes, batching, modes restored."""
+"""TTA: views, inversion, merge modes, batching, modes restored (functional), and the TTAPredict mixin
+through a real Trainer."""
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
+from lightning_tricks import TTAPredict
 from lightning_tricks.functional import merge_outputs, parse_view, parse_views, tta_predict
-from tests.helpers import SmallCNN
+from tests.helpers import ClassifierModule, ImageDataModule, SmallCNN, cpu_trainer
 
 GEOMETRIC = ["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "hflip+rot90", "vflip+rot270"]
 
@@ -164,3 +168,125 @@ def test_bad_arguments_name_themselves():
         tta_predict(lambda t: [model, "text"][1], x, ["hflip"])
     with pytest.raises(TypeError, match="element 0 of the model's tuple is a str, not a tensor"):
         tta_predict(lambda t: ("text", model(t)), x, ["hflip"])
+
+
+# ----------------------------------------------------------------- TTAPredict (Lightning layer)
+
+
+class TTAModel(TTAPredict, ClassifierModule):
+    tta_views = ("hflip", "vflip")
+    tta_merge = "mean_softmax"
+
+
+class TTATestModel(TTAPredict, ClassifierModule):
+    tta_views = ("hflip",)
+    tta_on_test = True
+
+
+def _val_x():
+    dm = ImageDataModule(n_val=20)
+    dm.setup()
+    return dm.val_set.tensors[0]
+
+
+def test_predict_uses_tta_and_restores_forward():
+    torch.manual_seed(0)
+    model = TTAModel()
+    trainer = cpu_trainer(max_epochs=1)
+    trainer.fit(model, datamodule=ImageDataModule())
+    preds = torch.cat(trainer.predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    x = _val_x()
+    model.eval()
+    expected = tta_predict(model, x, ["identity", "hflip", "vflip"], "mean_softmax")
+    torch.testing.assert_close(preds, expected, rtol=1e-5, atol=1e-6)
+    assert "forward" not in model.__dict__  # plain forward outside predict
+    with torch.no_grad():
+        assert not torch.allclose(model(x), expected)
+
+
+def test_user_predict_step_gets_tta_too():
+    class Own(TTAModel):
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0]).log()
+
+    model = Own()
+    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    expected = tta_predict(model, _val_x(), ["hflip", "vflip"], "mean_softmax")
+    torch.testing.assert_close(preds, expected.log(), rtol=1e-5, atol=1e-6)
+
+
+def test_tta_on_test_changes_test_metrics_only_when_enabled():
+    torch.manual_seed(0)
+    model = TTATestModel()
+    dm = ImageDataModule(n_val=20)
+    res = cpu_trainer().test(model, datamodule=dm, verbose=False)[0]
+    x = _val_x()
+    y = dm.val_set.tensors[1]
+    tta = tta_predict(model, x, ["hflip"])
+    assert res["test_acc"] == pytest.approx((tta.argmax(1) == y).float().mean().item(), abs=1e-6)
+    TTATestModel.tta_on_test = False
+    try:
+        res2 = cpu_trainer().test(model, datamodule=dm, verbose=False)[0]
+        with torch.no_grad():
+            plain = model.eval()(x)
+        assert res2["test_acc"] == pytest.approx((plain.argmax(1) == y).float().mean().item(), abs=1e-6)
+    finally:
+        TTATestModel.tta_on_test = True
+
+
+def test_bad_class_attribute_is_named():
+    class Bad(TTAPredict, ClassifierModule):
+        tta_merge = "median"
+
+    with pytest.raises(ValueError, match="tta_merge"):
+        cpu_trainer().predict(Bad(), datamodule=ImageDataModule(n_val=8))
+
+
+class FailingPredict(TTAModel):
+    fail = True
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        out = super().predict_step(batch, batch_idx, dataloader_idx)
+        if self.fail:
+            raise RuntimeError("boom in predict_step")
+        return out
+
+
+def test_failed_predict_leaves_no_tta_behind():
+    torch.manual_seed(0)
+    model = FailingPredict()
+    trainer = cpu_trainer(max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.predict(model, datamodule=ImageDataModule(n_val=16, batch_size=8))
+    x = _val_x()
+    model.eval()
+    with torch.no_grad():
+        plain = model.head(model.backbone(x))  # the plain forward, by hand
+        out = model(x)
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)  # calls are plain again
+    pickle.dumps(model)  # nothing unpicklable left on the module
+    # validation runs without TTA: its accuracy is the plain one
+    dm = ImageDataModule(n_val=20)
+    res = cpu_trainer().validate(model, datamodule=dm, verbose=False)[0]
+    dm.setup()
+    y = dm.val_set.tensors[1]
+    assert res["val_acc"] == pytest.approx((out.argmax(1) == y).float().mean().item(), abs=1e-6)
+    assert "forward" not in model.__dict__
+    model.train()
+    cpu_trainer(max_epochs=1).fit(model, datamodule=ImageDataModule())  # and training works
+    model.fail = False
+    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    model.eval()
+    torch.testing.assert_close(preds, tta_predict(model, x, ["identity", "hflip", "vflip"], "mean_softmax"))
+
+
+def test_tta_forward_during_predict_applies_tta_once():
+    class Own(TTAModel):
+        def predict_step(self, batch, batch_idx):
+            return self.tta_forward(batch[0])
+
+    torch.manual_seed(0)
+    model = Own()
+    preds = torch.cat(cpu_trainer().predict(model, datamodule=ImageDataModule(n_val=20, batch_size=8)))
+    expected = tta_predict(model.eval(), _val_x(), ["hflip", "vflip"], "mean_softmax")
+    torch.testing.assert_close(preds, expected, rtol=1e-5, atol=1e-6)

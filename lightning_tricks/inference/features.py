@@ -1,20 +1,30 @@
-"""FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model."""
+"""FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model.
+
+The Lightning layer of :class:`~lightning_tricks.functional.FeatureExtractor` and
+:func:`~lightning_tricks.functional.extract_features` (the documented pair of
+``functional/inference/features.py``): the mixin only decides when to capture.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_tricks._base import LightningMixin
+
+if TYPE_CHECKING:  # the mixin is only mixed into LightningModules: type-check it as one
+    from lightning.pytorch import LightningModule as _ModuleBase
+else:
+    _ModuleBase = object
 from lightning_tricks.functional.inference.features import FeatureExtractor
 from lightning_tricks.inference.tta_predict import batch_input
 
 __all__ = ["FeaturePredict"]
 
 
-class FeaturePredict(LightningMixin):
+class FeaturePredict(LightningMixin, _ModuleBase):
     """A ``predict_step`` that returns ``{layer: output}`` for the layers you name.
 
     The intermediate outputs are captured with forward hooks by
@@ -25,8 +35,11 @@ class FeaturePredict(LightningMixin):
 
     Class attributes:
 
-    * ``feature_layers`` (``()``): names from ``self.named_modules()``, e.g.
-      ``("backbone.0", "head")``; checked when prediction starts.
+    * ``feature_layers`` (``()``): the submodules to capture, by the naming rule of
+      :class:`~lightning_tricks.functional.FeatureExtractor`: qualified names from
+      ``self.named_modules()`` (``("backbone.0", "head")``), segment globs
+      (``"backbone.*"``), class names or classes; a lone string is one entry. Checked when
+      prediction starts; the features are keyed by qualified name.
     * ``feature_stop_early`` (``True``): stop the forward pass once every requested layer
       has run, so later layers cost nothing.
     * ``feature_include_output`` (``False``): also return the model's output under the
@@ -50,15 +63,13 @@ class FeaturePredict(LightningMixin):
         {'body': (3, 8)}
     """
 
-    feature_layers: Sequence[str] = ()
+    feature_layers: str | type | Sequence[str | type] = ()
     feature_stop_early: bool = True
     feature_include_output: bool = False
 
     def _feature_extractor(self) -> FeatureExtractor:
         name = type(self).__name__
         layers = self.feature_layers
-        if isinstance(layers, str):
-            layers = (layers,)
         if not layers:
             raise ValueError(f"{name}.feature_layers names no layer; set it to names from named_modules()")
         for attr in ("feature_stop_early", "feature_include_output"):
@@ -66,7 +77,7 @@ class FeaturePredict(LightningMixin):
                 raise TypeError(f"{name}.{attr} must be a bool; got {getattr(self, attr)!r}")
         try:
             return FeatureExtractor(
-                self,  # type: ignore[arg-type]
+                self,
                 layers,
                 stop_early=self.feature_stop_early and not self.feature_include_output,
             )
@@ -74,7 +85,7 @@ class FeaturePredict(LightningMixin):
             raise type(err)(f"{name}.feature_layers: {err}") from None
 
     def on_predict_start(self) -> None:
-        super().on_predict_start()  # type: ignore[misc]
+        super().on_predict_start()
         self._feature_extractor()  # fail before the first batch if a name is wrong
 
     def feature_input(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
@@ -90,5 +101,5 @@ class FeaturePredict(LightningMixin):
         if not self.feature_include_output:
             return fx(*args, **kwargs)
         with fx:
-            out = self(*args, **kwargs)  # type: ignore[operator]
+            out = self(*args, **kwargs)
         return {**{n: fx.features[n] for n in fx.layers}, "output": out}

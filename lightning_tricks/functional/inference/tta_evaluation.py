@@ -1,0 +1,102 @@
+"""What test-time augmentation gains: plain and TTA predictions of one batch, and the flips.
+
+The functional core of :class:`~lightning_tricks.TTAEvaluation` (``TTAEvaluation`` ->
+:func:`tta_evaluation`, plus :func:`tta_flips`): the callback only decides on which
+batches to call it and accumulates metrics over the epoch (synchronised across ranks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_tricks.functional.inference._tta_model import OutputSelector
+from lightning_tricks.functional.inference.tta_predict import MergeMode, merge_outputs, tta_predict
+
+__all__ = ["tta_evaluation", "tta_flips"]
+
+
+def tta_evaluation(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    views: Sequence[str] = ("hflip",),
+    merge: MergeMode = "mean",
+    chunk_size: int | Literal["auto"] | None = "auto",
+    *,
+    include_identity: bool = True,
+    output: OutputSelector = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain and TTA outputs of ``x``, from one batched forward pass of all views.
+
+    The identity view's output is the plain prediction (the model run once, in eval
+    mode); the TTA prediction merges ``views`` (with the identity view when
+    ``include_identity``) as :func:`~lightning_tricks.functional.tta_predict` would.
+
+    Args:
+        model: a module or callable, as for :func:`~lightning_tricks.functional.tta_predict`.
+        x: images ``(B, C, H, W)``.
+        views: the TTA views (view strings, see :func:`~lightning_tricks.functional.parse_view`).
+        merge: how to merge the views, see :func:`~lightning_tricks.functional.merge_outputs`.
+        chunk_size: most images per forward pass (``"auto"`` plans it).
+        include_identity: whether the TTA prediction includes the identity view.
+        output: which tensor of the model's output to use (see ``tta_predict``).
+
+    Returns:
+        ``(plain, tta)``, both float32 of the model's output shape.
+
+    Raises:
+        ValueError: for bad arguments (see ``tta_predict``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> x = torch.randn(8, 3, 8, 8)
+        >>> plain, tta = tta_evaluation(model, x, ["hflip", "vflip"])
+        >>> torch.allclose(plain, model.eval()(x), atol=1e-6), tta.shape
+        (True, torch.Size([8, 4]))
+    """
+    views = ["identity", *[v for v in views if v != "identity"]]
+    _, per_view = tta_predict(
+        model, x, views, "mean", chunk_size, include_identity=True, return_views=True, output=output
+    )
+    per_view = per_view.float()
+    tta = merge_outputs(per_view if include_identity else per_view[1:], merge)
+    return per_view[0], tta
+
+
+def tta_flips(
+    plain: torch.Tensor, tta: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples (pixels, for dense outputs) TTA turned from right to wrong and back.
+
+    Args:
+        plain: plain class scores ``(B, K, ...)``.
+        tta: TTA class scores of the same shape.
+        target: labels ``(B, ...)``.
+
+    Returns:
+        ``(correct_to_wrong, wrong_to_correct)``: boolean masks of ``target``'s shape,
+        comparing the argmax over the class dimension with ``target``.
+
+    Raises:
+        ValueError: if the shapes do not fit.
+
+    Example:
+        >>> plain = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+        >>> tta = torch.tensor([[0.0, 2.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> c2w, w2c = tta_flips(plain, tta, torch.tensor([0, 1, 1]))
+        >>> c2w.tolist(), w2c.tolist()
+        ([True, False, False], [False, False, True])
+    """
+    if plain.shape != tta.shape or plain.ndim < 2 or plain.shape[:1] + plain.shape[2:] != target.shape:
+        raise ValueError(
+            f"`plain` and `tta` must be class scores (B, K, ...) of one shape and `target` (B, ...); got "
+            f"{tuple(plain.shape)}, {tuple(tta.shape)} and {tuple(target.shape)}"
+        )
+    target = target.to(plain.device)
+    ok_plain, ok_tta = plain.argmax(1) == target, tta.argmax(1) == target
+    return ok_plain & ~ok_tta, ~ok_plain & ok_tta
