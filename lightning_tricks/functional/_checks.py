@@ -8,6 +8,7 @@ bad input fails early with a message such as
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
@@ -24,6 +25,7 @@ __all__ = [
     "check_str",
     "check_str_sequence",
     "check_on_error",
+    "check_optional_path",
     "report_problem",
 ]
 
@@ -115,6 +117,27 @@ def check_str_sequence(name: str, value: Any, *, allow_empty: bool = False) -> t
     if not allow_empty and not value:
         raise ValueError(f"`{name}` must name at least one entry; got {value!r}")
     return tuple(value)
+
+
+def check_optional_path(name: str, value: Any) -> str | None:
+    """Return ``value`` as a string path (``str`` or ``os.PathLike``), or ``None``; else raise
+    ``TypeError`` naming ``name``. File descriptors (ints) are refused.
+
+    Example:
+        >>> check_optional_path("dirpath", None) is None
+        True
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            if not path:
+                raise ValueError(f"`{name}` must be a non-empty path or None; got {value!r}")
+            return path
+    raise TypeError(
+        f"`{name}` must be a path (str or os.PathLike) or None; got {value!r} of type {type(value).__name__}"
+    )
 
 
 def check_on_error(value: Any, allowed: Sequence[str] = ON_ERROR) -> str:

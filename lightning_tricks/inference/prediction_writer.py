@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_tricks._logging import component_dir
-from lightning_tricks.functional._checks import check_bool, check_str
+from lightning_tricks.functional._checks import check_bool, check_optional_path, check_str
 from lightning_tricks.functional.inference.prediction_writer import (
     load_predictions,
     merge_rank_predictions,
@@ -67,7 +67,7 @@ class PredictionWriter(BasePredictionWriter):
         self, dirpath: str | None = None, filename: str = "predictions.pt", keep_rank_files: bool = False
     ) -> None:
         super().__init__(write_interval="batch")
-        self.dirpath = None if dirpath is None else check_str("dirpath", dirpath)
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self.filename = check_str("filename", filename)
         if not self.filename.endswith(".pt") or "/" in self.filename or self.filename == ".pt":
             raise ValueError(f"`filename` must be a plain file name ending in '.pt'; got {filename!r}")

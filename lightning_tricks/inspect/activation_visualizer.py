@@ -17,7 +17,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars
-from lightning_tricks.functional._checks import check_int, check_number, check_str_sequence
+from lightning_tricks.functional._checks import (
+    check_int,
+    check_number,
+    check_optional_path,
+    check_str_sequence,
+)
 from lightning_tricks.functional._io import atomic_write_text
 from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.activation_visualizer import (
@@ -150,11 +155,7 @@ class ActivationVisualizer(Callback):
         self.max_channels = check_int("max_channels", max_channels, minimum=1)
         self.bins = check_int("bins", bins, minimum=2, maximum=10_000)
         self.near_zero = check_number("near_zero", near_zero, minimum=0.0)
-        if dirpath is not None and not isinstance(dirpath, (str, Path)):
-            raise TypeError(
-                f"`dirpath` must be a path or None; got {dirpath!r} of type {type(dirpath).__name__}"
-            )
-        self.dirpath = dirpath
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self._user_sample: Any = None
         self._reset()
 

@@ -18,6 +18,7 @@ from lightning_tricks.functional._checks import (
     check_int,
     check_number,
     check_on_error,
+    check_optional_path,
     check_str_sequence,
     report_problem,
 )
@@ -128,11 +129,7 @@ class FilterVisualizer(Callback):
             else tuple(check_number("std", s, minimum=0.0, exclusive_minimum=True) for s in std)
         )
         self.seed = check_int("seed", seed)
-        if dirpath is not None and not isinstance(dirpath, (str, Path)):
-            raise TypeError(
-                f"`dirpath` must be a path or None; got {dirpath!r} of type {type(dirpath).__name__}"
-            )
-        self.dirpath = dirpath
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self.on_error = check_on_error(on_error)
         self._reset()
 

@@ -17,6 +17,7 @@ from lightning_tricks.functional._checks import (
     check_int,
     check_number,
     check_on_error,
+    check_optional_path,
     check_str,
     report_problem,
 )
@@ -101,11 +102,7 @@ class ClassActivationMaps(Callback):
         self.num_images = check_int("num_images", num_images, minimum=1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         self.alpha = check_number("alpha", alpha, minimum=0.0, maximum=1.0)
-        if dirpath is not None and not isinstance(dirpath, (str, Path)):
-            raise TypeError(
-                f"`dirpath` must be a path or None; got {dirpath!r} of type {type(dirpath).__name__}"
-            )
-        self.dirpath = dirpath
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self.on_error = check_on_error(on_error)
         self._reset()
 

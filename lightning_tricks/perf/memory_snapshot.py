@@ -20,7 +20,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_tricks._compat import attach_cuda_oom_observer
 from lightning_tricks._logging import component_dir
-from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_str
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_path,
+)
 from lightning_tricks.functional.perf import memory_snapshot as F
 from lightning_tricks.functional.perf.memory_snapshot import StackContext, StackKind
 
@@ -90,7 +95,7 @@ class MemorySnapshot(L.Callback):
         self.max_entries = check_int("max_entries", max_entries, minimum=1)
         self.stacks = check_choice("stacks", stacks, F._STACKS)
         self.context = check_choice("context", context, F._CONTEXTS)
-        self.dirpath = None if dirpath is None else check_str("dirpath", dirpath)
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self.html = check_bool("html", html)
         self.dump_on_exception = check_bool("on_exception", on_exception)
         self.files: list[Path] = []

@@ -23,6 +23,7 @@ from lightning_tricks.functional._checks import (
     check_choice,
     check_number,
     check_on_error,
+    check_optional_path,
     check_str,
     report_problem,
 )
@@ -105,7 +106,7 @@ class ReproducibilityCheck(Callback):
         atol: float = 0.0,
         buffers: bool = False,
     ) -> None:
-        self.dirpath = None if dirpath is None else _check_path("dirpath", dirpath)
+        self.dirpath = check_optional_path("dirpath", dirpath)
         self.filename = check_str("filename", filename)
         self.reference = None if reference is None else _check_path("reference", reference)
         self.on_error = check_on_error(on_error)
