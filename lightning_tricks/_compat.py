@@ -194,7 +194,9 @@ def rewrap_ddp_model(strategy: Any) -> None:
     strategy._register_ddp_hooks()
 
 
-def module_from_checkpoint(cls: Any, checkpoint: dict[str, Any], strict: bool | None = None, **kwargs: Any) -> Any:
+def module_from_checkpoint(
+    cls: Any, checkpoint: dict[str, Any], strict: bool | None = None, **kwargs: Any
+) -> Any:
     """Build ``cls`` (a LightningModule or LightningDataModule class) from an already loaded
     checkpoint dict, as ``cls.load_from_checkpoint`` does after its ``torch.load``: legacy
     migration (``_pl_migrate_checkpoint``), then ``lightning.pytorch.core.saving._load_state``

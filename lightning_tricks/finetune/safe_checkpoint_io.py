@@ -56,7 +56,9 @@ class SafeCheckpointIO(CheckpointIO):
             raise TypeError(f"`allow_pickle` must be a bool, got {allow_pickle!r}")
         self.allow_pickle = allow_pickle
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         """Write ``checkpoint`` to ``path`` (atomically for local paths).
 
         Raises:
@@ -69,7 +71,9 @@ class SafeCheckpointIO(CheckpointIO):
             )
         F.save_checkpoint(checkpoint, path)
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Read the checkpoint at ``path``. ``weights_only`` is accepted for Lightning's call and
         has nothing to restrict: nothing is unpickled.
 

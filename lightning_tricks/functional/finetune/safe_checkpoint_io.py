@@ -78,7 +78,9 @@ class _Encoder:
         if id(t) in self._by_id:  # the same tensor object twice (tied weights): stored once
             return {"$tensor": self._by_id[id(t)]}
         if t.is_sparse or t.layout != torch.strided or t.is_quantized:
-            raise TypeError(f"{_key(parts)} is a {t.layout} tensor; only dense (strided) tensors can be saved")
+            raise TypeError(
+                f"{_key(parts)} is a {t.layout} tensor; only dense (strided) tensors can be saved"
+            )
         name = "/".join(str(p) for p in parts) or "tensor"
         base, i = name, 1
         while name in self.tensors:
@@ -96,7 +98,7 @@ class _Encoder:
         self._by_id[key_id] = name
         return {"$tensor": name}
 
-    def encode(self, value: Any, parts: tuple[Any, ...] = ()) -> Any:  # noqa: C901 - one branch per encoding
+    def encode(self, value: Any, parts: tuple[Any, ...] = ()) -> Any:
         if value is None or type(value) in (bool, int, str):
             return value
         if type(value) is float:
@@ -139,7 +141,7 @@ class _Encoder:
         return [[self.encode(k, (*parts, "<key>")), self.encode(v, (*parts, k))] for k, v in value.items()]
 
 
-def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:  # noqa: C901 - one branch per encoding
+def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(value, list):
         return [_decode(v, tensors) for v in value]
     if not isinstance(value, dict):
@@ -158,7 +160,9 @@ def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:  # noqa: C9
         if tag == "$dict":
             return {_decode(k, tensors): _decode(v, tensors) for k, v in payload}
         if tag == "$odict":
-            od: OrderedDict[Any, Any] = OrderedDict((_decode(k, tensors), _decode(v, tensors)) for k, v in payload)
+            od: OrderedDict[Any, Any] = OrderedDict(
+                (_decode(k, tensors), _decode(v, tensors)) for k, v in payload
+            )
             if "metadata" in value:
                 od._metadata = _decode(value["metadata"], tensors)  # type: ignore[attr-defined]  # state_dict versions
             return od
@@ -308,7 +312,7 @@ def load_checkpoint(
     if not is_safe_checkpoint(path):
         if allow_pickle:
             with fs.open(p, "rb") as f:
-                return torch.load(f, map_location=map_location, weights_only=False)  # noqa: S614 - opted in
+                return torch.load(f, map_location=map_location, weights_only=False)
         raise UnsafeCheckpointError(
             f"refusing to load {str(path)!r}: it is {_describe(fs, p)}, and unpickling a file can run arbitrary "
             "code. If you trust the file, convert it once with `python -m lightning_tricks.finetune.safe_checkpoint_io "
@@ -365,7 +369,7 @@ def convert_checkpoint(src: _PathLike, dst: _PathLike) -> dict[str, Any]:
         checkpoint = load_checkpoint(src)
     else:
         with fs.open(p, "rb") as f:
-            checkpoint = torch.load(f, map_location="cpu", weights_only=False)  # noqa: S614 - the user trusts src
+            checkpoint = torch.load(f, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict):
         raise TypeError(f"`src` {str(src)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     save_checkpoint(checkpoint, dst)
@@ -377,4 +381,3 @@ def remove_checkpoint(path: _PathLike) -> None:
     fs, p = _fs(path)
     if fs.exists(p):
         fs.rm(p, recursive=True)
-

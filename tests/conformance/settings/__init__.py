@@ -8,10 +8,20 @@ listed in ``NOT_COMPONENTS`` with the reason it is not a component.
 
 from __future__ import annotations
 
-from tests.conformance.settings import finetune, inference, inspect, optim, perfmem, perfspeed, repro, weights
+from tests.conformance.settings import (
+    finetune,
+    inference,
+    inspect,
+    optim,
+    perfmem,
+    perfspeed,
+    repro,
+    safe_checkpoint,
+    weights,
+)
 from tests.conformance.spec import Spec
 
-_AREAS = (finetune, weights, repro, optim, inference, inspect, perfmem, perfspeed)
+_AREAS = (finetune, weights, repro, optim, inference, inspect, perfmem, perfspeed, safe_checkpoint)
 
 SETTINGS: dict[str, list[Spec]] = {}
 NOT_COMPONENTS: dict[str, str] = {"LightningMixin": "abstract marker base class of all mixins"}
