@@ -427,7 +427,7 @@ def check_fp16(name: str, spec: Spec, tmp: Path, epochs: int = 2, crash_epoch: i
         f"{name}: after the inf step the scaler keeps skipping: steps {others} of {len(probe.scales)} skipped "
         f"(scales {probe.scales})"
     )
-    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
+    saved = trainer.strategy.checkpoint_io.load_checkpoint(ckpt, weights_only=False)  # the run's plugin
     prec = trainer.precision_plugin
     scaler_state = saved.get(type(prec).__qualname__)
     assert scaler_state and scaler_state.get("scale", math.inf) < 2.0**16, (
