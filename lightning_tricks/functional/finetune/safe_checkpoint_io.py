@@ -56,7 +56,14 @@ _PathLike = str | os.PathLike[str]
 
 
 class UnsafeCheckpointError(ValueError):
-    """A file is not a safe checkpoint (e.g. a pickled ``.ckpt``) and pickle was not allowed."""
+    """A file is not a safe checkpoint (e.g. a pickled ``.ckpt``) and pickle was not allowed.
+
+    A ``ValueError``, so ``except ValueError`` catches it too.
+
+    Example:
+        >>> issubclass(UnsafeCheckpointError, ValueError)
+        True
+    """
 
 
 def _fs(path: _PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
