@@ -87,10 +87,13 @@ def _fp16():
 def test_functional_round_trip_of_every_encoding(tmp_path):
     lin = nn.Linear(3, 2)
     sd = lin.state_dict()  # an OrderedDict with `_metadata` (module versions)
+    tied = nn.ModuleDict({"enc": nn.Embedding(5, 3), "dec": nn.Linear(3, 5, bias=False)})
+    tied["dec"].weight = tied["enc"].weight
     shared = torch.arange(12.0)
     ckpt = {
         "state_dict": sd,
         "tied": {"a": lin.weight, "b": lin.weight},  # the same tensor twice
+        "tied_sd": tied.state_dict(),  # two detached entries of one parameter
         "views": [shared[:4], shared[4:], shared.view(3, 4).t()],  # shared storage, non-contiguous
         "ints": {0: {"step": torch.tensor(3.0)}, 1: {}},  # optimizer state: int keys
         "betas": (0.9, 0.999),
@@ -111,6 +114,9 @@ def test_functional_round_trip_of_every_encoding(tmp_path):
     back = F.load_checkpoint(tmp_path / "a.ckpt")
     _same(ckpt, back)
     assert back["tied"]["a"] is back["tied"]["b"]
+    assert back["tied_sd"]["enc.weight"] is back["tied_sd"]["dec.weight"]  # stored once
+    # lin.weight is state_dict/weight already; the tied pair is one tensor
+    assert [k for k in F.encode_checkpoint(ckpt)[0] if k.startswith("tied")] == ["tied_sd/enc.weight"]
     assert F.is_safe_checkpoint(tmp_path / "a.ckpt")
 
 

@@ -13,7 +13,8 @@ small, explicit set of encodings (objects with one ``$``-key): ``$tuple``, ``$se
 ``$frozenset``, ``$dict`` (a dict whose keys are not all strings, as ``[key, value]`` pairs),
 ``$odict`` (an ``OrderedDict``, with the ``_metadata`` of a module ``state_dict``),
 ``$float`` (``"nan"``, ``"inf"``, ``"-inf"``), ``$bytes`` (base64), ``$dtype``,
-``$device``, ``$size``. Anything else is refused at save time, naming its key path. One file
+``$device``, ``$size``. Anything else is refused at save time, naming its key path. Tied
+tensors (same storage, offset, shape, strides, dtype) are stored once and load as one tensor. One file
 makes the write atomic (temporary file + rename) and removal a single delete.
 """
 
@@ -78,31 +79,36 @@ def _key(parts: tuple[Any, ...]) -> str:
 class _Encoder:
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
-        self._by_id: dict[int, str] = {}
+        self._aliases: dict[tuple[Any, ...], str] = {}
         self._storages: set[int] = set()
 
     def tensor(self, t: torch.Tensor, parts: tuple[Any, ...]) -> dict[str, Any]:
-        if id(t) in self._by_id:  # the same tensor object twice (tied weights): stored once
-            return {"$tensor": self._by_id[id(t)]}
         if t.is_sparse or t.layout != torch.strided or t.is_quantized:
             raise TypeError(
                 f"{_key(parts)} is a {t.layout} tensor; only dense (strided) tensors can be saved"
             )
+        # The same tensor twice (tied weights: two state-dict entries of one parameter) is stored
+        # once and loads as one tensor.
+        alias = (
+            (str(t.device), t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else None
+        )
+        if alias is not None and alias in self._aliases:
+            return {"$tensor": self._aliases[alias]}
         name = "/".join(str(p) for p in parts) or "tensor"
         base, i = name, 1
         while name in self.tensors:
             name, i = f"{base}#{i}", i + 1
-        key_id = id(t)
         t = t.detach()
         ptr = t.untyped_storage().data_ptr() if t.numel() else 0
-        if ptr and ptr in self._storages:  # a view of a tensor already stored: its own copy
+        if ptr and ptr in self._storages:  # another view of a storage already stored: its own copy
             t = t.clone(memory_format=torch.contiguous_format)
         elif not t.is_contiguous():
             t = t.contiguous()
         elif ptr:
             self._storages.add(ptr)
         self.tensors[name] = t
-        self._by_id[key_id] = name
+        if alias is not None:
+            self._aliases[alias] = name
         return {"$tensor": name}
 
     def encode(self, value: Any, parts: tuple[Any, ...] = ()) -> Any:
