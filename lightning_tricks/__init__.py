@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks.data.split_datamodule import SplitDataModule as SplitDataModule
     from lightning_tricks.finetune.freeze_backbone import FreezeBackbone as FreezeBackbone
     from lightning_tricks.finetune.parameter_counts import log_parameter_counts as log_parameter_counts
+    from lightning_tricks.finetune.safe_checkpoint_io import SafeCheckpointIO as SafeCheckpointIO
     from lightning_tricks.finetune.weight_init import WeightInit as WeightInit
     from lightning_tricks.finetune.weights_io import ExportWeights as ExportWeights
     from lightning_tricks.functional.inference.features import FeatureExtractor as FeatureExtractor

@@ -27,6 +27,7 @@ __all__ = [
     "drop_undecodable_profiler_events",
     "dynamo_backends",
     "fit_data_source",
+    "module_from_checkpoint",
     "foreach_mul_",
     "forget_step_values",
     "foreach_norm",
@@ -193,6 +194,23 @@ def rewrap_ddp_model(strategy: Any) -> None:
     strategy._register_ddp_hooks()
 
 
+def module_from_checkpoint(
+    cls: Any, checkpoint: dict[str, Any], strict: bool | None = None, **kwargs: Any
+) -> Any:
+    """Build ``cls`` (a LightningModule or LightningDataModule class) from an already loaded
+    checkpoint dict, as ``cls.load_from_checkpoint`` does after its ``torch.load``: legacy
+    migration (``_pl_migrate_checkpoint``), then ``lightning.pytorch.core.saving._load_state``
+    (hyper-parameters, ``on_load_checkpoint``, ``load_state_dict``)."""
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.core.saving import _load_state
+    from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+    checkpoint = _pl_migrate_checkpoint(checkpoint)
+    if issubclass(cls, LightningModule):
+        return _load_state(cls, checkpoint, strict=strict, **kwargs)
+    return _load_state(cls, checkpoint, **kwargs)
+
+
 # What each helper relies on: (importable path, attribute chain). Checked by tests/test_compat.py.
 INTERNALS: dict[str, tuple[str, str]] = {
     "foreach_norm": ("torch", "_foreach_norm"),
@@ -217,6 +235,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
         "lightning.pytorch.loops.training_epoch_loop",
         "_TrainingEpochLoop.__init__",
     ),
+    "module_from_checkpoint": ("lightning.pytorch.core.saving", "_load_state"),
     "rewrap_ddp_model": ("lightning.pytorch.strategies.ddp", "DDPStrategy._setup_model"),
 }
 

@@ -20,6 +20,8 @@ shows, on real data:
   snapshot of one training step (a PyTorch-profiler memory table on CPU);
 * ``ExportWeights``: the final weights as ``.safetensors``, loaded back with
   ``load_weights`` to check they reproduce the accuracy;
+* ``SafeCheckpointIO``: the training checkpoints (``checkpoints/last.ckpt``) written without
+  pickle, ready for ``trainer.fit(ckpt_path=...)``;
 * TensorBoard logs, and a summary at the end.
 
 Run it from the repository root::
@@ -44,6 +46,7 @@ if __package__ in (None, ""):  # `python examples/digits/flagship.py`: make `exa
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from examples.digits.common import (
@@ -61,6 +64,7 @@ from lightning_tricks import (
     FilterVisualizer,
     GradientMonitor,
     MemorySnapshot,
+    SafeCheckpointIO,
     SplitDataModule,
     SyncDetector,
     TTAEvaluation,
@@ -126,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     cams = ClassActivationMaps(layer="backbone.2", num_images=8, every_n_epochs=5)
     memory = MemorySnapshot(start_step=2, num_steps=1, dirpath=str(out / "memory"), html=False)
+    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True)
     callbacks: list[L.Callback] = [
+        checkpoints,
         WeightInit("kaiming_normal", zero_init_last_bn=True, seed=args.seed),
         TTAEvaluation(views=list(model.tta_views), merge=model.tta_merge, on_validation=False),
         grads,
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         callbacks.append(memory)
     logger = TensorBoardLogger(str(out), name="tensorboard")
     trainer = L.Trainer(
-        **trainer_kwargs(args), logger=logger, callbacks=callbacks, enable_checkpointing=False
+        **trainer_kwargs(args), logger=logger, callbacks=callbacks, plugins=[SafeCheckpointIO()]
     )
     log_parameter_counts(model, trainer.loggers)
 
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "activation_layers": sorted(activations.history),
         "tensorboard_dir": logger.log_dir,
         "weights": export.last_path,
+        "checkpoint": checkpoints.last_model_path,  # pickle-free (SafeCheckpointIO)
         "memory_files": [str(p) for p in memory.files],
         "epochs": args.epochs,
         "seconds": None,

@@ -207,10 +207,11 @@ def _straight_crashed_resumed(
     harness=lambda: [],
     plugins=lambda: [],
     overrides=lambda run_dir: {},
+    resume_context=contextlib.nullcontext,
 ) -> tuple[tuple[L.Trainer, Any], Path, tuple[L.Trainer, Any]]:
     """Run straight through, crash at the start of ``crash_epoch``, resume from the last
     checkpoint. ``harness``/``plugins``/``overrides`` build fresh test-only callbacks,
-    plugins and Trainer arguments per run.
+    plugins and Trainer arguments per run; the resumed fit runs inside ``resume_context()``.
     Returns ((trainer, whole state) straight, the checkpoint, (trainer, whole state) resumed)."""
     extra = [_ckpt_cb(tmp / "ck_s"), *harness()]
     trainer_s, straight, _ = fit(
@@ -240,16 +241,17 @@ def _straight_crashed_resumed(
     ckpt = tmp / "ck_c" / f"ep{crash_epoch - 1}.ckpt"
     assert ckpt.exists(), f"no checkpoint after epoch {crash_epoch - 1}: {sorted(os.listdir(tmp / 'ck_c'))}"
     extra = [_ckpt_cb(tmp / "ck_r"), *harness()]
-    trainer_r, resumed, _ = fit(
-        name,
-        spec,
-        tmp / "resumed",
-        extra_callbacks=extra,
-        extra_plugins=plugins(),
-        ckpt_path=str(ckpt),
-        max_epochs=epochs,
-        **overrides(tmp / "resumed"),
-    )
+    with resume_context():
+        trainer_r, resumed, _ = fit(
+            name,
+            spec,
+            tmp / "resumed",
+            extra_callbacks=extra,
+            extra_plugins=plugins(),
+            ckpt_path=str(ckpt),
+            max_epochs=epochs,
+            **overrides(tmp / "resumed"),
+        )
     state_r = whole_state(trainer_r, resumed, ignore_callbacks=extra)
     return (trainer_s, state_s), ckpt, (trainer_r, state_r)
 
@@ -263,10 +265,22 @@ def _assert_resume_parity(name: str, state_s: dict, state_r: dict, what: str = "
     )
 
 
-def check_resume(name: str, spec: Spec, tmp: Path, epochs: int = 4, crash_epoch: int = 2) -> None:
+def check_resume(
+    name: str,
+    spec: Spec,
+    tmp: Path,
+    epochs: int = 4,
+    crash_epoch: int = 2,
+    plugins=lambda: [],
+    resume_context=contextlib.nullcontext,
+) -> None:
     """Interrupted after ``crash_epoch`` epochs and resumed == run straight through, in the
-    whole state (weights, buffers, optimizer, LR schedulers, callbacks, datamodule)."""
-    (_, state_s), _, (_, state_r) = _straight_crashed_resumed(name, spec, tmp, epochs, crash_epoch)
+    whole state (weights, buffers, optimizer, LR schedulers, callbacks, datamodule).
+    ``plugins`` builds extra Trainer plugins per run (e.g. a checkpoint plugin); the resumed
+    fit runs inside ``resume_context()`` (e.g. with unpickling disabled)."""
+    (_, state_s), _, (_, state_r) = _straight_crashed_resumed(
+        name, spec, tmp, epochs, crash_epoch, plugins=plugins, resume_context=resume_context
+    )
     _assert_resume_parity(name, state_s, state_r)
 
 
@@ -413,7 +427,7 @@ def check_fp16(name: str, spec: Spec, tmp: Path, epochs: int = 2, crash_epoch: i
         f"{name}: after the inf step the scaler keeps skipping: steps {others} of {len(probe.scales)} skipped "
         f"(scales {probe.scales})"
     )
-    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
+    saved = trainer.strategy.checkpoint_io.load_checkpoint(ckpt, weights_only=False)  # the run's plugin
     prec = trainer.precision_plugin
     scaler_state = saved.get(type(prec).__qualname__)
     assert scaler_state and scaler_state.get("scale", math.inf) < 2.0**16, (

@@ -58,6 +58,11 @@ def test_flagship(tmp_path):
         "val_acc",
     } <= tags
     assert s["sync_findings"] == 0
+    # the training checkpoint is pickle-free (SafeCheckpointIO) and holds the final epoch
+    from lightning_tricks.functional import is_safe_checkpoint, load_checkpoint
+
+    assert Path(s["checkpoint"]).name == "last.ckpt" and is_safe_checkpoint(s["checkpoint"])
+    assert load_checkpoint(s["checkpoint"])["epoch"] == 2
     names = {Path(f).name for f in s["memory_files"]}
     assert "memory_profile_rank0_step2.txt" in names and all(Path(f).is_file() for f in s["memory_files"])
     assert (

@@ -11,6 +11,13 @@ from lightning_tricks.functional.finetune.freeze_backbone import (
 )
 from lightning_tricks.functional.finetune.heads import find_head, replace_head, strip_head
 from lightning_tricks.functional.finetune.parameter_counts import count_parameters
+from lightning_tricks.functional.finetune.safe_checkpoint_io import (
+    UnsafeCheckpointError,
+    convert_checkpoint,
+    is_safe_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lightning_tricks.functional.finetune.weight_init import InitReport, init_weights
 from lightning_tricks.functional.finetune.weights_io import (
     LoadReport,
@@ -22,14 +29,19 @@ from lightning_tricks.functional.finetune.weights_io import (
 __all__: list[str] = [
     "InitReport",
     "LoadReport",
+    "UnsafeCheckpointError",
     "batchnorm_eval",
+    "convert_checkpoint",
     "count_parameters",
     "find_head",
     "freeze_modules",
     "init_weights",
+    "is_safe_checkpoint",
+    "load_checkpoint",
     "load_weights",
     "read_weights",
     "replace_head",
+    "save_checkpoint",
     "save_weights",
     "select_modules",
     "set_train_mode",

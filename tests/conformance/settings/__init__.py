@@ -17,11 +17,12 @@ from tests.conformance.settings import (
     perfmem,
     perfspeed,
     repro,
+    safe_checkpoint,
     weights,
 )
 from tests.conformance.spec import Spec
 
-_AREAS = (finetune, weights, repro, optim, inference, inspect, perfmem, perfspeed, camviz)
+_AREAS = (finetune, weights, repro, optim, inference, inspect, perfmem, perfspeed, camviz, safe_checkpoint)
 
 SETTINGS: dict[str, list[Spec]] = {}
 NOT_COMPONENTS: dict[str, str] = {"LightningMixin": "abstract marker base class of all mixins"}
