@@ -1,6 +1,6 @@
 """The "everything" recipe: setup, optimisation, monitoring and guard components attached
 at once (the way users attach them) fit, crash and resume bitwise (with ExactResume and a
-shuffled loader), and run under bf16-mixed."""
+shuffled loader), and run under bf16-mixed and fp16 with a loss scaler."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.conformance.checks import CrashAt, Interrupt
+from tests.conformance.checks import CrashAt, Interrupt, fp16_plugin
 from tests.helpers import ClassifierModule, ImageDataModule
 from tests.helpers.utils import state_diff, whole_state
 
@@ -94,8 +94,12 @@ def test_everything_recipe_crashes_and_resumes_bitwise(tmp_path):
 
 
 @pytest.mark.slow
-def test_everything_recipe_runs_bf16(tmp_path):
-    trainer, state = _fit(tmp_path, epochs=2, precision="bf16-mixed")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_everything_recipe_runs_mixed_precision(tmp_path, precision):
+    if precision == "16-mixed":  # fp16 autocast with a real loss scaler, on CPU
+        trainer, state = _fit(tmp_path, epochs=2, plugins=[fp16_plugin()])
+    else:
+        trainer, state = _fit(tmp_path, epochs=2, precision=precision)
     assert trainer.state.finished
     bad = [k for k, v in state.items() if k.startswith("model/") and not torch.isfinite(v.float()).all()]
     assert not bad
