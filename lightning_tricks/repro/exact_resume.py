@@ -43,6 +43,9 @@ class ExactResume(Callback):
     default, ``last.ckpt`` included); a checkpoint saved in the middle of an epoch restores
     the generators, but Lightning restarts that epoch's data from its beginning. A resume on
     a different number of ranks warns and restores the ranks that have a saved state.
+    Persistent loader workers keep their own generators across epochs, which no checkpoint
+    holds: random augmentation inside them resumes exactly only with
+    ``persistent_workers=False``.
 
     Example:
         >>> import lightning as L
