@@ -122,3 +122,15 @@ def test_ddp_each_rank_resumes_its_own_stream(tmp_path):
     saved = torch.load(r0["last"], weights_only=True)["callbacks"]["ExactResume"]["ranks"]
     # each rank's own stream is in the checkpoint (the ranks draw different dropout masks)
     assert len(saved) == 2 and not torch.equal(saved[0]["torch"], saved[1]["torch"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generator_round_trip_through_weights_only_checkpoint(tmp_path):
+    x = torch.ones(1024, device="cuda")
+    state = capture_rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    first = torch.nn.functional.dropout(x, 0.5)
+    torch.save(state, tmp_path / "rng.pt")
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.nn.functional.dropout(x, 0.5), first)
