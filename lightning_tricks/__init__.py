@@ -91,5 +91,6 @@ if TYPE_CHECKING:  # pragma: no cover - read by type checkers, IDEs and _exports
     from lightning_tricks.perf.gradient_checkpointing import GradientCheckpointing as GradientCheckpointing
     from lightning_tricks.perf.memory_snapshot import MemorySnapshot as MemorySnapshot
     from lightning_tricks.perf.sync_detector import SyncDetector as SyncDetector
+    from lightning_tricks.repro.exact_resume import ExactResume as ExactResume
     from lightning_tricks.repro.reproducibility_check import ReproducibilityCheck as ReproducibilityCheck
     from lightning_tricks.repro.reproducibility_check import ReproducibilityError as ReproducibilityError

@@ -34,6 +34,7 @@ __all__ = [
     "norm_base_class",
     "memory_viz_html",
     "record_cuda_memory_history",
+    "recreate_train_iterator",
     "rewrap_ddp_model",
     "should_update_logs",
     "training_batches_completed",
@@ -211,6 +212,23 @@ def module_from_checkpoint(
     return _load_state(cls, checkpoint, **kwargs)
 
 
+def recreate_train_iterator(trainer: Any) -> bool:
+    """Create the fit loop's training-data iterator again, now, when the epoch about to run
+    would reuse the one made before the epoch's hooks (``_FitLoop.setup_data`` makes it on
+    a (re)started fit, before the samplers' ``set_epoch`` and ``on_train_epoch_start``; the
+    epoch loop only makes a new one when ``current_epoch > 0`` and the fit is not resuming).
+    Returns whether it did."""
+    fit_loop = trainer.fit_loop
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if fetcher is None or getattr(fetcher, "_combined_loader", None) is None:
+        return False
+    epoch_loop = fit_loop.epoch_loop
+    if trainer.current_epoch > 0 and not fit_loop.is_resuming and not epoch_loop.restarting:
+        return False  # the epoch loop makes it when the epoch starts
+    iter(fetcher)
+    return True
+
+
 # What each helper relies on: (importable path, attribute chain). Checked by tests/test_compat.py.
 INTERNALS: dict[str, tuple[str, str]] = {
     "foreach_norm": ("torch", "_foreach_norm"),
@@ -237,6 +255,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
     ),
     "module_from_checkpoint": ("lightning.pytorch.core.saving", "_load_state"),
     "rewrap_ddp_model": ("lightning.pytorch.strategies.ddp", "DDPStrategy._setup_model"),
+    "recreate_train_iterator": ("lightning.pytorch.loops.fit_loop", "_FitLoop.is_resuming"),
 }
 
 # Internals that only CUDA builds of torch have.

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
+from lightning_tricks._compat import training_batches_completed
 from lightning_tricks.functional._checks import check_bool, check_int, check_optional_int
 from lightning_tricks.functional.data.split_datamodule import (
     SeededShuffleSampler,
@@ -129,6 +130,7 @@ class SplitDataModule(L.LightningDataModule):
         self.eval_batch_size = check_optional_int("eval_batch_size", eval_batch_size, minimum=1)
         self.shuffle = check_bool("shuffle", shuffle)
         self.drop_last = check_bool("drop_last", drop_last)
+        self._resume_epoch: int | None = None  # from a checkpoint: the epoch the first loader serves
         self.num_workers = check_optional_int("num_workers", num_workers, minimum=0)
         self.max_workers = check_int("max_workers", max_workers, minimum=0)
         self.pin_memory = None if pin_memory is None else check_bool("pin_memory", pin_memory)
@@ -162,7 +164,18 @@ class SplitDataModule(L.LightningDataModule):
         self.test_set = Subset(self.dataset, test)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"split_fingerprint": self.fingerprint(), "sizes": list(self.sizes), "seed": self.seed}
+        state: dict[str, Any] = {
+            "split_fingerprint": self.fingerprint(),
+            "sizes": list(self.sizes),
+            "seed": self.seed,
+        }
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            # The epoch a fit resumed from this checkpoint trains next: the current one, or the
+            # following one once all its training batches are done (a checkpoint at the epoch's end).
+            done = training_batches_completed(trainer) >= trainer.num_training_batches
+            state["next_epoch"] = trainer.current_epoch + int(done)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("split_fingerprint")
@@ -173,6 +186,8 @@ class SplitDataModule(L.LightningDataModule):
                 f"seed {self.seed}): resuming would mix validation/test samples into training. "
                 "Use the same `dataset`, `train`/`val`/`test`, `labels` and `seed` as the original run."
             )
+        next_epoch = state_dict.get("next_epoch")
+        self._resume_epoch = int(next_epoch) if next_epoch is not None else None
 
     # ------------------------------------------------------------------ loaders
     def loader_kwargs(self) -> dict[str, Any]:
@@ -211,6 +226,16 @@ class SplitDataModule(L.LightningDataModule):
             )
         else:
             sampler = SeededShuffleSampler(len(self.train_set), seed=self.seed, shuffle=self.shuffle)
+        # Lightning makes a fit's first iterator before it sets the sampler's epoch, and worker
+        # processes draw indices as soon as it exists: set the epoch this loader will serve now,
+        # or a resumed run with workers replays epoch 0's order in its first epoch.
+        epoch = (
+            self._resume_epoch
+            if self._resume_epoch is not None
+            else (trainer.current_epoch if trainer else 0)
+        )
+        self._resume_epoch = None
+        sampler.set_epoch(epoch)
         return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=self.drop_last)
 
     def _eval_loader(self, subset: Subset) -> DataLoader | list:

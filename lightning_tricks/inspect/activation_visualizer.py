@@ -237,18 +237,20 @@ class ActivationVisualizer(Callback):
                     continue
             loaders.extend(source if isinstance(source, (list, tuple)) else [source])
         for loader in loaders:
-            try:
-                batches = iter(loader)
-            except TypeError:  # not a loader
-                continue
-            try:
-                with torch.random.fork_rng(devices=[]):
+            # iter() draws the loader's base seed from the global generator: both calls run in a
+            # forked generator, so taking the sample leaves the training's random stream alone
+            with torch.random.fork_rng(devices=[]):
+                try:
+                    batches = iter(loader)
+                except TypeError:  # not a loader
+                    continue
+                try:
                     batch = next(batches)
-            except StopIteration:  # an empty loader
-                continue
-            except Exception as err:
-                self._probe_failed(f"the first batch of {type(loader).__name__}", err)
-                continue
+                except StopIteration:  # an empty loader
+                    continue
+                except Exception as err:
+                    self._probe_failed(f"the first batch of {type(loader).__name__}", err)
+                    continue
             if _inputs_of(batch) is not None:
                 return _head(batch, self.num_samples)
         return None

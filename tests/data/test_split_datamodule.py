@@ -370,3 +370,44 @@ def test_fit_a_zoo_bert_on_a_stratified_split_of_dict_samples():
     counts = Counter(model.val_labels)  # 6 per class; val 6 samples: 1 or 2 of each class
     assert set(counts) == {0, 1, 2, 3} and all(v in (1, 2) for v in counts.values())
     assert sorted(model.val_labels) == sorted(int(ds.labels[i]) for i in dm.split_indices[1])
+
+
+class _RecordOrder(Callback):
+    def __init__(self):
+        self.labels: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.labels.setdefault(trainer.current_epoch, []).extend(batch[1].tolist())
+
+
+@pytest.mark.slow
+def test_resume_with_loader_workers_sees_the_batches_of_the_straight_run(tmp_path):
+    """With worker processes (which prefetch as soon as the iterator exists, before
+    Lightning sets the sampler's epoch), the first resumed epoch gets its own order,
+    not epoch 0's, and the resumed run ends with the straight run's weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.conformance.checks import CrashAt, Interrupt
+    from tests.helpers.utils import state_diff, whole_state
+
+    def run(root, ckpt_path=None, crash=None):
+        L.seed_everything(0, verbose=False)
+        model = ClassifierModule(arch="cnn")
+        dm = SplitDataModule(ImageDataset(48), val=16, labels="targets", batch_size=8, num_workers=2)
+        order, ckpt = _RecordOrder(), ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True)
+        cbs = [order, ckpt, *([CrashAt(crash)] if crash is not None else [])]
+        trainer = cpu_trainer(
+            max_epochs=3, callbacks=cbs, enable_checkpointing=True, default_root_dir=str(root)
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return order.labels, whole_state(trainer, model, ignore_callbacks=[order, ckpt])
+
+    straight_order, straight = run(tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "crashed", crash=2)
+    resumed_order, resumed = run(
+        tmp_path / "resumed", ckpt_path=str(tmp_path / "crashed" / "ckpt" / "last.ckpt")
+    )
+    assert resumed_order[2] == straight_order[2] != straight_order[0]
+    diff = state_diff(straight, resumed)
+    assert not diff, diff[:5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -283,3 +284,63 @@ def test_zoo_norms_through_tensorboard(tmp_path, name):
     assert acc.Scalars(f"{prefix}total")[0].value == pytest.approx(
         math.sqrt(sum(v * v for v in per_layer)), rel=1e-4
     )
+
+
+class _RecordOutputNorms(Callback):
+    """Records the monitor's output-gradient norm after every optimizer step."""
+
+    def __init__(self, monitor, key):
+        self.monitor, self.key, self.seen = monitor, key, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % self.monitor.every_n_steps == 1:  # the step just taken was sampled
+            self.seen[trainer.global_step - 1] = self.monitor.last_norms.get(self.key)
+
+
+def _output_norms_per_sampled_step(tmp_path, compiled: bool):
+    from lightning_tricks import Compile
+
+    torch._dynamo.reset()
+    monitor = GradientMonitor(every_n_steps=2, intermediate="backbone", on_error="ignore")
+    probe = _RecordOutputNorms(monitor, "output/backbone")
+    callbacks = [*([Compile(backend="eager")] if compiled else []), monitor, probe]
+    L.seed_everything(0, verbose=False)
+    trainer = cpu_trainer(
+        max_epochs=2, callbacks=callbacks, default_root_dir=str(tmp_path), log_every_n_steps=1
+    )
+    # 28 samples in batches of 8: the unsampled step 3 has 4 samples, and dynamo recompiles
+    # there (a hook-free graph, with a dynamic batch size that later steps reuse)
+    trainer.fit(ClassifierModule(arch="cnn"), datamodule=ImageDataModule(n_train=28, batch_size=8))
+    return probe.seen
+
+
+def test_compile_output_gradient_norms_are_fresh_on_every_sampled_step(tmp_path):
+    """Issue 17.2: under Compile, a sampled step's output-gradient hooks fire (the step runs
+    eagerly), so each sampled step logs its own norm, as without Compile, never a stale one."""
+    eager = _output_norms_per_sampled_step(tmp_path / "eager", compiled=False)
+    compiled = _output_norms_per_sampled_step(tmp_path / "compiled", compiled=True)
+    assert sorted(compiled) == sorted(eager) == [0, 2, 4, 6]
+    assert None not in compiled.values()
+    assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_compile_with_freeze_backbone_captures_after_unfreezing(tmp_path):
+    """Issue 17.2: with FreezeBackbone and Compile, the output gradients of an unfrozen
+    module are captured on the sampled steps after unfreezing."""
+    from lightning_tricks import Compile, FreezeBackbone
+
+    torch._dynamo.reset()
+    # unfreezing at step 4 (unsampled) recompiles without the hooks; step 6 is sampled
+    monitor = GradientMonitor(every_n_steps=3, intermediate="backbone.0", on_error="ignore")
+    probe = _RecordOutputNorms(monitor, "output/backbone.0")
+    callbacks = [FreezeBackbone(unfreeze_at_epoch=1), Compile(backend="eager"), monitor, probe]
+    L.seed_everything(0, verbose=False)
+    trainer = cpu_trainer(
+        max_epochs=2, callbacks=callbacks, default_root_dir=str(tmp_path), log_every_n_steps=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen epoch: the backbone's output holds no gradient
+        trainer.fit(ClassifierModule(arch="cnn"), datamodule=ImageDataModule(n_train=32, batch_size=8))
+    assert sorted(probe.seen) == [0, 3, 6]
+    assert probe.seen[0] is None and probe.seen[3] is None  # frozen: no output gradient
+    assert probe.seen[6] is not None and probe.seen[6] > 0  # unfrozen at epoch 1 (steps 4-7)

@@ -8,6 +8,7 @@ callback calls :func:`layer_grad_norms` (and keeps output gradients with
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from torch import nn
 
 from lightning_tricks._compat import foreach_norm
 from lightning_tricks.functional._modules import resolve_modules
+from lightning_tricks.functional.inspect.activation_visualizer import _eager
 
 __all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms", "layer_of"]
 
@@ -109,6 +111,13 @@ class IntermediateGrads:
     Modules whose output held no such tensor during the last forward are listed in
     :attr:`without_grad`.
 
+    While attached, code compiled with ``torch.compile`` runs eagerly
+    (``torch.compiler.set_stance("force_eager")``): dynamo does not guard on module
+    hooks, so a graph compiled while they were absent would run without calling them and
+    :attr:`grads` would keep an older step's gradients. :meth:`attach` also forgets the
+    gradients kept so far, so a module whose hook did not fire has no entry rather than a
+    stale one.
+
     Args:
         model: the network.
         names: the modules whose output gradients to keep, by the library's naming rule
@@ -130,6 +139,7 @@ class IntermediateGrads:
         self.grads: dict[str, torch.Tensor] = {}
         self.without_grad: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._stance: contextlib.AbstractContextManager[Any] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -137,17 +147,23 @@ class IntermediateGrads:
         return [n for n, _ in self._modules]
 
     def attach(self) -> None:
-        """Register the forward hooks (idempotent)."""
+        """Register the forward hooks and run compiled code eagerly until :meth:`detach` (idempotent)."""
         if self._handles:
             return
+        self.grads = {}
+        self._stance = _eager()
+        self._stance.__enter__()
         for name, module in self._modules:
             self._handles.append(module.register_forward_hook(self._forward_hook(name)))
 
     def detach(self) -> None:
-        """Remove every hook."""
+        """Remove every hook and restore the compiler's stance."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._stance is not None:
+            stance, self._stance = self._stance, None
+            stance.__exit__(None, None, None)
 
     def _forward_hook(self, name: str):
         def store(grad: torch.Tensor) -> None:

@@ -19,6 +19,9 @@ def _split_datamodule():
 
 
 SETTINGS: dict = {
+    # Every rank's RNG states in each checkpoint, restored on resume (tests/repro covers
+    # dropout, shuffling loader workers and DDP).
+    "ExactResume": Spec(),
     # Checksums parameters and BatchNorm buffers every epoch; the records live in the
     # checkpoint (tests/repro covers checkpoints saved before the epoch was recorded).
     "ReproducibilityCheck": Spec(init_args={"filename": "checksums.json", "buffers": True}),
