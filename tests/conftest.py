@@ -3,6 +3,11 @@ from __future__ import annotations
 import os
 import warnings
 
+# One intra-op thread per test process: the suite runs in parallel processes (pytest -n 2) on
+# small tensors, where OpenMP threads only spin. Set before torch is imported; DDP worker
+# processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 
