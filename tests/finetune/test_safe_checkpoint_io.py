@@ -321,18 +321,3 @@ def test_load_from_checkpoint_builds_the_module_without_pickle(tmp_path):
     # Lightning's own classmethod reads with torch.load and cannot read the file (documented).
     with pytest.raises(pickle.UnpicklingError):
         ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt")
-
-
-_RESUME_COMPONENTS = ["FreezeBackbone", "AutoClip", "GradientMonitor", "NoBiasDecay"]
-
-
-@pytest.mark.parametrize("name", _RESUME_COMPONENTS)
-def test_components_resume_exactly_through_safe_checkpoints(tmp_path, name):
-    """The conformance resume check with SafeCheckpointIO and no unpickling during the resume."""
-    from tests.conformance.checks import check_resume
-    from tests.conformance.settings import SETTINGS
-
-    spec = SETTINGS[name][0]
-    check_resume(
-        name, spec, tmp_path, epochs=3, plugins=lambda: [SafeCheckpointIO()], resume_context=no_unpickling
-    )
