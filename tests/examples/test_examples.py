@@ -145,3 +145,12 @@ def test_fabric_loop(tmp_path):
     assert s["checkpointed"] == ["backbone.1", "backbone.2", "backbone.3"]
     assert s["nearest_class_mean_acc"] > 0.3  # chance is 0.2
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_crash_and_resume_ends_bitwise_equal(tmp_path):
+    from examples.resume import crash_and_resume
+
+    summary = crash_and_resume.main(["--out", str(tmp_path), "--epochs", "3", "--limit-batches", "3"])
+    assert summary["checkpoint_is_pickle_free"] is True
+    assert summary["tensors_compared"] > 0 and summary["tensors_differing"] == []
+    assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").exists()

@@ -230,7 +230,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: _PathLike) -> None:
         >>> path = tempfile.mkdtemp() + "/step.ckpt"
         >>> save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "betas": (0.9, 0.99)}, path)
         >>> ckpt = load_checkpoint(path)
-        >>> ckpt["epoch"], ckpt["betas"], ckpt["state_dict"]["w"].tolist()
+        >>> state = ckpt["state_dict"]
+        >>> ckpt["epoch"], ckpt["betas"], state["w"].tolist()
         (3, (0.9, 0.99), [1.0, 1.0])
     """
     tensors, meta = encode_checkpoint(checkpoint)
