@@ -459,14 +459,17 @@ def check_fp16(name: str, spec: Spec, tmp: Path, epochs: int = 2, crash_epoch: i
 DDP_TIMEOUT_S = 90
 
 
-def _launch_world(job: dict[str, Any], out: Path, timeout: float) -> None:
+def launch_two_ranks(args: list[str], out: Path, timeout: float) -> list[int | None]:
+    """Run ``python <args>`` as ranks 0 and 1 of a 2-process gloo world on this machine
+    (Lightning's ``ddp`` strategy, launched externally), logging to ``out/worker{rank}.log``;
+    return the exit codes (``None`` for a process killed at the timeout)."""
     import socket
+    import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "job.json").write_text(json.dumps(job))
     procs = []
     for rank in range(2):
         env = dict(
@@ -480,31 +483,30 @@ def _launch_world(job: dict[str, Any], out: Path, timeout: float) -> None:
             OMP_NUM_THREADS="1",
         )
         log = open(out / f"worker{rank}.log", "w")  # noqa: SIM115
+        cmd = [sys.executable, *args]
         procs.append(
-            (
-                subprocess.Popen(
-                    [sys.executable, "-m", "tests.conformance.ddp_worker", str(out / "job.json"), str(out)],
-                    cwd=str(REPO_ROOT),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                ),
-                log,
-            )
+            (subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT), log)
         )
-    import time
-
     deadline = time.monotonic() + timeout
+    codes: list[int | None] = []
     try:
         for p, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         for p, log in procs:
+            codes.append(p.poll())
             if p.poll() is None:
                 p.kill()
                 p.wait()
             log.close()
+    return codes
+
+
+def _launch_world(job: dict[str, Any], out: Path, timeout: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(json.dumps(job))
+    launch_two_ranks(["-m", "tests.conformance.ddp_worker", str(out / "job.json"), str(out)], out, timeout)
 
 
 def run_ddp_fits(items: list[tuple[str, str]], out: Path) -> dict[str, dict[str, Any]]:

@@ -3,11 +3,7 @@ loader workers bitwise exact, in one process and under 2-process DDP."""
 
 from __future__ import annotations
 
-import os
 import random
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ import torch
 
 from lightning_tricks import ExactResume
 from lightning_tricks.functional import capture_rng_state, gather_rng_states, restore_rng_state
+from tests.conformance.checks import launch_two_ranks
 from tests.helpers.utils import state_diff
 from tests.helpers.zoo_exactresume import straight_and_resumed
 
@@ -84,37 +81,9 @@ def test_state_loads_from_checkpoints_without_it():
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_ddp_each_rank_resumes_its_own_stream(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            WORLD_SIZE="2",
-            NODE_RANK="0",
-            LOCAL_RANK=str(rank),
-            PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-            OMP_NUM_THREADS="1",
-        )
-        log = open(tmp_path / f"worker{rank}.log", "w")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "tests.helpers.zoo_exactresume", str(tmp_path)]
-        procs.append(
-            (subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    try:
-        for p, _ in procs:
-            p.wait(timeout=240)
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+    codes = launch_two_ranks(["-m", "tests.helpers.zoo_exactresume", str(tmp_path)], tmp_path, timeout=240)
     logs = "".join((tmp_path / f"worker{r}.log").read_text()[-2000:] for r in range(2))
-    assert all(p.returncode == 0 for p, _ in procs), logs
+    assert codes == [0, 0], logs
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for r in (r0, r1):
         diff = state_diff(r["straight"], r["resumed"])
