@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_tricks.finetune.safe_checkpoint_io import SafeCheckpointIO, load_from_checkpoint, main
 from lightning_tricks.functional.finetune import safe_checkpoint_io as F
-from tests.conformance.checks import CrashAt, Interrupt
+from tests.conformance.checks import CrashAt, Interrupt, launch_two_ranks
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
 from tests.helpers.utils import state_diff, whole_state
 
@@ -321,3 +321,19 @@ def test_load_from_checkpoint_builds_the_module_without_pickle(tmp_path):
     # Lightning's own classmethod reads with torch.load and cannot read the file (documented).
     with pytest.raises(pickle.UnpicklingError):
         ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt")
+
+
+@pytest.mark.ddp
+def test_ddp_fp16_resume_through_safe_checkpoints_with_pickle_disabled(tmp_path):
+    """2-process DDP, 16-mixed with a real loss scaler, dropout (ExactResume): a fit stopped after
+    one epoch and resumed from its safe `last.ckpt`, with every unpickler patched to raise while
+    each rank reads the checkpoint, ends in the straight run's whole state on both ranks."""
+    codes = launch_two_ranks(["-m", "tests.helpers.zoo_exactresume", str(tmp_path), "safe"], tmp_path, 240)
+    logs = "".join((tmp_path / f"worker{r}.log").read_text()[-2000:] for r in range(2))
+    assert codes == [0, 0], logs
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    for r in (r0, r1):
+        diff = state_diff(r["straight"], r["resumed"])
+        assert not diff, diff[:5]
+    assert F.is_safe_checkpoint(r0["last"])
+    assert any(k.startswith("precision/") for k in r0["resumed"])  # the loss scaler round-tripped too

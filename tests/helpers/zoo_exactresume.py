@@ -82,6 +82,7 @@ def fit(
     num_workers: int = 2,
     ddp: bool = False,
     crash_at: int | None = None,
+    safe: bool = False,
 ):
     """One fit of the dropout model; returns (trainer, whole state without the checkpointing)."""
     from lightning.pytorch.strategies import DDPStrategy
@@ -105,6 +106,13 @@ def fit(
         from tests.conformance.checks import CrashAt
 
         callbacks.append(CrashAt(crash_at))
+    if safe:  # pickle-free checkpoints and a real fp16 loss scaler (its state must round-trip)
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        from lightning_tricks import SafeCheckpointIO
+
+        scaler = torch.amp.GradScaler("cpu")
+        trainer_args["plugins"] = [SafeCheckpointIO(), MixedPrecision("16-mixed", "cpu", scaler=scaler)]
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -135,20 +143,49 @@ def straight_and_resumed(
     else:  # a fit that stops after `stop` epochs
         fit(root / "stopped", exact=exact, epochs=stop, **fit_args)
     last = str(root / "stopped" / "ckpt" / "last.ckpt")
-    _, resumed = fit(root / "resumed", exact=exact, epochs=epochs, ckpt_path=last, **fit_args)
+    guard: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if fit_args.get("safe"):
+        guard = _checkpoint_reads_never_unpickle()
+    with guard:
+        _, resumed = fit(root / "resumed", exact=exact, epochs=epochs, ckpt_path=last, **fit_args)
     return straight, resumed, last
 
 
-def main(out_dir: str) -> None:
+@contextlib.contextmanager
+def _checkpoint_reads_never_unpickle():
+    """Every way to unpickle raises while a rank reads the checkpoint file (under DDP, the
+    ranks also exchange ExactResume's states with ``all_gather_object``, which pickles between
+    processes, not from the file, so the guard covers the read rather than the whole fit)."""
+    from lightning_tricks import SafeCheckpointIO
+    from tests.finetune.test_safe_checkpoint_io import no_unpickling
+
+    original = SafeCheckpointIO.load_checkpoint
+    reads = []
+
+    def guarded(self, *args, **kwargs):
+        reads.append(args[0] if args else kwargs.get("path"))
+        with no_unpickling():
+            return original(self, *args, **kwargs)
+
+    SafeCheckpointIO.load_checkpoint = guarded  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SafeCheckpointIO.load_checkpoint = original  # type: ignore[method-assign]
+    if not reads:
+        raise AssertionError("the resumed fit never read its checkpoint through SafeCheckpointIO")
+
+
+def main(out_dir: str, safe: bool = False) -> None:
     torch.set_num_threads(1)
     out = Path(out_dir)
     rank = int(os.environ["LOCAL_RANK"])
     straight, resumed, last = straight_and_resumed(
-        out, exact=True, epochs=2, stop=1, ddp=True, num_workers=1, crash=False
+        out, exact=True, epochs=2, stop=1, ddp=True, num_workers=1, crash=False, safe=safe
     )
     results = {"straight": straight, "resumed": resumed, "last": last}
     torch.save(results, out / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], safe=sys.argv[2:] == ["safe"])
