@@ -20,7 +20,6 @@ from lightning_tricks.functional._checks import (
     check_on_error,
     check_optional_path,
     check_str_sequence,
-    report_problem,
 )
 from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.inspect._png import write_png
@@ -30,6 +29,7 @@ from lightning_tricks.functional.inspect.filter_visualizer import (
     visualize_filters,
 )
 from lightning_tricks.functional.inspect.grad_cam import image_grid
+from lightning_tricks.inspect._side_activity import run_side_activity
 from lightning_tricks.inspect.grad_cam import first_images, safe_name
 
 __all__ = ["FilterVisualizer"]
@@ -162,18 +162,15 @@ class FilterVisualizer(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
-        if not trainer.is_global_zero or self._failed or self._shape is None:
+        shape = self._shape
+        if not trainer.is_global_zero or self._failed or shape is None:
             return
-        try:
-            self._capture(trainer, pl_module, self._shape)
-        except Exception as err:  # a side activity stops training only when asked to
-            self._failed = True
-            report_problem(
-                self.on_error,
-                f"FilterVisualizer: visualising `layers` {list(self._layer_names)} failed with "
-                f"{type(err).__name__}: {err}. No more filter images in this fit; training goes on.",
-                ValueError if isinstance(err, ValueError) else RuntimeError,
-            )
+        self._failed = not run_side_activity(
+            lambda: self._capture(trainer, pl_module, shape),
+            self.on_error,
+            f"FilterVisualizer: visualising `layers` {list(self._layer_names)}",
+            "No more filter images in this fit; training goes on.",
+        )
 
     # ---------------------------------------------------------------- capture
     def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule, shape: tuple[int, ...]) -> None:

@@ -19,10 +19,10 @@ from lightning_tricks.functional._checks import (
     check_on_error,
     check_optional_path,
     check_str,
-    report_problem,
 )
 from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.grad_cam import grad_cam, overlay_heatmaps, resolve_one_layer
+from lightning_tricks.inspect._side_activity import run_side_activity
 
 __all__ = ["ClassActivationMaps", "first_images", "safe_name"]
 
@@ -149,16 +149,12 @@ class ClassActivationMaps(Callback):
             return
         if not trainer.is_global_zero or self._failed or self.sample is None:
             return
-        try:
-            self._capture(trainer, pl_module)
-        except Exception as err:  # a side activity stops training only when asked to
-            self._failed = True
-            report_problem(
-                self.on_error,
-                f"ClassActivationMaps: Grad-CAM on `layer` {self._layer_name!r} failed with "
-                f"{type(err).__name__}: {err}. No more heatmaps in this fit; training goes on.",
-                ValueError if isinstance(err, ValueError) else RuntimeError,
-            )
+        self._failed = not run_side_activity(
+            lambda: self._capture(trainer, pl_module),
+            self.on_error,
+            f"ClassActivationMaps: Grad-CAM on `layer` {self._layer_name!r}",
+            "No more heatmaps in this fit; training goes on.",
+        )
 
     # ---------------------------------------------------------------- capture
     def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
