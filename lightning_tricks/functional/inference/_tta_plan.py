@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_tricks.functional._checks import describe
+
 __all__ = ["clear_tta_plans", "forward_in_chunks", "planned_chunk_size", "tta_plans"]
 
 #: timed rounds per candidate after one untimed warm-up round; the minimum is kept
@@ -142,6 +144,9 @@ def clear_tta_plans(model: object | None = None) -> None:
     Args:
         model: the model (or callable) passed to ``tta_predict``; ``None`` clears all plans.
 
+    Raises:
+        TypeError: ``model`` is neither ``None`` nor a module or callable.
+
     Example:
         >>> import torch
         >>> from torch import nn
@@ -157,8 +162,12 @@ def clear_tta_plans(model: object | None = None) -> None:
     if model is None:
         _PLANS.clear()
         return
+    _check_model(model, "or None (every plan)")
     for owner in _owners(model):
-        _PLANS.pop(owner, None)
+        try:
+            _PLANS.pop(owner, None)
+        except TypeError:  # not weak-referenceable: it never had a plan
+            pass
 
 
 def tta_plans(model: object) -> dict[Hashable, int]:
@@ -170,11 +179,15 @@ def tta_plans(model: object) -> dict[Hashable, int]:
     Args:
         model: the model (or callable) passed to ``tta_predict``.
 
+    Raises:
+        TypeError: ``model`` is not a module or callable.
+
     Example:
         >>> from torch import nn
         >>> tta_plans(nn.Linear(2, 2))
         {}
     """
+    _check_model(model)
     out: dict[Hashable, int] = {}
     for owner in _owners(model):
         try:
@@ -183,6 +196,14 @@ def tta_plans(model: object) -> dict[Hashable, int]:
             continue
         out.update({k: p.best for k, p in plans.items()})
     return out
+
+
+def _check_model(model: object, extra: str = "") -> None:
+    if not callable(model):
+        raise TypeError(
+            f"`model` must be the torch.nn.Module or callable passed to tta_predict{' ' + extra if extra else ''}; "
+            f"got {describe(model)}"
+        )
 
 
 def _owners(model: object) -> list[object]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool
+from lightning_tricks.functional._checks import check_bool, check_module
 from lightning_tricks.functional._modules import ModuleSpec, name_entries, resolve_modules
 
 __all__ = ["FeatureExtractor", "extract_features"]
@@ -83,7 +83,8 @@ class FeatureExtractor:
             inside ``ModelOutput`` objects, dicts, tuples and lists.
 
     Raises:
-        ValueError: if an entry selects no submodule (the message suggests near matches).
+        ValueError: if an entry selects no submodule (the message suggests near matches);
+            when called, if a selected layer did not run in the forward pass.
         TypeError: for arguments of the wrong type.
 
     Attributes:
@@ -111,8 +112,7 @@ class FeatureExtractor:
         stop_early: bool = False,
         detach: bool = True,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+        check_module("model", model)
         self.stop_early = check_bool("stop_early", stop_early)
         self.detach = check_bool("detach", detach)
         self.model = model
@@ -153,6 +153,9 @@ class FeatureExtractor:
         """Run ``model(*args, **kwargs)`` and return ``{layer: output}`` in the order of ``layers``.
 
         With ``detach=False`` hooks keep the graph, so features can be back-propagated.
+
+        Raises:
+            ValueError: a selected layer did not run in the forward pass (names the layers).
         """
         with self:
             self._stopping = self.stop_early
@@ -160,8 +163,9 @@ class FeatureExtractor:
                 self.model(*args, **kwargs)
             missing = [n for n in self.layers if n not in self.features]
             if missing:
-                raise RuntimeError(
-                    f"layers {missing} did not run in the forward pass of {type(self.model).__name__}"
+                raise ValueError(
+                    f"`layers` selects layers the forward pass of {type(self.model).__name__} gives no output "
+                    f"for: {missing} did not run in the forward pass; choose layers that run on these inputs"
                 )
             return {n: self.features[n] for n in self.layers}
 
@@ -187,7 +191,9 @@ def extract_features(
         ``{qualified name: output}``, in the order of ``layers``.
 
     Raises:
-        ValueError: if an entry selects no submodule (with near matches suggested).
+        ValueError: if an entry selects no submodule (with near matches suggested), or a
+            selected layer did not run in the forward pass.
+        TypeError: for arguments of the wrong type.
 
     Example:
         >>> import torch

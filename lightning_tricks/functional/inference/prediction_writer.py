@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lightning_tricks.functional._checks import check_bool, check_path, describe
 from lightning_tricks.functional._io import atomic_write
 
 __all__ = [
@@ -106,6 +107,13 @@ def save_rank_predictions(path: PathLike, batches: Sequence[tuple[torch.Tensor, 
         batches: per batch, the dataset indices ``(n,)`` and the CPU prediction with ``n``
             rows (see :func:`prediction_to_cpu`); may be empty.
 
+    Raises:
+        TypeError: ``path`` is not a path, ``batches`` not a sequence of ``(indices,
+            prediction)`` pairs, indices not an integer tensor or a prediction not tensors
+            in dicts and lists.
+        ValueError: indices not 1-D, a prediction without one row per index, or batches
+            whose predictions differ in structure (keys, lengths, trailing shapes).
+
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "r0.pt"
@@ -113,6 +121,15 @@ def save_rank_predictions(path: PathLike, batches: Sequence[tuple[torch.Tensor, 
         >>> load_predictions(p)["indices"]
         tensor([3, 1])
     """
+    path = check_path("path", path)
+    if not isinstance(batches, Sequence) or isinstance(batches, str | bytes):
+        raise TypeError(f"`batches` must be a sequence of (indices, prediction) pairs; got {describe(batches)}")
+    layout = None
+    for i, item in enumerate(batches):
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(f"`batches[{i}]` must be an (indices, prediction) pair; got {describe(item)}")
+        _check_indices(f"batches[{i}][0]", item[0])
+        layout = _check_rows(f"batches[{i}][1]", item[1], len(item[0]), layout, "`batches[0][1]`")
     payload = {
         "indices": torch.cat([i for i, _ in batches]) if batches else torch.zeros(0, dtype=torch.long),
         "predictions": _cat([p for _, p in batches]) if batches else None,
@@ -156,13 +173,21 @@ def merge_rank_predictions(
 ) -> dict[str, Any] | None:
     """Merge the files of :func:`save_rank_predictions` into ``merged_path`` (atomically).
 
+    Every file is read and checked before anything is written or deleted.
+
     Args:
-        rank_paths: one file per process.
+        rank_paths: one file per process (a lone path is one file).
         merged_path: the merged file (read it with :func:`load_predictions`).
         keep_rank_files: keep the per-rank files (else they are deleted after the merge).
 
     Returns:
         The merged payload, or ``None`` (and no file) if no rank predicted anything.
+
+    Raises:
+        TypeError: a path that is not a ``str``/``os.PathLike``, or ``keep_rank_files`` not a bool.
+        ValueError: ``merged_path`` is one of ``rank_paths``, a file is not a predictions
+            file, or the files' predictions differ in structure.
+        FileNotFoundError: a rank file does not exist.
 
     Example:
         >>> import tempfile, pathlib
@@ -174,11 +199,29 @@ def merge_rank_predictions(
         >>> sorted(p.name for p in d.iterdir())
         ['all.pt']
     """
-    paths = [Path(p) for p in rank_paths]
-    result = merge_predictions([load_predictions(p) for p in paths])
+    if isinstance(rank_paths, str | os.PathLike):
+        rank_paths = [rank_paths]
+    if not isinstance(rank_paths, Sequence) or isinstance(rank_paths, bytes):
+        raise TypeError(f"`rank_paths` must be a path or a sequence of paths; got {describe(rank_paths)}")
+    paths = [Path(check_path(f"rank_paths[{i}]", p)) for i, p in enumerate(rank_paths)]
+    merged = Path(check_path("merged_path", merged_path))
+    check_bool("keep_rank_files", keep_rank_files)
+    if any(p.resolve() == merged.resolve() for p in paths):
+        raise ValueError(
+            f"`merged_path` must not be one of `rank_paths` (the rank files may be deleted after the merge); "
+            f"got {merged_path!r}"
+        )
+    parts = [_load_payload(p, f"rank_paths[{i}]") for i, p in enumerate(paths)]
+    layout = None
+    for i, part in enumerate(parts):
+        if part["predictions"] is not None:
+            layout = _check_rows(
+                f"rank_paths[{i}]", part["predictions"], len(part["indices"]), layout, "the first rank file"
+            )
+    result = merge_predictions(parts)
     if result is None:
         return None
-    atomic_write(Path(merged_path), lambda tmp: torch.save(result, tmp))
+    atomic_write(merged, lambda tmp: torch.save(result, tmp))
     if not keep_rank_files:
         for p in paths:
             p.unlink(missing_ok=True)
@@ -195,6 +238,11 @@ def load_predictions(path: PathLike) -> dict[str, Any]:
         ``{"indices": LongTensor (N,), "predictions": tensor | dict | list of tensors}``,
         sorted by dataset index, one row per sample.
 
+    Raises:
+        TypeError: ``path`` is not a ``str``/``os.PathLike`` (file descriptors are refused).
+        ValueError: the file is not a predictions file (unreadable, or not such a payload).
+        FileNotFoundError: there is no such file.
+
     Example:
         >>> import tempfile, torch, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "p.pt"
@@ -202,4 +250,77 @@ def load_predictions(path: PathLike) -> dict[str, Any]:
         >>> load_predictions(p)["indices"]
         tensor([0, 1])
     """
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_payload(Path(check_path("path", path)), "path")
+
+
+def _load_payload(path: Path, arg: str) -> dict[str, Any]:
+    """Read and check a payload; errors name ``arg`` and the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"`{arg}` names no file: {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"`{arg}` {str(path)!r} is not a predictions file (torch.load failed with {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(payload, dict) or set(payload) != {"indices", "predictions"}:
+        keys = sorted(map(str, payload)) if isinstance(payload, dict) else None
+        raise ValueError(
+            f"`{arg}` {str(path)!r} is not a predictions file: expected a dict with 'indices' and 'predictions'; "
+            f"got {describe(payload) if keys is None else f'a dict with keys {keys}'}"
+        )
+    try:
+        _check_indices("indices", payload["indices"])
+        if payload["predictions"] is not None:
+            _check_rows("predictions", payload["predictions"], len(payload["indices"]), None, "")
+        elif len(payload["indices"]):
+            raise ValueError(f"`predictions` is None but there are {len(payload['indices'])} indices")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{arg}` {str(path)!r} is not a predictions file: {err}") from None
+    return payload
+
+
+def _check_indices(arg: str, indices: Any) -> None:
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
+        raise TypeError(f"`{arg}` must be an integer tensor of dataset indices; got {describe(indices)}")
+    if indices.dtype == torch.bool or indices.ndim != 1:
+        raise ValueError(f"`{arg}` must be a 1-D integer tensor of dataset indices; got {describe(indices)}")
+
+
+def _layout(obj: Any) -> Any:
+    """The structure of a prediction that concatenation needs to agree: keys, lengths, trailing shapes."""
+    if isinstance(obj, torch.Tensor):
+        return tuple(obj.shape[1:])
+    if isinstance(obj, dict):
+        return {k: _layout(v) for k, v in obj.items()}
+    return [_layout(v) for v in obj]
+
+
+def _check_rows(arg: str, prediction: Any, rows: int, layout: Any, first: str) -> Any:
+    """Check that ``prediction`` holds tensors (in dicts and lists), each with ``rows`` rows and the
+    structure ``layout`` (of ``first``) if given; return its layout."""
+    try:
+        found = _rows(_walk(prediction))
+    except TypeError as err:
+        raise TypeError(f"`{arg}` must be tensors in dicts and lists; {err}") from None
+    if found != {rows}:
+        raise ValueError(
+            f"`{arg}` must have one row per index ({rows}); got leading sizes {sorted(found) or 'none'}"
+        )
+    own = _layout(prediction)
+    if layout is not None and own != layout:
+        raise ValueError(
+            f"`{arg}` differs in structure from {first} (keys, lengths or trailing shapes): {own} vs {layout}"
+        )
+    return own
+
+
+def _walk(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _walk(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_walk(v) for v in obj]
+    raise TypeError(f"got {describe(obj)}")

@@ -13,8 +13,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_tricks.functional._checks import check_bool, check_choice, check_tensor
 from lightning_tricks.functional.inference._tta_model import OutputSelector
-from lightning_tricks.functional.inference.tta_predict import MergeMode, merge_outputs, tta_predict
+from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, merge_outputs, tta_predict
+from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
 __all__ = ["tta_evaluation", "tta_flips"]
 
@@ -22,7 +24,7 @@ __all__ = ["tta_evaluation", "tta_flips"]
 def tta_evaluation(
     model: nn.Module | Callable[[torch.Tensor], Any],
     x: torch.Tensor,
-    views: Sequence[str] = ("hflip",),
+    views: str | View | Sequence[str | View] = ("hflip",),
     merge: MergeMode = "mean",
     chunk_size: int | Literal["auto"] | None = "auto",
     *,
@@ -38,7 +40,8 @@ def tta_evaluation(
     Args:
         model: a module or callable, as for :func:`~lightning_tricks.functional.tta_predict`.
         x: images ``(B, C, H, W)``.
-        views: the TTA views (view strings, see :func:`~lightning_tricks.functional.parse_view`).
+        views: the TTA views (view strings, see :func:`~lightning_tricks.functional.parse_view`,
+            or :class:`~lightning_tricks.functional.View` objects); a lone string is one view.
         merge: how to merge the views, see :func:`~lightning_tricks.functional.merge_outputs`.
         chunk_size: most images per forward pass (``"auto"`` plans it).
         include_identity: whether the TTA prediction includes the identity view.
@@ -48,7 +51,9 @@ def tta_evaluation(
         ``(plain, tta)``, both float32 of the model's output shape.
 
     Raises:
-        ValueError: for bad arguments (see ``tta_predict``).
+        ValueError: for bad arguments (see ``tta_predict``), or no view besides the identity
+            with ``include_identity=False``.
+        TypeError: for arguments of the wrong type (see ``tta_predict``).
 
     Example:
         >>> import torch
@@ -59,9 +64,23 @@ def tta_evaluation(
         >>> torch.allclose(plain, model.eval()(x), atol=1e-6), tta.shape
         (True, torch.Size([8, 4]))
     """
-    views = ["identity", *[v for v in views if v != "identity"]]
+    check_choice("merge", merge, MERGE_MODES)
+    check_bool("include_identity", include_identity)
+    others = [v for v in parse_views(views) if v.name != "identity"]
+    if not include_identity and not others:
+        raise ValueError(
+            f"`views` must hold a view besides 'identity' when `include_identity`=False (the TTA prediction "
+            f"would merge no view); got {views!r}"
+        )
     _, per_view = tta_predict(
-        model, x, views, "mean", chunk_size, include_identity=True, return_views=True, output=output
+        model,
+        x,
+        [parse_view("identity"), *others],
+        "mean",
+        chunk_size,
+        include_identity=True,
+        return_views=True,
+        output=output,
     )
     per_view = per_view.float()
     tta = merge_outputs(per_view if include_identity else per_view[1:], merge)
@@ -83,6 +102,8 @@ def tta_flips(
         comparing the argmax over the class dimension with ``target``.
 
     Raises:
+        TypeError: ``plain``/``tta`` are not floating-point tensors or ``target`` not an
+            integer tensor.
         ValueError: if the shapes do not fit.
 
     Example:
@@ -92,7 +113,10 @@ def tta_flips(
         >>> c2w.tolist(), w2c.tolist()
         ([True, False, False], [False, False, True])
     """
-    if plain.shape != tta.shape or plain.ndim < 2 or plain.shape[:1] + plain.shape[2:] != target.shape:
+    check_tensor("plain", plain, dtype="float")
+    check_tensor("tta", tta, dtype="float")
+    check_tensor("target", target, dtype="integer")
+    if plain.shape != tta.shape or plain.ndim < 2 or plain.shape[1] == 0 or plain.shape[:1] + plain.shape[2:] != target.shape:
         raise ValueError(
             f"`plain` and `tta` must be class scores (B, K, ...) of one shape and `target` (B, ...); got "
             f"{tuple(plain.shape)}, {tuple(tta.shape)} and {tuple(target.shape)}"

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_choice, check_optional_int
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_choice,
+    check_optional_int,
+    check_tensor,
+    describe,
+)
 from lightning_tricks.functional.inference._tta_model import (
     OutputSelector,
     _check_output,
@@ -69,7 +75,9 @@ def merge_outputs(outputs: torch.Tensor, merge: MergeMode = "mean") -> torch.Ten
         is a lower precision).
 
     Raises:
-        ValueError: for an unknown mode or outputs without a class dimension.
+        TypeError: ``outputs`` is not a floating-point tensor.
+        ValueError: for an unknown mode, empty outputs, or outputs without a batch dimension
+            (or without a class dimension for the probability and vote modes).
 
     Example:
         >>> import torch
@@ -80,6 +88,9 @@ def merge_outputs(outputs: torch.Tensor, merge: MergeMode = "mean") -> torch.Ten
         tensor([[2., 1.]])
     """
     check_choice("merge", merge, MERGE_MODES)
+    check_tensor("outputs", outputs, dtype="float", nonempty=True)
+    if outputs.ndim < 2:
+        raise ValueError(f"`outputs` must be stacked per-view outputs (V, B, ...); got {describe(outputs)}")
     if merge == "mean":
         return outputs.mean(0)
     if merge == "max":
@@ -219,8 +230,10 @@ def tta_predict(
         dense: whether outputs are dense maps to invert; ``None`` decides from the output:
             ``(N, K, h, w)`` whose ``h, w`` are the view's input size, a whole fraction
             (``ceil`` or ``floor`` of ``H/s``, e.g. Segformer's ``H/4``) or a whole
-            multiple of it; ``(N, h, w)`` only at the input size. ``True`` on outputs
-            without spatial dimensions is an error.
+            multiple of it; ``(N, h, w)`` only at the input size. ``True`` also inverts
+            maps cropped by one border on every side (``H - h == W - w``, unpadded
+            convolutions); on other outputs (class scores ``(N, K)``, ``(N, T, K)``) it is an
+            error, since inverting a flip there would flip the class axis.
         return_views: also return the per-view outputs ``(V, B, ...)`` (after inversion)
             for uncertainty estimates.
         output: which tensor of the model's output to merge: ``None`` takes a tensor as
@@ -231,9 +244,11 @@ def tta_predict(
         The merged output ``(B, ...)``, or ``(merged, per_view)`` with ``return_views``.
 
     Raises:
-        ValueError: for bad arguments, a non-invertible view (crop) on dense outputs, or
-            ``dense=True`` on outputs without spatial dimensions.
-        TypeError: if no tensor can be picked from the model's output.
+        ValueError: for bad arguments, empty ``x``, a non-invertible view (crop) on dense
+            outputs, or ``dense=True`` on outputs that are not dense maps of the input (see
+            ``dense``).
+        TypeError: ``model`` is not callable, ``x`` not a floating-point tensor, or no
+            tensor can be picked from the model's output.
 
     Example:
         >>> import torch
@@ -250,6 +265,8 @@ def tta_predict(
         >>> tta_predict(strided, x, ["hflip", "scale:0.5"]).shape
         torch.Size([4, 2, 2, 2])
     """
+    if not callable(model):
+        raise TypeError(f"`model` must be a torch.nn.Module or a callable; got {describe(model)}")
     check_choice("merge", merge, MERGE_MODES)
     chunk_size = check_chunk_size(chunk_size)
     check_bool("include_identity", include_identity)
@@ -260,9 +277,9 @@ def tta_predict(
     view_list = _views(views, include_identity)
     if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
         raise ValueError(
-            f"`x` must be a tensor of shape (B, C, H, W) or (B, n_crops, C, H, W); got "
-            f"{getattr(x, 'shape', type(x).__name__)}"
+            f"`x` must be a tensor of shape (B, C, H, W) or (B, n_crops, C, H, W); got {describe(x)}"
         )
+    check_tensor("x", x, dtype="float", nonempty=True)
     b = x.shape[0]
     n_pre = 1
     if x.ndim == 5:  # pre-cropped: crops become the fastest-varying part of the batch
@@ -334,6 +351,13 @@ def _is_dense(out: torch.Tensor, inp: Sequence[int]) -> bool:
     return False
 
 
+def _cropped(out: torch.Tensor, inp: Sequence[int]) -> bool:
+    """Whether ``out`` (N, ..., h, w) is a map of an image of size ``inp`` cropped by one border on
+    every side (what unpadded convolutions give): ``H - h == W - w >= 0``."""
+    (oh, ow), (ah, aw) = out.shape[-2:], tuple(inp)
+    return out.ndim >= 3 and 0 < oh <= ah and 0 < ow <= aw and ah - oh == aw - ow
+
+
 @functools.lru_cache(maxsize=512)
 def _transposes(view: View) -> bool | None:
     """True/False if ``view`` maps (7, 11) images to (11, 7)/(7, 11); None if it resizes."""
@@ -380,6 +404,15 @@ def _run_views(
             "spatial dimensions (N, ..., h, w) to invert the views on; class scores (N, K) are merged as "
             "they are, pass `dense=None` or `dense=False`"
         )
+    if dense is True:
+        for v, o, s in zip(views, outputs, shapes_in):
+            if not (_is_dense(o, s) or _cropped(o, s)):
+                raise ValueError(
+                    f"`dense`=True, but the output of view {v.name!r} has shape {tuple(o.shape)} for images of "
+                    f"spatial size {s}: its last two dimensions are not a map of the image (its size, a whole "
+                    "fraction or multiple of it, or cropped by one border), so inverting the view would "
+                    "permute other axes (e.g. classes); pass `dense=None` or `dense=False`"
+                )
     is_dense = [dense if dense is not None else _is_dense(o, s) for o, s in zip(outputs, shapes_in)]
     if any(is_dense):
         if pre_cropped:

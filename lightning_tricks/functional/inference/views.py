@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from lightning_tricks.functional._checks import check_str, describe
+
 __all__ = ["View", "parse_view", "parse_views"]
 
 VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "scale", "five_crop", "ten_crop")
@@ -28,8 +30,14 @@ VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "scale"
 class View:
     """One test-time view (or a composition of several).
 
+    A view of your own subclasses ``View`` and implements :meth:`apply` (and
+    :meth:`invert` if dense outputs can be mapped back through it).
+
     Args:
         name: the canonical string of this view, e.g. ``"rot90"`` or ``"scale:0.9"``.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty string.
 
     Example:
         >>> import torch
@@ -47,11 +55,11 @@ class View:
     invertible: bool = True
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name = check_str("name", name)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Augment ``x`` of shape ``(B, C, H, W)`` into ``(n * B, C, H', W')``, view-major."""
-        raise NotImplementedError
+        raise NotImplementedError(_no_apply(self))
 
     def invert(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Map dense outputs ``(n * B, K, H', W')`` back to the geometry of the input (``size`` = H, W)."""
@@ -69,6 +77,13 @@ class View:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+
+def _no_apply(view: View) -> str:
+    return (
+        f"view {view.name!r} of type {type(view).__name__} does not implement `apply(x)`: a View subclass "
+        f"must define apply(x) -> (n * B, C, H', W') (and invert(y, size) if it is invertible)"
+    )
 
 
 class _Identity(View):
@@ -241,9 +256,13 @@ def parse_view(spec: str | View) -> View:
         10
     """
     if isinstance(spec, View):
+        if type(spec).apply is View.apply:
+            raise TypeError(f"`views` entry {spec!r}: {_no_apply(spec)}")
+        if not isinstance(spec.n, int) or isinstance(spec.n, bool) or spec.n < 1:
+            raise TypeError(f"`views` entry {spec!r}: its `n` (images per input image) must be an int >= 1; got {spec.n!r}")
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"`views` entries must be non-empty strings or View objects; got {spec!r}")
+        raise TypeError(f"`views` entries must be non-empty strings or View objects; got {describe(spec)}")
     parts = [_parse_one(p, spec) for p in spec.split("+")]
     parts = [p for p in parts if not isinstance(p, _Identity)] or parts[:1]
     return parts[0] if len(parts) == 1 else _Compose(parts)

@@ -18,8 +18,9 @@ def to_uint8_image(image: torch.Tensor) -> torch.Tensor:
     """Convert an image tensor to ``uint8`` of shape ``(H, W)`` or ``(H, W, 3)``.
 
     Accepts ``(H, W)``, ``(1, H, W)``, ``(3, H, W)`` (channels first, as TensorBoard
-    takes them) or ``(H, W, 3)``; float images are taken to lie in ``[0, 1]`` and are
-    clamped.
+    takes them) or ``(H, W, 3)``. Float images are taken to lie in ``[0, 1]`` and are
+    clamped (NaN becomes 0); integer images hold the pixel values ``0..255`` themselves
+    (as ``uint8`` images do), and a bool image is black and white.
 
     Args:
         image: the image.
@@ -28,7 +29,9 @@ def to_uint8_image(image: torch.Tensor) -> torch.Tensor:
         A contiguous CPU ``uint8`` tensor.
 
     Raises:
-        ValueError: if the shape is not one of the above.
+        TypeError: ``image`` is not a real tensor.
+        ValueError: if the shape is not one of the above, or an integer image has values
+            outside ``0..255``.
 
     Example:
         >>> to_uint8_image(torch.ones(3, 2, 4)).shape
@@ -45,7 +48,19 @@ def to_uint8_image(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"`image` must have shape (H, W), (1|3, H, W) or (H, W, 3); got {tuple(image.shape)}"
         )
-    if img.dtype != torch.uint8:
+    if img.dtype == torch.bool:
+        img = img.to(torch.uint8) * 255
+    elif img.is_complex():
+        raise TypeError(f"`image` must be a real tensor; got one of dtype {image.dtype}")
+    elif not img.is_floating_point() and img.dtype != torch.uint8:
+        low, high = int(img.min()), int(img.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`image` of dtype {image.dtype} must hold pixel values in 0..255 (integer images are not "
+                f"scaled; pass floats in [0, 1] instead); got values in [{low}, {high}]"
+            )
+        img = img.to(torch.uint8)
+    elif img.dtype != torch.uint8:
         img = (img.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
     return img.contiguous()
 

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_int, check_number
+from lightning_tricks.functional._checks import (
+    check_int,
+    check_module,
+    check_number,
+    check_optional_int,
+    check_tensor,
+    describe,
+)
 from lightning_tricks.functional._modules import resolve_modules
 
 __all__ = [
@@ -65,7 +72,8 @@ def select_layers(
         Qualified module names, in model order.
 
     Raises:
-        ValueError: if an entry of ``layers`` matches no submodule.
+        TypeError: ``model`` is not a module, ``layers`` not names or ``max_layers`` not an int.
+        ValueError: if an entry of ``layers`` matches no submodule, or ``max_layers`` < 1.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
@@ -74,6 +82,7 @@ def select_layers(
         >>> select_layers(net, "1"), select_layers(net, "ReLU")
         (['1'], ['1'])
     """
+    check_module("model", model)
     max_layers = check_int("max_layers", max_layers, minimum=1)
     if layers is None:
         named = [(n, m) for n, m in model.named_modules() if n]
@@ -120,7 +129,7 @@ def _accepts_keywords(forward: Callable[..., Any], keys: Sequence[str]) -> bool:
     return all(k in names for k in keys)
 
 
-def call_with_batch(model: nn.Module, batch: Any) -> Any:
+def call_with_batch(model: nn.Module, batch: Any, arg: str = "batch") -> Any:
     """Run ``model`` on a batch the way training steps usually do.
 
     * a tensor: ``model(batch)``;
@@ -135,6 +144,7 @@ def call_with_batch(model: nn.Module, batch: Any) -> Any:
     Args:
         model: the network.
         batch: the batch.
+        arg: how the batch is named in error messages.
 
     Returns:
         Whatever the model returns.
@@ -158,9 +168,13 @@ def call_with_batch(model: nn.Module, batch: Any) -> Any:
         if first is not None:
             return model(first)
     if isinstance(batch, (list, tuple)) and batch:
-        return call_with_batch(model, batch[0]) if not isinstance(batch[0], torch.Tensor) else model(batch[0])
+        head = batch[0]
+        if isinstance(head, torch.Tensor):
+            return model(head)
+        if isinstance(head, Mapping | list | tuple):
+            return call_with_batch(model, head, arg)
     raise TypeError(
-        f"`batch` must be a tensor, or a mapping/list/tuple holding one; got {type(batch).__name__}"
+        f"`{arg}` must be a tensor, or a mapping/list/tuple holding one (the input first); got {describe(batch)}"
     )
 
 
@@ -219,7 +233,14 @@ def capture_activations(
             by default :func:`call_with_batch`.
 
     Returns:
-        Layer name -> detached output (the first tensor when a layer returns several).
+        Layer name -> detached output (the first tensor when a layer returns several), for
+        every layer ``layers`` selects.
+
+    Raises:
+        TypeError: ``model`` is not a module, ``layers`` not names, ``forward_context`` or
+            ``forward_fn`` not callable, or ``inputs`` holds no tensor to feed.
+        ValueError: an entry of ``layers`` selects no submodule, or a selected layer did not
+            run in the forward pass or returned no tensor (as :class:`FeatureExtractor`).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
@@ -227,8 +248,18 @@ def capture_activations(
         >>> acts["0"].shape, net.training, len(net[0]._forward_hooks)
         (torch.Size([2, 3]), True, 0)
     """
+    check_module("model", model)
+    for arg, value in (("forward_context", forward_context), ("forward_fn", forward_fn)):
+        if value is not None and not callable(value):
+            raise TypeError(f"`{arg}` must be a callable or None; got {describe(value)}")
+    if forward_fn is None and _first_tensor(inputs) is None and not _nested_tensor(inputs):
+        raise TypeError(
+            f"`inputs` must be a tensor, or a mapping/list/tuple holding one (the input first), or pass "
+            f"`forward_fn`; got {describe(inputs)}"
+        )
     modules = resolve_modules(model, layers, "layers")
     captured: dict[str, torch.Tensor] = {}
+    returned: dict[str, str] = {}
     handles = []
 
     def make_hook(name: str):
@@ -236,6 +267,8 @@ def capture_activations(
             tensor = _first_tensor(output)
             if tensor is not None:
                 captured[name] = tensor.detach()
+            else:
+                returned[name] = type(output).__name__
 
         return hook
 
@@ -254,11 +287,44 @@ def capture_activations(
             if forward_fn is not None:
                 forward_fn(inputs)
             else:
-                call_with_batch(model, inputs)
+                call_with_batch(model, inputs, "inputs")
     finally:
         for h in handles:
             h.remove()
-    return captured
+    missing = [n for n in modules if n not in captured]
+    if missing:
+        no_tensor = [f"{n!r} returned {returned[n]}" for n in missing if n in returned]
+        not_run = [n for n in missing if n not in returned]
+        problems = ([f"{not_run} did not run in the forward pass"] if not_run else []) + (
+            [f"{', '.join(no_tensor)} (no tensor)"] if no_tensor else []
+        )
+        raise ValueError(
+            f"`layers` selects layers the forward pass of {type(model).__name__} gives no output for: "
+            f"{'; '.join(problems)}; choose layers that run on these `inputs`"
+        )
+    return {n: captured[n] for n in modules}
+
+
+def _nested_tensor(batch: Any) -> bool:
+    """Whether ``call_with_batch`` finds a tensor in the first element of nested lists/tuples/mappings."""
+    for _ in range(4):
+        if isinstance(batch, Mapping):
+            batch = next(iter(batch.values()), None)
+        elif isinstance(batch, list | tuple) and batch:
+            batch = batch[0]
+        else:
+            break
+        if isinstance(batch, torch.Tensor):
+            return True
+    return False
+
+
+def _check_activation(activation: Any) -> torch.Tensor:
+    """A non-empty real tensor (statistics of nothing would be NaN); no values are read."""
+    check_tensor("activation", activation, nonempty=True)
+    if activation.is_complex():
+        raise TypeError(f"`activation` must be a real (not complex) tensor; got {describe(activation)}")
+    return activation
 
 
 def activation_stats(
@@ -282,11 +348,17 @@ def activation_stats(
     Returns:
         A float tensor of 4 values, in the order ``mean, std, near_zero_fraction, dead_fraction``.
 
+    Raises:
+        TypeError: ``activation`` is not a real (non-complex) tensor, or an argument of the wrong type.
+        ValueError: ``activation`` is empty, ``near_zero`` < 0 or ``feature_dim`` out of range.
+
     Example:
         >>> tuple(round(v, 3) for v in activation_stats(torch.tensor([[0.0, 2.0], [0.0, 4.0]])).tolist())
         (1.5, 1.915, 0.5, 0.5)
     """
+    _check_activation(activation)
     near_zero = check_number("near_zero", near_zero, minimum=0.0)
+    feature_dim = check_optional_int("feature_dim", feature_dim)
     a = activation.detach().float()
     zero = a.abs() <= near_zero
     if a.dim() == 0:
@@ -314,15 +386,27 @@ def activation_histogram(activation: torch.Tensor, bins: int, low: float, high: 
     Returns:
         A float tensor of ``bins`` counts, on the activation's device.
 
+    Raises:
+        TypeError: ``activation`` is not a real tensor, or an argument of the wrong type.
+        ValueError: ``activation`` is empty, ``bins`` < 1, ``low``/``high`` not finite float32
+            numbers, or ``high`` <= ``low``.
+
     Example:
         >>> activation_histogram(torch.tensor([-5.0, 0.1, 0.2, 9.0]), 2, 0.0, 1.0).tolist()
         [3.0, 1.0]
     """
+    _check_activation(activation)
     bins = check_int("bins", bins, minimum=1)
+    big = torch.finfo(torch.float32).max
+    low = check_number("low", low, minimum=-big, maximum=big)
+    high = check_number("high", high, minimum=-big, maximum=big)
     if not high > low:
         raise ValueError(f"`high` must be > `low`; got low={low!r}, high={high!r}")
-    a = activation.detach().float().flatten().clamp(low, high)
-    return torch.histc(a, bins=bins, min=low, max=high)
+    a = activation.detach().float().flatten()
+    if (high - low) * bins > big / 4:  # histc's float32 bin arithmetic would overflow: count on [0, 1]
+        unit = (a * 0.5 - low * 0.5) / ((high - low) * 0.5)  # every term fits in float32
+        return torch.histc(unit.clamp(0.0, 1.0), bins=bins, min=0.0, max=1.0)
+    return torch.histc(a.clamp(low, high), bins=bins, min=low, max=high)
 
 
 def feature_map_grid(
@@ -347,11 +431,24 @@ def feature_map_grid(
     Returns:
         A ``(1, H, W)`` float image in ``[0, 1]`` (channels first, as TensorBoard expects).
 
+    Raises:
+        TypeError: ``activation`` is not a real tensor, or an argument of the wrong type.
+        ValueError: ``activation`` is empty, ``max_channels`` < 1, ``padding`` < 0 or
+            ``feature_dim`` out of range.
+
     Example:
         >>> feature_map_grid(torch.randn(2, 5, 4, 4), max_channels=4).shape
         torch.Size([1, 9, 9])
     """
+    _check_activation(activation)
     max_channels = check_int("max_channels", max_channels, minimum=1)
+    padding = check_int("padding", padding, minimum=0)
+    feature_dim = check_optional_int("feature_dim", feature_dim)
+    if feature_dim is not None and not -max(activation.dim(), 1) <= feature_dim < max(activation.dim(), 1):
+        raise ValueError(
+            f"`feature_dim` must index a dimension of the activation of shape {tuple(activation.shape)}; "
+            f"got {feature_dim}"
+        )
     a = activation.detach().float()
 
     def norm(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -395,13 +492,28 @@ def histogram_image(history: torch.Tensor) -> torch.Tensor:
         A ``(3, bins, T)`` image in ``[0, 1]``: time runs left to right, the lowest bin is
         at the bottom, and colour is ``log1p(count)`` on a viridis-like scale.
 
+    Raises:
+        TypeError: ``history`` is not a real tensor (or nested lists of numbers).
+        ValueError: ``history`` is not a non-empty ``(T, bins)`` table of finite counts >= 0.
+
     Example:
         >>> histogram_image(torch.tensor([[1.0, 0.0], [0.0, 5.0], [2.0, 2.0]])).shape
         torch.Size([3, 2, 3])
     """
-    h = torch.as_tensor(history, dtype=torch.float32).cpu()
+    if not isinstance(history, torch.Tensor):
+        try:
+            history = torch.as_tensor(history)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"`history` must be a (T, bins) tensor of counts or nested lists of numbers; got {describe(history)}"
+            ) from None
+    if history.is_complex() or history.dtype == torch.bool:
+        raise TypeError(f"`history` must hold real counts; got {describe(history)}")
+    h = history.detach().to("cpu", torch.float32)
     if h.dim() != 2 or h.numel() == 0:
         raise ValueError(f"`history` must be a non-empty (T, bins) tensor; got shape {tuple(h.shape)}")
+    if not bool(torch.isfinite(h).all()) or bool((h < 0).any()):
+        raise ValueError(f"`history` must hold finite counts >= 0; got values in [{h.min():g}, {h.max():g}]")
     v = h.log1p().t().flip(0)
     v = v / v.max().clamp_min(1e-12)
     pos = v * (len(_VIRIDIS) - 1)

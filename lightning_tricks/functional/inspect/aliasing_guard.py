@@ -7,10 +7,12 @@ The pair: ``AliasingGuard`` calls :func:`dataset_storages` once per epoch and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from lightning_tricks.functional._checks import check_int, describe
 from lightning_tricks.functional.inspect._tensors import tensor_leaves, walk_tensors
 
 __all__ = ["dataset_storages", "find_aliased_tensors"]
@@ -29,6 +31,9 @@ def dataset_storages(dataset: Any, max_depth: int = 2) -> dict[int, str]:
         >>> list(dataset_storages(ds).values())
         ['dataset.tensors[0]']
     """
+    if dataset is None:
+        raise TypeError("`dataset` must be a dataset (an object holding tensors); got None")
+    max_depth = check_int("max_depth", max_depth, minimum=0)
     out: dict[int, str] = {}
     prefix = "dataset"
     seen = 0
@@ -47,8 +52,15 @@ def dataset_storages(dataset: Any, max_depth: int = 2) -> dict[int, str]:
 def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str, torch.Tensor, str]]:
     """The tensors of ``batch`` that share storage with the dataset (see :func:`dataset_storages`).
 
+    Args:
+        batch: a tensor or nested lists/tuples/dicts of them.
+        storages: what :func:`dataset_storages` returned.
+
     Returns:
         ``(batch_path, tensor, dataset_name)`` for each aliased tensor.
+
+    Raises:
+        TypeError: ``storages`` is not a mapping (of storage pointers to names).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -58,6 +70,11 @@ def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str
         ...     print(path, "aliases", name)
         batch[0] aliases dataset.tensors[0]
     """
+    if not isinstance(storages, Mapping):  # the entries are not checked: this runs on training steps
+        raise TypeError(
+            f"`storages` must map storage pointers (ints) to names, as dataset_storages() returns; "
+            f"got {describe(storages)}"
+        )
     out = []
     for path, t in tensor_leaves(batch):
         if t.numel() == 0:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_tricks.functional._checks import check_choice, check_int, check_number
+from lightning_tricks.functional._checks import check_choice, check_int, check_module, check_number, describe
 from lightning_tricks.functional._modules import ModuleSpec
 from lightning_tricks.functional.inspect.grad_cam import model_untouched, resolve_one_layer
 
@@ -162,7 +162,8 @@ def visualize_filters(
     Raises:
         ValueError: arguments out of range, ``layer`` selecting no or several modules,
             or a channel the layer does not have.
-        TypeError: ``channels`` not integers.
+        TypeError: ``model`` not a module, ``channels`` not integers, or an argument of
+            the wrong type.
 
     Example:
         >>> import torch
@@ -171,15 +172,20 @@ def visualize_filters(
         >>> visualize_filters(net, "1", [0, 2], size=8, steps=2, rounds=2).shape
         torch.Size([2, 3, 8, 8])
     """
+    check_module("model", model)
     idx = (
         [channels]
         if isinstance(channels, int)
         else list(channels)
-        if isinstance(channels, Sequence)
+        if isinstance(channels, Sequence) and not isinstance(channels, str | bytes)
         else None
     )
-    if idx is None or not idx or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in idx):
+    if idx is None or any(isinstance(c, bool) or not isinstance(c, int) for c in idx):
         raise TypeError(
+            f"`channels` must be a channel index or a non-empty sequence of them (>= 0); got {describe(channels)}"
+        )
+    if not idx or min(idx) < 0:
+        raise ValueError(
             f"`channels` must be a channel index or a non-empty sequence of them (>= 0); got {channels!r}"
         )
     size = check_int("size", size, minimum=1)
@@ -187,7 +193,7 @@ def visualize_filters(
     steps = check_int("steps", steps, minimum=1)
     rounds = check_int("rounds", rounds, minimum=1)
     upscale = check_number("upscale", upscale, minimum=1.0)
-    lr = check_number("lr", lr, minimum=0.0)
+    lr = check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
     jitter = check_int("jitter", jitter, minimum=0)
     blur_every = check_int("blur_every", blur_every, minimum=0)
     blur_sigma = check_number("blur_sigma", blur_sigma, minimum=0.0)
@@ -252,12 +258,18 @@ def _normalisation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for arg, value, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        if value is not None and (not isinstance(value, Sequence) or isinstance(value, str | bytes)):
+            raise TypeError(
+                f"`{arg}` must be a sequence of 1 or {in_channels} numbers (one per input channel) or None; "
+                f"got {describe(value)}"
+            )
         values = [default] * in_channels if value is None else list(value)
-        if len(values) not in (1, in_channels) or not all(isinstance(v, int | float) for v in values):
+        if len(values) not in (1, in_channels):
             raise ValueError(
                 f"`{arg}` must hold 1 or {in_channels} numbers (one per input channel); got {value!r}"
             )
-        if arg == "std" and any(v <= 0 for v in values):
-            raise ValueError(f"`std` must be positive; got {value!r}")
+        values = [
+            check_number(arg, v, minimum=0.0 if arg == "std" else None, exclusive_minimum=True) for v in values
+        ]
         out.append(torch.tensor(values, dtype=torch.float32).expand(in_channels).reshape(1, -1, 1, 1))
     return out[0], out[1]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tricks.functional._checks import check_module, check_tensor, describe
 from lightning_tricks.functional._modules import ModuleSpec, resolve_modules
 
 __all__ = ["grad_cam", "image_grid", "logits_of", "model_untouched", "overlay_heatmaps", "resolve_one_layer"]
@@ -129,8 +130,10 @@ def grad_cam(
 
     Raises:
         ValueError: ``layer`` selects no or several modules, its output has no spatial
-            dimensions, or ``targets`` is out of range or of the wrong length.
-        TypeError: ``x`` is not a 4-D tensor, or the logits cannot be found.
+            dimensions, ``x`` is not 4-D or empty, or ``targets`` is out of range or of the
+            wrong length.
+        TypeError: ``model`` is not a module, ``x`` not a floating-point tensor, ``targets``
+            not class indices, ``output`` not callable, or the logits cannot be found.
 
     Example:
         >>> import torch
@@ -140,9 +143,13 @@ def grad_cam(
         >>> grad_cam(net, torch.randn(2, 3, 8, 8), layer="0").shape
         torch.Size([2, 8, 8])
     """
+    check_module("model", model)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"`x` must be a tensor of images (B, C, H, W); got {got}")
+        raise TypeError(f"`x` must be a tensor of images (B, C, H, W); got {describe(x)}")
+    check_tensor("x", x, dtype="float", nonempty=True)
+    if output is not None and not callable(output):
+        raise TypeError(f"`output` must be a callable picking the logits from the model's output, or None; got {describe(output)}")
+    _check_targets(targets, x.shape[0])
     name, module = resolve_one_layer(model, layer)
     pick = output if output is not None else logits_of
     captured: list[torch.Tensor] = []
@@ -167,6 +174,8 @@ def grad_cam(
         if not captured:
             raise ValueError(f"`layer` {name!r} was not called in the model's forward")
         act = captured[-1]
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"`output` must return the logits tensor; got {describe(logits)}")
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(
                 f"the logits must have shape (B, classes) with B={x.shape[0]}; got {tuple(logits.shape)}"
@@ -186,19 +195,35 @@ def grad_cam(
     )
 
 
+def _check_targets(targets: Any, batch: int) -> None:
+    """Types and count of ``targets`` (before the model runs); the range is checked against the logits."""
+    if targets is None:
+        return
+    what = f"`targets` must be a class index, a sequence of them (one per image), an integer tensor or None"
+    if isinstance(targets, torch.Tensor):
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"{what}; got {describe(targets)}")
+        count = targets.numel()
+    elif isinstance(targets, Sequence) and not isinstance(targets, str | bytes):
+        bad = [t for t in targets if isinstance(t, bool) or not isinstance(t, int)]
+        if bad:
+            raise TypeError(f"{what}; got {describe(targets)}")
+        count = len(targets)
+    elif isinstance(targets, int) and not isinstance(targets, bool):
+        count = 1
+    else:
+        raise TypeError(f"{what}; got {describe(targets)}")
+    if count not in (1, batch):
+        raise ValueError(f"`targets` must give one class or one per image ({batch}); got {count}")
+
+
 def _targets(targets: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
     batch, classes = logits.shape
     if targets is None:
         return logits.detach().argmax(dim=1)
-    if isinstance(targets, bool) or not isinstance(targets, int | Sequence | torch.Tensor):
-        raise TypeError(
-            f"`targets` must be a class index, a sequence of them, a tensor or None; got {targets!r}"
-        )
     idx = torch.as_tensor(targets, device=logits.device).long().reshape(-1)
     if idx.numel() == 1:
         idx = idx.expand(batch)
-    if idx.numel() != batch:
-        raise ValueError(f"`targets` must give one class or one per image ({batch}); got {idx.numel()}")
     if bool(((idx < 0) | (idx >= classes)).any()):
         raise ValueError(f"`targets` must lie in [0, {classes}); got {idx.tolist()}")
     return idx.contiguous()

@@ -17,6 +17,12 @@ import torch
 from torch import nn
 
 from lightning_tricks._compat import foreach_norm
+from lightning_tricks.functional._checks import (
+    check_int,
+    check_module,
+    check_same_length,
+    describe,
+)
 from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.inspect.activation_visualizer import _eager
 
@@ -26,6 +32,15 @@ __all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_gr
 def layer_of(param_name: str) -> str:
     """The layer (owning module) of a parameter name: ``"head.2.weight"`` -> ``"head.2"``."""
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def check_norm_type(norm_type: Any) -> float:
+    """``norm_type`` as a float if it is a number > 0 (``inf`` for the max norm), else an error naming it."""
+    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
+        raise TypeError(f"`norm_type` must be a number > 0 or inf; got {describe(norm_type)}")
+    if not norm_type > 0:  # also refuses NaN
+        raise ValueError(f"`norm_type` must be a number > 0 or inf; got {norm_type!r}")
+    return float(norm_type)
 
 
 def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str], torch.Tensor]:
@@ -41,6 +56,10 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
     Returns:
         ``(layer_names, norms)``: names in model order and a float32 tensor of norms.
 
+    Raises:
+        TypeError: ``model`` is not a module, ``norm_type`` not a number.
+        ValueError: ``norm_type`` is not > 0.
+
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
         >>> net(torch.ones(1, 2)).sum().backward()
@@ -48,6 +67,8 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
         >>> names, norms.shape
         (['0', '2'], torch.Size([2]))
     """
+    check_module("model", model)
+    norm_type = check_norm_type(norm_type)
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return [], torch.zeros(0)
@@ -72,10 +93,26 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
 def first_nonfinite(names: Sequence[str], values: Sequence[float]) -> str | None:
     """The first name whose value is NaN or infinite, or ``None``.
 
+    Args:
+        names: one name per value.
+        values: numbers (host floats, e.g. from one ``.tolist()``).
+
+    Raises:
+        TypeError: ``names`` holds a non-string or ``values`` a non-number.
+        ValueError: ``names`` and ``values`` differ in length.
+
     Example:
         >>> first_nonfinite(["a", "b", "c"], [1.0, float("nan"), float("inf")])
         'b'
     """
+    if isinstance(names, str):
+        raise TypeError(f"`names` must be a sequence of names, one per value; got {describe(names)}")
+    check_same_length(("names", names), ("values", values))
+    for i, (name, value) in enumerate(zip(names, values)):
+        if not isinstance(name, str):
+            raise TypeError(f"`names[{i}]` must be a string; got {describe(name)}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"`values[{i}]` must be a number; got {describe(value)}")
     for name, value in zip(names, values):
         if not math.isfinite(value):
             return name
@@ -124,6 +161,7 @@ class IntermediateGrads:
             (qualified names, segment-wise globs, class names; a lone string is one name).
 
     Raises:
+        TypeError: ``model`` is not a module or ``names`` not names.
         ValueError: if an entry selects no submodule of ``model``.
 
     Example:
@@ -135,6 +173,7 @@ class IntermediateGrads:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str] | str) -> None:
+        check_module("model", model)
         self._modules = list(resolve_modules(model, names, "intermediate").items())
         self.grads: dict[str, torch.Tensor] = {}
         self.without_grad: set[str] = set()
@@ -208,6 +247,9 @@ class NonFiniteTracker:
     Args:
         model: the network.
 
+    Raises:
+        TypeError: ``model`` is not a module.
+
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
         >>> tracker = NonFiniteTracker(net)
@@ -221,6 +263,7 @@ class NonFiniteTracker:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        check_module("model", model)
         named = list(model.named_parameters())
         self._params = [p for _, p in named]
         self._layers = [layer_of(n) for n, _ in named]
@@ -261,7 +304,13 @@ class NonFiniteTracker:
         return _Record()
 
     def update(self, step: int) -> None:
-        """Fold the current gradients in (device ops only; no host sync)."""
+        """Fold the current gradients in (device ops only; no host sync).
+
+        Raises:
+            TypeError: ``step`` is not an int.
+        """
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"`step` must be an int; got {describe(step)}")
         idx, grads = [], []
         for i, p in enumerate(self._params):
             if p.grad is not None:
@@ -305,12 +354,18 @@ class NonFiniteTracker:
 
         Args:
             values: the host copy of ``torch.cat(self.pending())``, if already transferred.
+
+        Raises:
+            TypeError: ``values`` is not a sequence of numbers.
+            ValueError: ``values`` does not have the length of ``torch.cat(self.pending())``.
         """
         if values is None:
             pending = self.pending()
             if not pending:
                 return None
             values = torch.cat(pending).tolist()
+        else:
+            values = self._check_values(values)
         first = int(values[0])
         if first < 0:
             return None
@@ -325,3 +380,21 @@ class NonFiniteTracker:
             else "infinite"
         )
         return first, nearest, bad_layers, kind, int(values[1])
+
+    def _check_values(self, values: Any) -> list[float]:
+        if isinstance(values, torch.Tensor):
+            values = values.tolist() if values.ndim == 1 else values
+        if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+            raise TypeError(
+                f"`values` must be the host copy (a list of numbers) of torch.cat(pending()); got {describe(values)}"
+            )
+        expected = 2 + len(self._params)
+        if len(values) != expected:
+            raise ValueError(
+                f"`values` must hold {expected} numbers (first step, count, one norm per parameter), the "
+                f"length of torch.cat(pending()); got {len(values)}"
+            )
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(f"`values[{i}]` must be a number; got {describe(v)}")
+        return list(values)

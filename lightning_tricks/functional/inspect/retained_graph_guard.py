@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_tricks.functional._checks import check_int, check_module, check_str
 from lightning_tricks.functional.inspect._tensors import walk_tensors
 
 __all__ = ["RetainedGraph", "find_retained_graphs", "graph_saved_bytes"]
@@ -40,6 +41,11 @@ class RetainedGraph:
     num_tensors: int
     num_nodes: int
     saved_bytes: int
+
+    def __post_init__(self) -> None:
+        check_str("path", self.path)
+        for name in ("num_tensors", "num_nodes", "saved_bytes"):
+            check_int(name, getattr(self, name), minimum=0)
 
 
 def _saved_tensors(node: Any) -> Iterator[torch.Tensor]:
@@ -127,6 +133,10 @@ def find_retained_graphs(
     Returns:
         One :class:`RetainedGraph` per top-level attribute holding a graph.
 
+    Raises:
+        TypeError: ``module`` is not a module, or an argument of the wrong type.
+        ValueError: ``max_depth`` < 0 or ``max_items`` < 1.
+
     Example:
         >>> net = nn.Linear(2, 1)
         >>> net.losses = [net(torch.ones(1, 2)).sum()]
@@ -134,6 +144,10 @@ def find_retained_graphs(
         ...     print(r.path, r.num_tensors)
         self.losses 1
     """
+    check_module("module", module)
+    max_depth = check_int("max_depth", max_depth, minimum=0)
+    max_items = check_int("max_items", max_items, minimum=1)
+    check_str("prefix", prefix)
     param_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
     param_ptrs |= {b.untyped_storage().data_ptr() for b in module.buffers()}
     budget = [max_items]

@@ -1,0 +1,1 @@
+"""Regression tests for bad input to the functional `inference` cores."""
