@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
+
+import torch
+from torch import nn
 
 __all__ = [
     "ON_ERROR",
@@ -20,12 +23,20 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_int",
+    "check_module",
+    "check_names",
     "check_number",
+    "check_optimizer",
     "check_optional_int",
+    "check_param_groups",
+    "check_path",
+    "check_same_length",
     "check_str",
     "check_str_sequence",
     "check_on_error",
     "check_optional_path",
+    "check_tensor",
+    "describe",
     "report_problem",
 ]
 
@@ -36,6 +47,22 @@ ON_ERROR: tuple[str, ...] = get_args(OnError)
 
 def _fmt_allowed(allowed: Iterable[Any]) -> str:
     return ", ".join(repr(a) for a in allowed)
+
+
+def describe(value: Any, limit: int = 80) -> str:
+    """``value`` as error messages show it: a short ``repr`` and its type; a tensor by shape
+    and dtype (never its data, which may be huge or on another device).
+
+    Example:
+        >>> describe(3.5), describe(torch.zeros(2, 3))
+        ('3.5 of type float', 'a tensor of shape (2, 3) and dtype torch.float32')
+    """
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{text} of type {type(value).__name__}"
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -108,15 +135,267 @@ def check_str(name: str, value: Any, *, allow_empty: bool = False) -> str:
     return value
 
 
-def check_str_sequence(name: str, value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
-    """Accept one string or a sequence of non-empty strings; return a tuple of strings."""
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) and v for v in value):
-        raise TypeError(f"`{name}` must be a string or a sequence of non-empty strings; got {value!r}")
-    if not allow_empty and not value:
+def check_names(
+    name: str, value: Any, *, allow_empty: bool = False, allow_classes: bool = False
+) -> tuple[Any, ...]:
+    """Normalise an argument that names things: a lone string is one name (never a sequence
+    of characters); otherwise a sequence (list, tuple) of non-empty strings. With
+    ``allow_classes``, classes are entries too (``nn.Linear`` selects every ``Linear``).
+
+    Raises:
+        TypeError: ``value`` is not a string or a sequence of them, or an entry is not a
+            non-empty string (or class).
+        ValueError: an empty sequence, unless ``allow_empty``.
+
+    Example:
+        >>> check_names("layers", "12"), check_names("layers", ["a", "b.*"])
+        (('12',), ('a', 'b.*'))
+        >>> check_names("layers", 12)
+        Traceback (most recent call last):
+        ...
+        TypeError: `layers` must be a name or a sequence of non-empty names; got 12 of type int
+    """
+    what = (
+        "a name, a class, or a sequence of them"
+        if allow_classes
+        else "a name or a sequence of non-empty names"
+    )
+    if isinstance(value, str) or (allow_classes and isinstance(value, type)):
+        entries: tuple[Any, ...] = (value,)
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        entries = tuple(value)
+    else:
+        raise TypeError(f"`{name}` must be {what}; got {describe(value)}")
+    for entry in entries:
+        if not ((isinstance(entry, str) and entry) or (allow_classes and isinstance(entry, type))):
+            kinds = "non-empty strings or classes" if allow_classes else "non-empty strings"
+            raise TypeError(f"`{name}` entries must be {kinds}; got {describe(entry)} in {describe(value)}")
+    if not entries and not allow_empty:
         raise ValueError(f"`{name}` must name at least one entry; got {value!r}")
-    return tuple(value)
+    return entries
+
+
+def check_str_sequence(name: str, value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Accept one string or a sequence of non-empty strings; return a tuple of strings
+    (:func:`check_names` without classes).
+
+    Example:
+        >>> check_str_sequence("views", "hflip")
+        ('hflip',)
+    """
+    return check_names(name, value, allow_empty=allow_empty)
+
+
+def check_same_length(*named: tuple[str, Any]) -> int:
+    """Check that sequences that go together have the same length; return it.
+
+    Each argument is a ``(name, value)`` pair; the values must be sized (``len`` works).
+
+    Example:
+        >>> check_same_length(("names", ["a", "b"]), ("values", [1.0, 2.0]))
+        2
+        >>> check_same_length(("names", ["a"]), ("values", [1.0, 2.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `names` and `values` must have the same length; got 1 and 2
+    """
+    lengths = []
+    for name, value in named:
+        try:
+            lengths.append(len(value))
+        except TypeError:
+            raise TypeError(f"`{name}` must be a sequence (with a length); got {describe(value)}") from None
+    if len(set(lengths)) > 1:
+        names = " and ".join(f"`{n}`" for n, _ in named)
+        raise ValueError(f"{names} must have the same length; got {' and '.join(map(str, lengths))}")
+    return lengths[0] if lengths else 0
+
+
+def check_module(name: str, value: Any) -> nn.Module:
+    """Return ``value`` if it is an ``nn.Module``, else raise ``TypeError`` naming ``name``.
+
+    Example:
+        >>> check_module("model", nn.Linear(2, 2))
+        Linear(in_features=2, out_features=2, bias=True)
+        >>> check_module("model", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: `model` must be a torch.nn.Module; got None of type NoneType
+    """
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"`{name}` must be a torch.nn.Module; got {describe(value)}")
+    return value
+
+
+_DTYPE_KINDS = {
+    "float": (torch.Tensor.is_floating_point, "a floating-point"),
+    "integer": (
+        lambda t: not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
+        "an integer",
+    ),
+}
+
+
+def check_tensor(
+    name: str,
+    value: Any,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    dtype: str | torch.dtype | tuple[torch.dtype, ...] | None = None,
+    nonempty: bool = False,
+    finite: bool = False,
+) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of the required shape and type, else raise naming ``name``.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what was passed.
+        ndim: the allowed number(s) of dimensions.
+        dtype: ``"float"`` (any floating-point dtype), ``"integer"`` (any integer dtype, not
+            bool), a dtype or a tuple of dtypes.
+        nonempty: refuse a tensor with no elements.
+        finite: refuse NaN or infinite values. This reads the values (a device sync on
+            GPU): ask for it where the call reads them anyway.
+
+    Raises:
+        TypeError: not a tensor, or the wrong dtype.
+        ValueError: the wrong number of dimensions, empty, or not finite.
+
+    Example:
+        >>> check_tensor("x", torch.zeros(2, 3), ndim=(2, 3), dtype="float").shape
+        torch.Size([2, 3])
+        >>> check_tensor("x", torch.zeros(2), ndim=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: `x` must be a tensor with 4 dimensions; got a tensor of shape (2,) and dtype torch.float32
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {describe(value)}")
+    if dtype is not None:
+        if isinstance(dtype, str):
+            test, label = _DTYPE_KINDS[dtype]
+            if not test(value):
+                raise TypeError(f"`{name}` must be {label} tensor; got {describe(value)}")
+        else:
+            dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+            if value.dtype not in dtypes:
+                allowed = ", ".join(str(d) for d in dtypes)
+                raise TypeError(f"`{name}` must be a tensor of dtype {allowed}; got {describe(value)}")
+    if ndim is not None:
+        dims = ndim if isinstance(ndim, tuple) else (ndim,)
+        if value.ndim not in dims:
+            allowed = " or ".join(str(d) for d in dims)
+            raise ValueError(f"`{name}` must be a tensor with {allowed} dimensions; got {describe(value)}")
+    if nonempty and value.numel() == 0:
+        raise ValueError(f"`{name}` must be a non-empty tensor; got {describe(value)}")
+    if finite and (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"`{name}` must hold only finite values (no NaN or inf); got {describe(value)}")
+    return value
+
+
+def check_optimizer(name: str, value: Any) -> torch.optim.Optimizer:
+    """Return ``value`` if it is a ``torch.optim.Optimizer``, else raise ``TypeError``.
+
+    Wrappers that expose the real optimizer as ``.optimizer`` (Lightning's
+    ``LightningOptimizer``) are unwrapped.
+
+    Example:
+        >>> opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> check_optimizer("optimizer", opt) is opt
+        True
+    """
+    inner = getattr(value, "optimizer", None) if not isinstance(value, torch.optim.Optimizer) else value
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(f"`{name}` must be a torch.optim.Optimizer; got {describe(value)}")
+    return inner
+
+
+_NUMERIC_GROUP_KEYS = ("lr", "weight_decay", "momentum", "eps", "dampening")
+
+
+def check_param_groups(name: str, value: Any, *, allow_empty_params: bool = False) -> list[dict[str, Any]]:
+    """Validate parameter groups for an optimizer; return them as a list of dicts with
+    ``params`` as a list.
+
+    Each group is a mapping with a ``"params"`` entry: a tensor or a sequence of tensors,
+    each a floating-point leaf tensor (what ``torch.optim`` can optimise). Numeric
+    hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``eps``, ``dampening``)
+    must be finite numbers >= 0. The user's dicts are not modified.
+
+    Raises:
+        TypeError: not a sequence of mappings, no ``params``, a non-tensor parameter, a
+            non-number hyperparameter.
+        ValueError: an empty group (unless ``allow_empty_params``), a non-leaf or
+            non-float tensor, a NaN/inf/negative hyperparameter.
+
+    Example:
+        >>> w = nn.Parameter(torch.zeros(2))
+        >>> [len(g["params"]) for g in check_param_groups("groups", [{"params": w, "lr": 0.1}])]
+        [1]
+        >>> check_param_groups("groups", [{"params": [w], "lr": float("nan")}])
+        Traceback (most recent call last):
+        ...
+        ValueError: `groups[0]['lr']` must be a finite number; got nan
+    """
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise TypeError(f"`{name}` must be a sequence of parameter-group dicts; got {describe(value)}")
+    out = []
+    for i, group in enumerate(value):
+        where = f"`{name}[{i}]`"
+        if not isinstance(group, Mapping):
+            raise TypeError(f"{where} must be a dict with a 'params' entry; got {describe(group)}")
+        if "params" not in group:
+            raise TypeError(f"{where} must have a 'params' entry; got keys {sorted(map(str, group))}")
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else params
+        if not isinstance(params, Sequence | Iterable) or isinstance(params, str | bytes | Mapping):
+            raise TypeError(
+                f"{where}['params'] must be a tensor or a sequence of tensors; got {describe(params)}"
+            )
+        params = list(params)
+        for p in params:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"{where}['params'] must hold tensors; got {describe(p)}")
+            if not p.is_leaf:
+                raise ValueError(
+                    f"{where}['params'] holds a non-leaf tensor ({describe(p)}); optimizers need leaves"
+                )
+            if not (p.is_floating_point() or p.is_complex()):
+                raise ValueError(
+                    f"{where}['params'] holds {describe(p)}; optimizers need floating-point tensors"
+                )
+        if not params and not allow_empty_params:
+            raise ValueError(f"{where}['params'] is empty; a group needs at least one parameter")
+        for key in _NUMERIC_GROUP_KEYS:
+            if key in group and not isinstance(group[key], torch.Tensor):
+                check_number(f"{name}[{i}]['{key}']", group[key], minimum=0.0)
+        out.append({**group, "params": params})
+    return out
+
+
+def check_path(name: str, value: Any) -> str:
+    """Return ``value`` as a string path if it is a non-empty ``str`` or ``os.PathLike``;
+    refuse ``None``, file descriptors (ints) and bytes.
+
+    Example:
+        >>> check_path("path", "weights.safetensors")
+        'weights.safetensors'
+        >>> check_path("path", 1)
+        Traceback (most recent call last):
+        ...
+        TypeError: `path` must be a path (str or os.PathLike); got 1 of type int
+    """
+    if value is None:
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike); got None of type NoneType")
+    try:
+        path = check_optional_path(name, value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike); got {describe(value)}") from None
+    except ValueError:
+        raise ValueError(f"`{name}` must be a non-empty path; got {value!r}") from None
+    return cast(str, path)
 
 
 def check_optional_path(name: str, value: Any) -> str | None:

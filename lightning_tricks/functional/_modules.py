@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from lightning_tricks.functional._checks import check_names
+
 __all__ = [
     "ModuleSpec",
     "glob_match",
@@ -153,20 +155,7 @@ def name_entries(arg: str, spec: object, *, allow_empty: bool = False) -> tuple[
         >>> name_entries("layers", "12"), name_entries("layers", ["a.*", nn.Linear])
         (('12',), ('a.*', <class 'torch.nn.modules.linear.Linear'>))
     """
-    if isinstance(spec, str | type):
-        entries: tuple = (spec,)
-    elif isinstance(spec, Sequence):
-        entries = tuple(spec)
-    else:
-        raise TypeError(
-            f"`{arg}` must be a name, a class, or a sequence of them; got {spec!r} of type {type(spec).__name__}"
-        )
-    for e in entries:
-        if not ((isinstance(e, str) and e) or isinstance(e, type)):
-            raise TypeError(f"`{arg}` entries must be non-empty strings or classes; got {e!r} in {spec!r}")
-    if not entries and not allow_empty:
-        raise ValueError(f"`{arg}` must name at least one entry; got {spec!r}")
-    return entries
+    return check_names(arg, spec, allow_empty=allow_empty, allow_classes=True)
 
 
 def _class_matches(module: nn.Module, entry: str | type) -> bool:
