@@ -22,6 +22,7 @@ from lightning_tricks.functional._checks import (
     check_str_sequence,
     report_problem,
 )
+from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.inspect.gradient_monitor import (
     IntermediateGrads,
     NonFiniteTracker,
@@ -142,6 +143,10 @@ class GradientMonitor(Callback):
         self.last_norms = {}
         self.skipped_steps = 0
         self._warned_without_grad = set()
+        if self.intermediate:
+            resolve_modules(
+                pl_module, self.intermediate, "intermediate"
+            )  # errors name this callback's argument
         self._tracker = IntermediateGrads(pl_module, self.intermediate) if self.intermediate else None
         self._nonfinite = NonFiniteTracker(pl_module) if self.on_error != "ignore" else None
         self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None

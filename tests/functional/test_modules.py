@@ -45,7 +45,7 @@ def test_every_entry_point_reports_an_unknown_name_the_same_way():
         (lambda: select_modules(net, "backbone.blokcs", arg="layers"), "layers"),
         (lambda: select_layers(net, ["backbone.blokcs"]), "layers"),
         (lambda: extract_features(net, __import__("torch").zeros(1, 3, 8, 8), ["backbone.blokcs"]), "layers"),
-        (lambda: IntermediateGrads(net, ["backbone.blokcs"]), "intermediate"),
+        (lambda: IntermediateGrads(net, ["backbone.blokcs"]), "names"),
     ):
         with pytest.raises(ValueError) as err:
             call()

@@ -43,7 +43,7 @@ def test_intermediate_grads_equal_retain_grad():
     net[2](h).sum().backward()
     assert torch.allclose(ig.grads["1"], h.grad)
     assert not net[1]._forward_hooks
-    with pytest.raises(ValueError, match="intermediate"):
+    with pytest.raises(ValueError, match="`names` names no submodule 'nope'"):
         IntermediateGrads(net, ["nope"])
 
 
@@ -54,7 +54,7 @@ def test_intermediate_takes_one_name_globs_and_class_names():
         with IntermediateGrads(net, spec) as ig:
             net(x).sum().backward()
         assert sorted(ig.grads) == expected, spec
-    with pytest.raises(ValueError, match=r"`intermediate` names no submodule 'RelU'.*did you mean"):
+    with pytest.raises(ValueError, match=r"`names` names no submodule 'RelU'.*did you mean"):
         IntermediateGrads(net, "RelU")
 
 

@@ -8,6 +8,7 @@ the same key reuse it. The cache holds the model weakly, so it disappears with t
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import weakref
@@ -164,10 +165,8 @@ def clear_tta_plans(model: object | None = None) -> None:
         return
     _check_model(model, "or None (every plan)")
     for owner in _owners(model):
-        try:
+        with contextlib.suppress(TypeError):  # not weak-referenceable: it never had a plan
             _PLANS.pop(owner, None)
-        except TypeError:  # not weak-referenceable: it never had a plan
-            pass
 
 
 def tta_plans(model: object) -> dict[Hashable, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_module
+from lightning_tricks.functional._checks import check_bool, check_module, describe
 from lightning_tricks.functional._modules import ModuleSpec, name_entries, resolve_modules
 
 __all__ = ["FeatureExtractor", "extract_features"]
@@ -193,7 +193,7 @@ def extract_features(
     Raises:
         ValueError: if an entry selects no submodule (with near matches suggested), or a
             selected layer did not run in the forward pass.
-        TypeError: for arguments of the wrong type.
+        TypeError: for arguments of the wrong type, or an ``x`` that holds no tensor.
 
     Example:
         >>> import torch
@@ -202,4 +202,19 @@ def extract_features(
         >>> extract_features(model, torch.randn(2, 4), ["1"])["1"].shape
         torch.Size([2, 8])
     """
-    return FeatureExtractor(model, layers, stop_early=stop_early, detach=detach)(x)
+    extractor = FeatureExtractor(model, layers, stop_early=stop_early, detach=detach)
+    if not _holds_tensor(x):
+        raise TypeError(
+            f"`x` must be the model's input: a tensor, or a list/tuple/dict holding one; got {describe(x)}"
+        )
+    return extractor(x)
+
+
+def _holds_tensor(obj: Any, depth: int = 3) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth and isinstance(obj, Mapping):
+        return any(_holds_tensor(v, depth - 1) for v in obj.values())
+    if depth and isinstance(obj, list | tuple):
+        return any(_holds_tensor(v, depth - 1) for v in obj)
+    return False

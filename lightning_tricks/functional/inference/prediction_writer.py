@@ -123,7 +123,9 @@ def save_rank_predictions(path: PathLike, batches: Sequence[tuple[torch.Tensor, 
     """
     path = check_path("path", path)
     if not isinstance(batches, Sequence) or isinstance(batches, str | bytes):
-        raise TypeError(f"`batches` must be a sequence of (indices, prediction) pairs; got {describe(batches)}")
+        raise TypeError(
+            f"`batches` must be a sequence of (indices, prediction) pairs; got {describe(batches)}"
+        )
     layout = None
     for i, item in enumerate(batches):
         if not isinstance(item, tuple | list) or len(item) != 2:
@@ -203,7 +205,8 @@ def merge_rank_predictions(
         rank_paths = [rank_paths]
     if not isinstance(rank_paths, Sequence) or isinstance(rank_paths, bytes):
         raise TypeError(f"`rank_paths` must be a path or a sequence of paths; got {describe(rank_paths)}")
-    paths = [Path(check_path(f"rank_paths[{i}]", p)) for i, p in enumerate(rank_paths)]
+    names = [check_path(f"rank_paths[{i}]", p) for i, p in enumerate(rank_paths)]
+    paths = [Path(p) for p in names]
     merged = Path(check_path("merged_path", merged_path))
     check_bool("keep_rank_files", keep_rank_files)
     if any(p.resolve() == merged.resolve() for p in paths):
@@ -211,7 +214,7 @@ def merge_rank_predictions(
             f"`merged_path` must not be one of `rank_paths` (the rank files may be deleted after the merge); "
             f"got {merged_path!r}"
         )
-    parts = [_load_payload(p, f"rank_paths[{i}]") for i, p in enumerate(paths)]
+    parts = [_load_payload(p, f"rank_paths[{i}]") for i, p in enumerate(names)]
     layout = None
     for i, part in enumerate(parts):
         if part["predictions"] is not None:
@@ -250,13 +253,14 @@ def load_predictions(path: PathLike) -> dict[str, Any]:
         >>> load_predictions(p)["indices"]
         tensor([0, 1])
     """
-    return _load_payload(Path(check_path("path", path)), "path")
+    return _load_payload(check_path("path", path), "path")
 
 
-def _load_payload(path: Path, arg: str) -> dict[str, Any]:
+def _load_payload(name: str, arg: str) -> dict[str, Any]:
     """Read and check a payload; errors name ``arg`` and the file."""
+    path = Path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"`{arg}` names no file: {str(path)!r}")
+        raise FileNotFoundError(f"`{arg}` names no file: {name}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -15,7 +15,12 @@ from torch import nn
 
 from lightning_tricks.functional._checks import check_bool, check_choice, check_tensor
 from lightning_tricks.functional.inference._tta_model import OutputSelector
-from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, MergeMode, merge_outputs, tta_predict
+from lightning_tricks.functional.inference.tta_predict import (
+    MERGE_MODES,
+    MergeMode,
+    merge_outputs,
+    tta_predict,
+)
 from lightning_tricks.functional.inference.views import View, parse_view, parse_views
 
 __all__ = ["tta_evaluation", "tta_flips"]
@@ -116,7 +121,12 @@ def tta_flips(
     check_tensor("plain", plain, dtype="float")
     check_tensor("tta", tta, dtype="float")
     check_tensor("target", target, dtype="integer")
-    if plain.shape != tta.shape or plain.ndim < 2 or plain.shape[1] == 0 or plain.shape[:1] + plain.shape[2:] != target.shape:
+    if (
+        plain.shape != tta.shape
+        or plain.ndim < 2
+        or plain.shape[1] == 0
+        or plain.shape[:1] + plain.shape[2:] != target.shape
+    ):
         raise ValueError(
             f"`plain` and `tta` must be class scores (B, K, ...) of one shape and `target` (B, ...); got "
             f"{tuple(plain.shape)}, {tuple(tta.shape)} and {tuple(target.shape)}"

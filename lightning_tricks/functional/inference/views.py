@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_tricks.functional._checks import check_str, describe
+from lightning_tricks.functional._checks import check_str, check_tensor, describe
 
 __all__ = ["View", "parse_view", "parse_views"]
 
@@ -79,6 +79,33 @@ class View:
         return hash(self.name)
 
 
+def _images(x: object, view: View) -> torch.Tensor:
+    """``x`` checked to be images ``(B, C, H, W)`` (what :meth:`View.apply` takes)."""
+    x = check_tensor("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"`x` must be images (B, C, H, W) for view {view.name!r}; got {describe(x)}")
+    return x
+
+
+def _maps(y: object, size: object, view: View) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``y`` checked to be dense outputs ``(N, ..., h, w)`` and ``size`` an ``(H, W)`` pair of ints >= 1."""
+    y = check_tensor("y", y)
+    if y.ndim < 3:
+        raise ValueError(
+            f"`y` must be dense outputs (N, ..., h, w) for view {view.name!r}; got {describe(y)}"
+        )
+    if (
+        not isinstance(size, Sequence | torch.Size)
+        or isinstance(size, str | bytes)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    ):
+        raise ValueError(
+            f"`size` must be the input's spatial size (H, W), two ints >= 1; got {describe(size)}"
+        )
+    return y, (int(size[0]), int(size[1]))
+
+
 def _no_apply(view: View) -> str:
     return (
         f"view {view.name!r} of type {type(view).__name__} does not implement `apply(x)`: a View subclass "
@@ -88,10 +115,10 @@ def _no_apply(view: View) -> str:
 
 class _Identity(View):
     def apply(self, x):
-        return x
+        return _images(x, self)
 
     def invert(self, y, size):
-        return y
+        return _maps(y, size, self)[0]
 
 
 class _Flip(View):
@@ -100,10 +127,10 @@ class _Flip(View):
         self.dim = dim
 
     def apply(self, x):
-        return x.flip(self.dim)
+        return _images(x, self).flip(self.dim)
 
     def invert(self, y, size):
-        return y.flip(self.dim)
+        return _maps(y, size, self)[0].flip(self.dim)
 
 
 class _Rot(View):
@@ -112,10 +139,10 @@ class _Rot(View):
         self.k = k
 
     def apply(self, x):
-        return torch.rot90(x, self.k, dims=(-2, -1))
+        return torch.rot90(_images(x, self), self.k, dims=(-2, -1))
 
     def invert(self, y, size):
-        return torch.rot90(y, -self.k, dims=(-2, -1))
+        return torch.rot90(_maps(y, size, self)[0], -self.k, dims=(-2, -1))
 
 
 class _Scale(View):
@@ -126,12 +153,23 @@ class _Scale(View):
         self.factor = factor
 
     def apply(self, x):
+        x = _images(x, self)
+        if not x.is_floating_point():
+            raise TypeError(
+                f"`x` must be floating-point images for view {self.name!r} (it interpolates); got {describe(x)}"
+            )
         h, w = x.shape[-2:]
         size = (max(1, round(h * self.factor)), max(1, round(w * self.factor)))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def invert(self, y, size):
-        return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+        y, size = _maps(y, size, self)
+        if y.ndim != 4 or not y.is_floating_point():
+            raise ValueError(
+                f"`y` must be floating-point dense outputs (N, K, h, w) for view {self.name!r} (it interpolates); "
+                f"got {describe(y)}"
+            )
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 
 class _Crops(View):
@@ -146,10 +184,13 @@ class _Crops(View):
         self.n = 10 if ten else 5
 
     def apply(self, x):
+        x = _images(x, self)
         h, w = self.size
         H, W = x.shape[-2:]
         if h > H or w > W:
-            raise ValueError(f"view {self.name!r}: crop size {h}x{w} is larger than the input {H}x{W}")
+            raise ValueError(
+                f"`x` of spatial size {H}x{W} is smaller than the crop size {h}x{w} of view {self.name!r}"
+            )
         top, left = (H - h) // 2, (W - w) // 2
         crops = [
             x[..., :h, :w],
@@ -178,6 +219,7 @@ class _Compose(View):
         return x
 
     def invert(self, y, size):
+        y, size = _maps(y, size, self)
         if not self.invertible:
             bad = next(p for p in self.parts if not p.invertible)
             bad.invert(y, size)  # raises the explanatory error
@@ -192,24 +234,22 @@ class _Compose(View):
         return y
 
 
-def _parse_size(text: str, spec: str) -> tuple[int, int]:
+def _parse_size(text: str, where: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
         vals = [int(p) for p in parts]
     except ValueError:
         vals = []
     if len(vals) not in (1, 2) or any(v < 1 for v in vals):
-        raise ValueError(
-            f"view {spec!r}: crop size must be '<int>' or '<h>x<w>' with ints >= 1; got {text!r}"
-        )
+        raise ValueError(f"{where}: crop size must be '<int>' or '<h>x<w>' with ints >= 1; got {text!r}")
     return (vals[0], vals[-1])
 
 
-def _parse_one(part: str, spec: str) -> View:
+def _parse_one(part: str, where: str) -> View:
     name, _, arg = part.strip().partition(":")
     name = name.strip().lower()
     if name in ("identity", "hflip", "vflip", "rot90", "rot180", "rot270") and arg:
-        raise ValueError(f"view {spec!r}: {name!r} takes no argument; got {arg!r}")
+        raise ValueError(f"{where}: {name!r} takes no argument; got {arg!r}")
     if name == "identity":
         return _Identity("identity")
     if name == "hflip":
@@ -224,15 +264,13 @@ def _parse_one(part: str, spec: str) -> View:
         except ValueError:
             factor = float("nan")
         if not factor > 0 or factor == float("inf"):
-            raise ValueError(f"view {spec!r}: 'scale:<factor>' needs a finite factor > 0; got {arg!r}")
+            raise ValueError(f"{where}: 'scale:<factor>' needs a finite factor > 0; got {arg!r}")
         return _Scale(factor)
     if name in ("five_crop", "ten_crop"):
         if not arg:
-            raise ValueError(f"view {spec!r}: {name!r} needs a crop size, e.g. '{name}:6' or '{name}:6x5'")
-        return _Crops(_parse_size(arg, spec), ten=name == "ten_crop")
-    raise ValueError(
-        f"`views` entry {spec!r} names an unknown view {name!r}; allowed: {', '.join(VIEW_NAMES)}"
-    )
+            raise ValueError(f"{where}: {name!r} needs a crop size, e.g. '{name}:6' or '{name}:6x5'")
+        return _Crops(_parse_size(arg, where), ten=name == "ten_crop")
+    raise ValueError(f"{where} names an unknown view {name!r}; allowed: {', '.join(VIEW_NAMES)}")
 
 
 def parse_view(spec: str | View) -> View:
@@ -247,7 +285,8 @@ def parse_view(spec: str | View) -> View:
 
     Raises:
         ValueError: for an unknown name or a bad argument.
-        TypeError: if ``spec`` is neither a string nor a :class:`View`.
+        TypeError: if ``spec`` is neither a string nor a :class:`View` (or a ``View``
+            subclass that does not implement ``apply``).
 
     Example:
         >>> parse_view("hflip+scale:0.5").name
@@ -255,15 +294,21 @@ def parse_view(spec: str | View) -> View:
         >>> parse_view("ten_crop:6").n
         10
     """
+    return _parse_view(spec, "spec")
+
+
+def _parse_view(spec: object, arg: str) -> View:
     if isinstance(spec, View):
         if type(spec).apply is View.apply:
-            raise TypeError(f"`views` entry {spec!r}: {_no_apply(spec)}")
+            raise TypeError(f"`{arg}` {spec!r}: {_no_apply(spec)}")
         if not isinstance(spec.n, int) or isinstance(spec.n, bool) or spec.n < 1:
-            raise TypeError(f"`views` entry {spec!r}: its `n` (images per input image) must be an int >= 1; got {spec.n!r}")
+            raise TypeError(
+                f"`{arg}` {spec!r}: its `n` (images per input image) must be an int >= 1; got {spec.n!r}"
+            )
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"`views` entries must be non-empty strings or View objects; got {describe(spec)}")
-    parts = [_parse_one(p, spec) for p in spec.split("+")]
+        raise TypeError(f"`{arg}` must be a non-empty string or a View; got {describe(spec)}")
+    parts = [_parse_one(p, f"`{arg}`={spec!r}") for p in spec.split("+")]
     parts = [p for p in parts if not isinstance(p, _Identity)] or parts[:1]
     return parts[0] if len(parts) == 1 else _Compose(parts)
 
@@ -291,7 +336,7 @@ def parse_views(views: str | View | Sequence[str | View]) -> list[View]:
         raise TypeError(f"`views` must be a view or a sequence of views; got {views!r}")
     if len(views) == 0:
         raise ValueError(f"`views` must name at least one view; got {views!r}")
-    out = [parse_view(v) for v in views]
+    out = [_parse_view(v, f"views[{i}]") for i, v in enumerate(views)]
     names = [v.name for v in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

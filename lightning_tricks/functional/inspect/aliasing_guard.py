@@ -31,8 +31,15 @@ def dataset_storages(dataset: Any, max_depth: int = 2) -> dict[int, str]:
         >>> list(dataset_storages(ds).values())
         ['dataset.tensors[0]']
     """
-    if dataset is None:
-        raise TypeError("`dataset` must be a dataset (an object holding tensors); got None")
+    if (
+        dataset is None
+        or isinstance(dataset, str | bytes | int | float | complex)
+        or not (hasattr(dataset, "__getitem__") or hasattr(dataset, "__iter__"))
+    ):
+        raise TypeError(
+            f"`dataset` must be a dataset (an object with __getitem__ or __iter__ holding tensors); got "
+            f"{describe(dataset)}"
+        )
     max_depth = check_int("max_depth", max_depth, minimum=0)
     out: dict[int, str] = {}
     prefix = "dataset"

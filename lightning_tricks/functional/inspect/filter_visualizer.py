@@ -269,7 +269,8 @@ def _normalisation(
                 f"`{arg}` must hold 1 or {in_channels} numbers (one per input channel); got {value!r}"
             )
         values = [
-            check_number(arg, v, minimum=0.0 if arg == "std" else None, exclusive_minimum=True) for v in values
+            check_number(arg, v, minimum=0.0 if arg == "std" else None, exclusive_minimum=True)
+            for v in values
         ]
         out.append(torch.tensor(values, dtype=torch.float32).expand(in_channels).reshape(1, -1, 1, 1))
     return out[0], out[1]

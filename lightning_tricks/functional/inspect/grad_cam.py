@@ -148,7 +148,9 @@ def grad_cam(
         raise TypeError(f"`x` must be a tensor of images (B, C, H, W); got {describe(x)}")
     check_tensor("x", x, dtype="float", nonempty=True)
     if output is not None and not callable(output):
-        raise TypeError(f"`output` must be a callable picking the logits from the model's output, or None; got {describe(output)}")
+        raise TypeError(
+            f"`output` must be a callable picking the logits from the model's output, or None; got {describe(output)}"
+        )
     _check_targets(targets, x.shape[0])
     name, module = resolve_one_layer(model, layer)
     pick = output if output is not None else logits_of
@@ -199,7 +201,7 @@ def _check_targets(targets: Any, batch: int) -> None:
     """Types and count of ``targets`` (before the model runs); the range is checked against the logits."""
     if targets is None:
         return
-    what = f"`targets` must be a class index, a sequence of them (one per image), an integer tensor or None"
+    what = "`targets` must be a class index, a sequence of them (one per image), an integer tensor or None"
     if isinstance(targets, torch.Tensor):
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(f"{what}; got {describe(targets)}")

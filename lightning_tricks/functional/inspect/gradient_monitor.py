@@ -29,6 +29,9 @@ from lightning_tricks.functional.inspect.activation_visualizer import _eager
 __all__ = ["IntermediateGrads", "NonFiniteTracker", "first_nonfinite", "layer_grad_norms", "layer_of"]
 
 
+_MAX_STEP = 2**63 - 1
+
+
 def layer_of(param_name: str) -> str:
     """The layer (owning module) of a parameter name: ``"head.2.weight"`` -> ``"head.2"``."""
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
@@ -105,8 +108,9 @@ def first_nonfinite(names: Sequence[str], values: Sequence[float]) -> str | None
         >>> first_nonfinite(["a", "b", "c"], [1.0, float("nan"), float("inf")])
         'b'
     """
-    if isinstance(names, str):
-        raise TypeError(f"`names` must be a sequence of names, one per value; got {describe(names)}")
+    for arg, seq, what in (("names", names, "names"), ("values", values, "numbers")):
+        if not isinstance(seq, Sequence) or isinstance(seq, str | bytes):
+            raise TypeError(f"`{arg}` must be a sequence of {what} (a list or tuple); got {describe(seq)}")
     check_same_length(("names", names), ("values", values))
     for i, (name, value) in enumerate(zip(names, values)):
         if not isinstance(name, str):
@@ -174,7 +178,7 @@ class IntermediateGrads:
 
     def __init__(self, model: nn.Module, names: Sequence[str] | str) -> None:
         check_module("model", model)
-        self._modules = list(resolve_modules(model, names, "intermediate").items())
+        self._modules = list(resolve_modules(model, names, "names").items())
         self.grads: dict[str, torch.Tensor] = {}
         self.without_grad: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -308,9 +312,9 @@ class NonFiniteTracker:
 
         Raises:
             TypeError: ``step`` is not an int.
+            ValueError: ``step`` is negative or does not fit in int64.
         """
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise TypeError(f"`step` must be an int; got {describe(step)}")
+        check_int("step", step, minimum=0, maximum=_MAX_STEP)
         idx, grads = [], []
         for i, p in enumerate(self._params):
             if p.grad is not None:

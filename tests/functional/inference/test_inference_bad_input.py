@@ -69,24 +69,32 @@ def test_a_view_subclass_without_apply_is_named_before_the_model_runs():
     calls = []
     model = nn.Sequential(nn.Conv2d(3, 2, 1))
     model.register_forward_pre_hook(lambda m, a: calls.append(1))
-    with pytest.raises(TypeError, match=r"`views` entry View\('mine'\).*NoApply does not implement `apply\(x\)`"):
+    with pytest.raises(
+        TypeError, match=r"`views\[1\]` View\('mine'\).*NoApply does not implement `apply\(x\)`"
+    ):
         tta_predict(model, torch.randn(1, 3, 4, 4), ["hflip", NoApply("mine")])
     assert calls == []
-    with pytest.raises(NotImplementedError, match=r"view 'mine' of type NoApply does not implement `apply\(x\)`"):
+    with pytest.raises(
+        NotImplementedError, match=r"view 'mine' of type NoApply does not implement `apply\(x\)`"
+    ):
         NoApply("mine").apply(torch.zeros(1, 1, 2, 2))
-    with pytest.raises(TypeError, match="`name` must be a string"):
+    with pytest.raises(TypeError, match=r"`name` must be a string"):
         View(5)
 
 
 def test_tta_predict_names_the_model_and_images_it_cannot_use():
     model = SmallCNN()
-    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module or a callable; got None"):
+    with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module or a callable; got None"):
         tta_predict(None, torch.randn(1, 3, 8, 8))
-    with pytest.raises(TypeError, match="`x` must be a floating-point tensor.*torch.uint8"):
+    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor.*torch.uint8"):
         tta_predict(model, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=r"`x` must be a non-empty tensor; got a tensor of shape \(0, 3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"`x` must be a non-empty tensor; got a tensor of shape \(0, 3, 8, 8\)"
+    ):
         tta_predict(model, torch.zeros(0, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"`x` must be a tensor of shape \(B, C, H, W\).*got \[1.0\] of type list"):
+    with pytest.raises(
+        ValueError, match=r"`x` must be a tensor of shape \(B, C, H, W\).*got \[1.0\] of type list"
+    ):
         tta_predict(model, [1.0])
 
 
@@ -94,36 +102,36 @@ def test_tta_evaluation_takes_a_lone_view_string_as_one_view():
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x = torch.randn(4, 3, 8, 8)
-    plain, tta = tta_evaluation(model, x, "hflip")
+    _, tta = tta_evaluation(model, x, "hflip")
     torch.testing.assert_close(tta, tta_predict(model, x, ["hflip"]))
-    with pytest.raises(ValueError, match="`views` must hold a view besides 'identity'"):
+    with pytest.raises(ValueError, match=r"`views` must hold a view besides 'identity'"):
         tta_evaluation(model, x, "identity", include_identity=False)
-    with pytest.raises(ValueError, match="`merge` must be one of"):
+    with pytest.raises(ValueError, match=r"`merge` must be one of"):
         tta_evaluation(model, x, "hflip", merge="median")
 
 
 def test_merge_outputs_and_tta_flips_check_their_tensors():
     with pytest.raises(TypeError, match=r"`outputs` must be a torch.Tensor; got \[1.0\]"):
         merge_outputs([1.0])
-    with pytest.raises(TypeError, match="`outputs` must be a floating-point tensor"):
+    with pytest.raises(TypeError, match=r"`outputs` must be a floating-point tensor"):
         merge_outputs(torch.ones(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`outputs` must be stacked per-view outputs \(V, B, ...\)"):
         merge_outputs(torch.ones(3))
-    with pytest.raises(ValueError, match="`outputs` must be a non-empty tensor"):
+    with pytest.raises(ValueError, match=r"`outputs` must be a non-empty tensor"):
         merge_outputs(torch.ones(0, 2, 3))
     scores = torch.randn(4, 3)
-    with pytest.raises(TypeError, match="`target` must be an integer tensor"):
+    with pytest.raises(TypeError, match=r"`target` must be an integer tensor"):
         tta_flips(scores, scores, torch.zeros(4))
-    with pytest.raises(TypeError, match="`plain` must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"`plain` must be a torch.Tensor"):
         tta_flips(scores.tolist(), scores, torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="class scores"):
+    with pytest.raises(ValueError, match=r"class scores"):
         tta_flips(torch.ones(4, 0), torch.ones(4, 0), torch.zeros(4, dtype=torch.long))
 
 
 def test_plan_helpers_refuse_what_cannot_be_a_model():
-    with pytest.raises(TypeError, match="`model` must be the torch.nn.Module or callable"):
+    with pytest.raises(TypeError, match=r"`model` must be the torch.nn.Module or callable"):
         clear_tta_plans(5)
-    with pytest.raises(TypeError, match="`model` must be the torch.nn.Module or callable"):
+    with pytest.raises(TypeError, match=r"`model` must be the torch.nn.Module or callable"):
         tta_plans(None)
     clear_tta_plans(len)  # a callable that was never planned: nothing to forget, no error
 
@@ -140,7 +148,7 @@ class Branch(nn.Module):
 def test_feature_extractor_and_capture_agree_on_layers_that_never_run():
     with pytest.raises(ValueError, match=r"`layers`.*\['b'\] did not run in the forward pass"):
         extract_features(Branch(), torch.randn(1, 2), ["a", "b"])
-    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module; got None"):
+    with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module; got None"):
         FeatureExtractor(None, "a")
 
 
@@ -159,14 +167,16 @@ def test_load_predictions_names_corrupt_files_and_file_descriptors(tmp_path):
         load_predictions(bad)
     other = tmp_path / "other.pt"
     torch.save({"a": 1}, other)
-    with pytest.raises(ValueError, match=r"expected a dict with 'indices' and 'predictions'; got a dict with keys \['a'\]"):
+    with pytest.raises(
+        ValueError, match=r"expected a dict with 'indices' and 'predictions'; got a dict with keys \['a'\]"
+    ):
         load_predictions(other)
     torch.save({"indices": torch.arange(3), "predictions": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match=r"`predictions` must have one row per index \(3\)"):
         load_predictions(other)
-    with pytest.raises(TypeError, match="`path` must be a path"):
+    with pytest.raises(TypeError, match=r"`path` must be a path"):
         load_predictions(1)  # file descriptor 1 is stdout: never opened
-    with pytest.raises(FileNotFoundError, match="`path` names no file"):
+    with pytest.raises(FileNotFoundError, match=r"`path` names no file"):
         load_predictions(tmp_path / "missing.pt")
 
 
@@ -181,9 +191,9 @@ def test_merge_reads_every_rank_file_before_writing_or_deleting(tmp_path):
     with pytest.raises(ValueError, match=r"`rank_paths\[1\]` differs in structure from the first rank file"):
         merge_rank_predictions([good, bad], tmp_path / "all.pt")
     assert good.exists() and bad.exists() and not (tmp_path / "all.pt").exists()
-    with pytest.raises(ValueError, match="`merged_path` must not be one of `rank_paths`"):
+    with pytest.raises(ValueError, match=r"`merged_path` must not be one of `rank_paths`"):
         merge_rank_predictions([good], good)
-    with pytest.raises(TypeError, match="`keep_rank_files` must be a bool"):
+    with pytest.raises(TypeError, match=r"`keep_rank_files` must be a bool"):
         merge_rank_predictions([good], tmp_path / "all.pt", keep_rank_files="no")
     result = merge_rank_predictions(str(good), tmp_path / "all.pt")  # a lone path is one file
     assert result["indices"].tolist() == [0, 2] and not good.exists()
@@ -191,17 +201,19 @@ def test_merge_reads_every_rank_file_before_writing_or_deleting(tmp_path):
 
 def test_save_rank_predictions_checks_batches_before_writing(tmp_path):
     path = tmp_path / "r0.pt"
-    with pytest.raises(TypeError, match="`batches` must be a sequence of"):
+    with pytest.raises(TypeError, match=r"`batches` must be a sequence of"):
         save_rank_predictions(path, "abc")
     with pytest.raises(TypeError, match=r"`batches\[0\]\[0\]` must be an integer tensor"):
         save_rank_predictions(path, [(torch.tensor([0.0]), torch.zeros(1))])
     with pytest.raises(ValueError, match=r"`batches\[0\]\[1\]` must have one row per index \(2\)"):
         save_rank_predictions(path, [(torch.tensor([0, 1]), torch.zeros(3))])
-    with pytest.raises(ValueError, match=r"`batches\[1\]\[1\]` differs in structure from `batches\[0\]\[1\]`"):
+    with pytest.raises(
+        ValueError, match=r"`batches\[1\]\[1\]` differs in structure from `batches\[0\]\[1\]`"
+    ):
         save_rank_predictions(
             path, [(torch.tensor([0]), {"a": torch.zeros(1)}), (torch.tensor([1]), {"b": torch.zeros(1)})]
         )
-    with pytest.raises(TypeError, match="`path` must be a path"):
+    with pytest.raises(TypeError, match=r"`path` must be a path"):
         save_rank_predictions(None, [])
     assert not path.exists()
     assert parse_views("hflip")[0].name == "hflip"

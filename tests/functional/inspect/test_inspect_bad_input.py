@@ -40,7 +40,9 @@ def _chain(n: int = 13) -> nn.Sequential:
 
 
 def _cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
 
 
 class Skips(nn.Module):
@@ -101,7 +103,9 @@ def test_integer_images_hold_pixel_values_not_fractions():
     assert to_uint8_image(torch.tensor([[True, False]])).tolist() == [[255, 0]]
     assert to_uint8_image(torch.tensor([[0.0, 1.0]])).tolist() == [[0, 255]]  # floats: [0, 1]
     assert encode_png(img) == encode_png(img.to(torch.uint8))
-    with pytest.raises(ValueError, match=r"`image` of dtype torch.int64 must hold pixel values in 0..255.*\[-1, 300\]"):
+    with pytest.raises(
+        ValueError, match=r"`image` of dtype torch.int64 must hold pixel values in 0..255.*\[-1, 300\]"
+    ):
         to_uint8_image(torch.tensor([[-1, 300]]))
 
 
