@@ -446,11 +446,12 @@ def check_norm_type(name: str, value: Any) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number in [1, 32] or inf; got {describe(value)}")
-    if float(value) == math.inf:
+    p = float(value)
+    if p == math.inf:
         return math.inf
-    if math.isnan(value) or not 1 <= value <= 32:
+    if math.isnan(p) or not 1 <= p <= 32:
         raise ValueError(f"`{name}` must be a number in [1, 32] or inf; got {value!r}")
-    return float(value)
+    return p
 
 
 def check_path(name: str, value: Any) -> str:
