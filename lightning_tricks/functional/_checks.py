@@ -28,6 +28,8 @@ __all__ = [
     "check_number",
     "check_optimizer",
     "check_optional_int",
+    "check_norm_type",
+    "check_param_group",
     "check_param_groups",
     "check_path",
     "check_same_length",
@@ -36,6 +38,7 @@ __all__ = [
     "check_on_error",
     "check_optional_path",
     "check_tensor",
+    "check_tensors",
     "describe",
     "report_problem",
 ]
@@ -97,9 +100,11 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     return value
 
 
-def check_optional_int(name: str, value: Any, *, minimum: int | None = None) -> int | None:
+def check_optional_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
     """Like :func:`check_int` but also accepts ``None``."""
-    return None if value is None else check_int(name, value, minimum=minimum)
+    return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
 
 
 def check_number(
@@ -243,6 +248,7 @@ def check_tensor(
     ndim: int | tuple[int, ...] | None = None,
     dtype: str | torch.dtype | tuple[torch.dtype, ...] | None = None,
     nonempty: bool = False,
+    numel: int | None = None,
     finite: bool = False,
 ) -> torch.Tensor:
     """Return ``value`` if it is a tensor of the required shape and type, else raise naming ``name``.
@@ -254,6 +260,7 @@ def check_tensor(
         dtype: ``"float"`` (any floating-point dtype), ``"integer"`` (any integer dtype, not
             bool), a dtype or a tuple of dtypes.
         nonempty: refuse a tensor with no elements.
+        numel: the required number of elements (``1`` for a scalar of any shape).
         finite: refuse NaN or infinite values. This reads the values (a device sync on
             GPU): ask for it where the call reads them anyway.
 
@@ -288,6 +295,9 @@ def check_tensor(
             raise ValueError(f"`{name}` must be a tensor with {allowed} dimensions; got {describe(value)}")
     if nonempty and value.numel() == 0:
         raise ValueError(f"`{name}` must be a non-empty tensor; got {describe(value)}")
+    if numel is not None and value.numel() != numel:
+        what = "one element" if numel == 1 else f"{numel} elements"
+        raise ValueError(f"`{name}` must be a tensor with {what}; got {describe(value)}")
     if finite and (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
         raise ValueError(f"`{name}` must hold only finite values (no NaN or inf); got {describe(value)}")
     return value
@@ -313,66 +323,135 @@ def check_optimizer(name: str, value: Any) -> torch.optim.Optimizer:
 _NUMERIC_GROUP_KEYS = ("lr", "weight_decay", "momentum", "eps", "dampening")
 
 
-def check_param_groups(name: str, value: Any, *, allow_empty_params: bool = False) -> list[dict[str, Any]]:
-    """Validate parameter groups for an optimizer; return them as a list of dicts with
-    ``params`` as a list.
+def check_param_group(name: str, value: Any, *, allow_empty_params: bool = True) -> dict[str, Any]:
+    """Validate one optimizer parameter group; return a copy with ``params`` as a list.
 
-    Each group is a mapping with a ``"params"`` entry: a tensor or a sequence of tensors,
-    each a floating-point leaf tensor (what ``torch.optim`` can optimise). Numeric
-    hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``eps``, ``dampening``)
-    must be finite numbers >= 0. The user's dicts are not modified.
+    The group is a mapping with a ``"params"`` entry: a tensor or an iterable of tensors,
+    each a floating-point (or complex) leaf tensor, which is what ``torch.optim`` can
+    optimise. Numeric hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``eps``,
+    ``dampening``) must be finite numbers >= 0. The user's dict is not modified.
 
     Raises:
-        TypeError: not a sequence of mappings, no ``params``, a non-tensor parameter, a
-            non-number hyperparameter.
+        TypeError: not a mapping, no ``params``, a non-tensor parameter, a non-number
+            hyperparameter.
         ValueError: an empty group (unless ``allow_empty_params``), a non-leaf or
-            non-float tensor, a NaN/inf/negative hyperparameter.
+            integer tensor, a parameter listed twice, a NaN/inf/negative hyperparameter.
+
+    Example:
+        >>> w = nn.Parameter(torch.zeros(2))
+        >>> len(check_param_group("group", {"params": w, "lr": 0.1})["params"])
+        1
+        >>> check_param_group("group", {"params": [w], "lr": float("nan")})
+        Traceback (most recent call last):
+        ...
+        ValueError: `group['lr']` must be a finite number; got nan
+    """
+    if not isinstance(value, Mapping):
+        raise TypeError(f"`{name}` must be a dict with a 'params' entry; got {describe(value)}")
+    if "params" not in value:
+        raise TypeError(f"`{name}` must have a 'params' entry; got keys {sorted(map(str, value))}")
+    params = value["params"]
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    elif isinstance(params, str | bytes | Mapping | nn.Module) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"`{name}['params']` must be a tensor or an iterable of tensors; got {describe(params)}"
+        )
+    params = list(params)
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"`{name}['params']` must hold tensors; got {describe(p)}")
+        if not p.is_leaf:
+            raise ValueError(
+                f"`{name}['params']` holds a non-leaf tensor ({describe(p)}); optimizers need leaves"
+            )
+        if not (p.is_floating_point() or p.is_complex()):
+            raise ValueError(
+                f"`{name}['params']` holds {describe(p)}; optimizers need floating-point tensors"
+            )
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError(f"`{name}['params']` lists a parameter more than once")
+    if not params and not allow_empty_params:
+        raise ValueError(f"`{name}['params']` is empty; a group needs at least one parameter")
+    for key in _NUMERIC_GROUP_KEYS:
+        if key in value and not isinstance(value[key], torch.Tensor):
+            check_number(f"{name}['{key}']", value[key], minimum=0.0)
+    return {**value, "params": params}
+
+
+def check_param_groups(name: str, value: Any, *, allow_empty_params: bool = True) -> list[dict[str, Any]]:
+    """Validate a sequence of parameter groups (:func:`check_param_group` each); return
+    copies, with ``params`` as lists. A parameter may not appear in two groups.
 
     Example:
         >>> w = nn.Parameter(torch.zeros(2))
         >>> [len(g["params"]) for g in check_param_groups("groups", [{"params": w, "lr": 0.1}])]
         [1]
-        >>> check_param_groups("groups", [{"params": [w], "lr": float("nan")}])
+        >>> check_param_groups("groups", [{"params": [w], "lr": -1}])
         Traceback (most recent call last):
         ...
-        ValueError: `groups[0]['lr']` must be a finite number; got nan
+        ValueError: `groups[0]['lr']` must be a number >= 0.0; got -1.0
     """
-    if isinstance(value, Mapping):
-        value = [value]
     if not isinstance(value, Sequence) or isinstance(value, str | bytes):
         raise TypeError(f"`{name}` must be a sequence of parameter-group dicts; got {describe(value)}")
-    out = []
-    for i, group in enumerate(value):
-        where = f"`{name}[{i}]`"
-        if not isinstance(group, Mapping):
-            raise TypeError(f"{where} must be a dict with a 'params' entry; got {describe(group)}")
-        if "params" not in group:
-            raise TypeError(f"{where} must have a 'params' entry; got keys {sorted(map(str, group))}")
-        params = group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else params
-        if not isinstance(params, Sequence | Iterable) or isinstance(params, str | bytes | Mapping):
-            raise TypeError(
-                f"{where}['params'] must be a tensor or a sequence of tensors; got {describe(params)}"
-            )
-        params = list(params)
-        for p in params:
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"{where}['params'] must hold tensors; got {describe(p)}")
-            if not p.is_leaf:
-                raise ValueError(
-                    f"{where}['params'] holds a non-leaf tensor ({describe(p)}); optimizers need leaves"
-                )
-            if not (p.is_floating_point() or p.is_complex()):
-                raise ValueError(
-                    f"{where}['params'] holds {describe(p)}; optimizers need floating-point tensors"
-                )
-        if not params and not allow_empty_params:
-            raise ValueError(f"{where}['params'] is empty; a group needs at least one parameter")
-        for key in _NUMERIC_GROUP_KEYS:
-            if key in group and not isinstance(group[key], torch.Tensor):
-                check_number(f"{name}[{i}]['{key}']", group[key], minimum=0.0)
-        out.append({**group, "params": params})
-    return out
+    groups = [
+        check_param_group(f"{name}[{i}]", g, allow_empty_params=allow_empty_params)
+        for i, g in enumerate(value)
+    ]
+    ids = [id(p) for g in groups for p in g["params"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"`{name}` lists a parameter in more than one group")
+    return groups
+
+
+def check_tensors(name: str, value: Any) -> list[torch.Tensor]:
+    """Accept a tensor or an iterable of tensors (``model.parameters()``); return a list.
+
+    Strings, mappings, modules and optimizers are refused (pass ``model.parameters()``).
+
+    Example:
+        >>> len(check_tensors("parameters", nn.Linear(2, 2).parameters()))
+        2
+        >>> check_tensors("parameters", nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        TypeError: `parameters` must be a tensor or an iterable of tensors (e.g. model.parameters()); got Linear(in_features=2, out_features=2, bias=True) of type Linear
+    """
+    what = "a tensor or an iterable of tensors (e.g. model.parameters())"
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, str | bytes | Mapping | nn.Module | torch.optim.Optimizer) or not isinstance(
+        value, Iterable
+    ):
+        raise TypeError(f"`{name}` must be {what}; got {describe(value)}")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"`{name}` must be {what}; it holds {describe(item)}")
+    return items
+
+
+def check_norm_type(name: str, value: Any) -> float:
+    """``p`` of a p-norm: a number in [1, 32] or ``inf`` (the max norm).
+
+    Below 1 it is no norm; above 32 the powers overflow float32 for ordinary values.
+
+    Example:
+        >>> check_norm_type("norm_type", 2), check_norm_type("norm_type", float("inf"))
+        (2.0, inf)
+        >>> check_norm_type("norm_type", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `norm_type` must be a number in [1, 32] or inf; got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a number in [1, 32] or inf; got {describe(value)}")
+    p = float(value)
+    if p == math.inf:
+        return math.inf
+    if math.isnan(p) or not 1 <= p <= 32:
+        raise ValueError(f"`{name}` must be a number in [1, 32] or inf; got {value!r}")
+    return p
 
 
 def check_path(name: str, value: Any) -> str:

@@ -78,7 +78,7 @@ def test_unsupported_scheduler_and_duplicate_params_fail_clearly():
 
     with pytest.raises(TypeError, match=r"Custom.*cannot be extended"):
         add_param_groups(opt, [{"params": net.backbone.parameters()}], [Custom(opt)])
-    with pytest.raises(ValueError, match="more than one parameter group"):
+    with pytest.raises(ValueError, match=r"`groups\[0\]` holds a parameter that is already in the optimizer"):
         add_param_groups(opt, [{"params": net.head.parameters()}])
     with pytest.raises(ValueError, match="`like`"):
         add_param_groups(opt, [{"params": net.backbone.parameters()}], like=3)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from lightning_tricks.functional._checks import check_norm_type as _check_norm_type
+from lightning_tricks.functional._checks import check_tensors
 
 
 class ClipResult(NamedTuple):
@@ -29,13 +32,9 @@ class ClipResult(NamedTuple):
     clipped: torch.Tensor
 
 
-def check_norm_type(norm_type: float) -> float:
-    """``norm_type`` as a float > 0 (``inf`` allowed), or a ``TypeError``/``ValueError`` naming it."""
-    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
-        raise TypeError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
-    if math.isnan(norm_type) or norm_type <= 0:
-        raise ValueError(f"`norm_type` must be a number > 0 (inf allowed); got {norm_type!r}")
-    return float(norm_type)
+def check_norm_type(norm_type: Any) -> float:
+    """``norm_type`` checked by the shared rule (a number in [1, 32], or inf)."""
+    return _check_norm_type("norm_type", norm_type)
 
 
 def empty_result() -> ClipResult:
@@ -45,10 +44,9 @@ def empty_result() -> ClipResult:
 
 
 def grads_of(parameters: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``.grad`` tensors of ``parameters`` that have one."""
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+    """The ``.grad`` tensors of ``parameters`` that have one (``parameters`` checked first:
+    a tensor or an iterable of tensors)."""
+    return [p.grad for p in check_tensors("parameters", parameters) if p.is_leaf and p.grad is not None]
 
 
 def total_norm(grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:

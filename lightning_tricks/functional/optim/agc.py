@@ -19,10 +19,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_module,
+    check_norm_type,
+    check_number,
+    check_tensor,
+    check_tensors,
+)
 from lightning_tricks.functional._modules import ModuleSpec, resolve_parameters
 from lightning_tricks.functional.finetune.heads import find_head
-from lightning_tricks.functional.optim._clip import ClipResult, check_norm_type, empty_result
+from lightning_tricks.functional.optim._clip import ClipResult, empty_result
 
 __all__ = ["adaptive_clip_exclusions", "adaptive_clip_grad_", "unitwise_norm"]
 
@@ -37,11 +44,17 @@ def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
     Returns:
         A tensor broadcastable against ``x``: shape ``(x.shape[0], 1, ...)``, or 0-d.
 
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        ValueError: ``norm_type`` is not in [1, 32] or inf.
+
     Example:
         >>> import torch
         >>> unitwise_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]])).flatten().tolist()
         [5.0, 1.0]
     """
+    x = check_tensor("x", x, dtype="float")
+    norm_type = check_norm_type("norm_type", norm_type)
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x, norm_type)
     return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
@@ -68,7 +81,8 @@ def adaptive_clip_exclusions(
         The parameter names left out (a tied parameter under its first name).
 
     Raises:
-        TypeError: ``skip_classifier`` is not a bool or ``exclude`` not names.
+        TypeError: ``model`` is not a module, ``skip_classifier`` not a bool or
+            ``exclude`` not names.
         ValueError: an ``exclude`` entry names nothing (with suggestions).
 
     Example:
@@ -79,6 +93,7 @@ def adaptive_clip_exclusions(
         >>> adaptive_clip_exclusions(net, skip_classifier=False, exclude="1")
         ['1.weight', '1.bias']
     """
+    model = check_module("model", model)
     skip_classifier = check_bool("skip_classifier", skip_classifier)
     chosen = {id(p) for p in resolve_parameters(model, exclude, "exclude", allow_empty=True).values()}
     if skip_classifier:
@@ -118,7 +133,9 @@ def adaptive_clip_grad_(
         the unit norms) and whether any unit was clipped.
 
     Raises:
-        ValueError: if ``clip_factor``/``eps`` are not numbers > 0 or ``norm_type`` <= 0.
+        TypeError: ``parameters`` is not a tensor or an iterable of tensors.
+        ValueError: if ``clip_factor``/``eps`` are not numbers > 0 or ``norm_type`` is
+            not in [1, 32] or inf.
 
     Example:
         >>> import torch
@@ -132,12 +149,11 @@ def adaptive_clip_grad_(
     """
     clip_factor = check_number("clip_factor", clip_factor, minimum=0.0, exclusive_minimum=True)
     eps = check_number("eps", eps, minimum=0.0, exclusive_minimum=True)
-    norm_type = check_norm_type(norm_type)
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    pairs = [(p, p.grad) for p in parameters if p.grad is not None]
+    norm_type = check_norm_type("norm_type", norm_type)
+    pairs = [(p, p.grad) for p in check_tensors("parameters", parameters) if p.is_leaf and p.grad is not None]
     if not pairs:
         return empty_result()
+    device = pairs[0][1].device  # the result's device; per-parameter work stays on each one's
     before, after, clipped = [], [], []
     for p, g in pairs:
         grad = g.detach()
@@ -148,12 +164,12 @@ def adaptive_clip_grad_(
         grad.copy_(grad * scale)
         new_norm = grad_norm * scale
         if math.isinf(norm_type):
-            before.append(grad_norm.float().amax())
-            after.append(new_norm.float().amax())
+            before.append(grad_norm.float().amax().to(device))
+            after.append(new_norm.float().amax().to(device))
         else:
-            before.append(grad_norm.float().pow(norm_type).sum())
-            after.append(new_norm.float().pow(norm_type).sum())
-        clipped.append((~keep).any())
+            before.append(grad_norm.float().pow(norm_type).sum().to(device))
+            after.append(new_norm.float().pow(norm_type).sum().to(device))
+        clipped.append((~keep).any().to(device))
     if math.isinf(norm_type):
         norm_before, norm_after = torch.stack(before).amax(), torch.stack(after).amax()
     else:

@@ -8,13 +8,19 @@ Pair: the callback :class:`~lightning_tricks.AutoClip` calls :func:`auto_clip_` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import torch
 
 from lightning_tricks._compat import foreach_mul_
-from lightning_tricks.functional._checks import check_number, check_optional_int
+from lightning_tricks.functional._checks import (
+    check_int,
+    check_number,
+    check_optional_int,
+    check_tensor,
+    describe,
+)
 from lightning_tricks.functional.optim._clip import (
     ClipResult,
     check_norm_type,
@@ -26,6 +32,7 @@ from lightning_tricks.functional.optim._clip import (
 __all__ = ["AutoClipper", "auto_clip_"]
 
 _INITIAL_CAPACITY = 1024
+_MAX_HISTORY = 2**31 - 1  # a float32 ring buffer of this many norms is 8 GiB
 
 
 class AutoClipper:
@@ -65,7 +72,7 @@ class AutoClipper:
 
     def __init__(self, percentile: float = 10.0, history_size: int | None = None, norm_type: float = 2.0):
         self.percentile = check_number("percentile", percentile, minimum=0.0, maximum=100.0)
-        self.history_size = check_optional_int("history_size", history_size, minimum=1)
+        self.history_size = check_optional_int("history_size", history_size, minimum=1, maximum=_MAX_HISTORY)
         self.norm_type = check_norm_type(norm_type)
         self.reset()
 
@@ -121,7 +128,12 @@ class AutoClipper:
         the ``percentile`` of the history, the new norm included (NaN while it is empty).
 
         Args:
-            norm: a 0-d tensor; it stays on its device (no host sync).
+            norm: a 0-d tensor (or any tensor of one element); it stays on its device
+                (no host sync).
+
+        Raises:
+            TypeError: ``norm`` is not a tensor.
+            ValueError: ``norm`` has more or fewer than one element.
 
         Example:
             >>> import torch
@@ -130,7 +142,7 @@ class AutoClipper:
             >>> thresholds  # inf is not recorded: the median of (4, 2) again
             [4.0, 3.0, 3.0]
         """
-        norm = norm.detach().float().reshape(())
+        norm = check_tensor("norm", norm, numel=1).detach().float().reshape(())
         buf = self._ensure_capacity(norm.device)
         n_valid = cast(torch.Tensor, self._n_valid)
         finite = torch.isfinite(norm)
@@ -174,22 +186,45 @@ class AutoClipper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the history saved by :meth:`state_dict` (an empty dict resets it).
 
+        Everything is checked before anything changes.
+
+        Raises:
+            TypeError: ``state`` is not a mapping, or holds values of the wrong type.
+            ValueError: a history of another size than ``history_size``, or counts that
+                are negative or do not fit the history.
+
         Example:
             >>> a, b = AutoClipper(), AutoClipper()
             >>> b.load_state_dict(a.state_dict())
         """
-        self.reset()
+        if not isinstance(state, Mapping):
+            raise TypeError(f"`state` must be a dict from AutoClipper.state_dict(); got {describe(state)}")
         buffer = state.get("buffer")
         if buffer is None:
+            self.reset()
             return
-        buffer = torch.as_tensor(buffer, dtype=torch.float32).clone()
+        try:
+            buffer = torch.as_tensor(buffer, dtype=torch.float32).clone()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"`state['buffer']` must be a 1-d float tensor or None; got {describe(buffer)}"
+            ) from None
+        check_tensor("state['buffer']", buffer, ndim=1, nonempty=True)
         if self.history_size is not None and buffer.numel() != self.history_size:
             raise ValueError(
                 f"`history_size` is {self.history_size} but the saved history holds {buffer.numel()} slots"
             )
+        n_valid = check_int("state['n_valid']", state.get("n_valid", 0), minimum=0)
+        n_calls = check_int("state['n_calls']", state.get("n_calls", n_valid), minimum=n_valid)
+        if self.history_size is None and n_valid > buffer.numel():
+            raise ValueError(
+                f"`state['n_valid']` is {n_valid} but the saved (unbounded) history holds only "
+                f"{buffer.numel()} slots"
+            )
+        self.reset()
         self._buffer = buffer
-        self._n_valid = torch.tensor(int(state.get("n_valid", 0)), dtype=torch.long)
-        self._n_calls = int(state.get("n_calls", state.get("n_valid", 0)))
+        self._n_valid = torch.tensor(n_valid, dtype=torch.long)
+        self._n_calls = n_calls
 
 
 @torch.no_grad()
@@ -215,7 +250,8 @@ def auto_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipper: AutoC
         A :class:`ClipResult`; ``norm_after`` is the norm the gradients were clipped to.
 
     Raises:
-        TypeError: ``clipper`` is not an :class:`AutoClipper`.
+        TypeError: ``clipper`` is not an :class:`AutoClipper`, or ``parameters`` not a
+            tensor or an iterable of tensors.
 
     Example:
         >>> import torch
@@ -228,9 +264,7 @@ def auto_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipper: AutoC
         5.0
     """
     if not isinstance(clipper, AutoClipper):
-        raise TypeError(
-            f"`clipper` must be an AutoClipper; got {clipper!r:.60} of type {type(clipper).__name__}"
-        )
+        raise TypeError(f"`clipper` must be an AutoClipper; got {describe(clipper)}")
     grads = grads_of(parameters)
     if not grads:
         return empty_result()

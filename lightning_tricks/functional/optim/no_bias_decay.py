@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from lightning_tricks._compat import norm_base_class
-from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._checks import check_bool, check_module, check_number, check_param_group
 from lightning_tricks.functional._modules import glob_match, resolve_parameters
 
 __all__ = ["no_bias_decay_groups", "no_weight_decay_names", "split_by_weight_decay"]
@@ -86,6 +86,7 @@ def no_weight_decay_names(
         >>> no_weight_decay_names(net)
         ['0.bias', '1.weight', '1.bias']
     """
+    model = check_module("model", model)
     embeddings = check_bool("embeddings", embeddings)
     chosen = set(resolve_parameters(model, extra, "extra", allow_empty=True))
     skip = _model_skip_list(model)
@@ -151,6 +152,7 @@ def no_bias_decay_groups(
         [(4, 0.0), (2, 0.05)]
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
+    model = check_module("model", model)
     weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
     trainable_only = check_bool("trainable_only", trainable_only)
     skip = _no_decay_ids(model, embeddings, extra)
@@ -190,7 +192,10 @@ def split_by_weight_decay(
         ``[no-decay part, decay part]`` minus empty parts.
 
     Raises:
-        TypeError: ``group`` is not a dict with ``"params"``.
+        TypeError: ``group`` is not a dict with ``"params"`` holding tensors, or
+            ``model`` not a module.
+        ValueError: ``group`` holds a non-leaf or integer tensor, or a NaN, infinite or
+            negative hyperparameter (``lr``, ``weight_decay``, ...).
 
     Example:
         >>> from torch import nn
@@ -200,13 +205,13 @@ def split_by_weight_decay(
         >>> print([(len(p["params"]), p["lr"], p["weight_decay"]) for p in parts])
         [(1, 0.1, 0.0), (1, 0.1, 0.01)]
     """
-    if not isinstance(group, dict) or "params" not in group:
-        raise TypeError(f"`group` must be a dict with a 'params' key; got {type(group).__name__}")
+    group = check_param_group("group", group)
+    model = check_module("model", model)
     trainable_only = check_bool("trainable_only", trainable_only)
+    skip = _no_decay_ids(model, embeddings, extra)  # checks `embeddings` and `extra` too
     params = [p for p in group["params"] if p.requires_grad or not trainable_only]
     if not group.get("weight_decay", 0.0):
         return [{**group, "params": params}] if params else []
-    skip = _no_decay_ids(model, embeddings, extra)
     decay = [p for p in params if id(p) not in skip]
     no_decay = [p for p in params if id(p) in skip]
     parts = [{**group, "params": no_decay, "weight_decay": 0.0}, {**group, "params": decay}]

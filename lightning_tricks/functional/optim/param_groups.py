@@ -10,12 +10,21 @@ same schedule, scaled by ``new lr / template lr``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as lrs
+
+from lightning_tricks.functional._checks import (
+    check_int,
+    check_number,
+    check_optimizer,
+    check_param_groups,
+    describe,
+)
 
 __all__ = ["add_param_groups", "split_param_groups"]
 
@@ -52,6 +61,8 @@ _SUPPORTED: tuple[type, ...] = (
 
 
 def _check_schedulers(optimizer: Optimizer, schedulers: Iterable[Any]) -> list[Any]:
+    if isinstance(schedulers, str | bytes | Mapping) or not isinstance(schedulers, Iterable):
+        raise TypeError(f"`schedulers` must be a sequence of LR schedulers; got {describe(schedulers)}")
     out = []
     for s in schedulers:
         if not isinstance(s, _SUPPORTED):
@@ -76,9 +87,6 @@ def _scale(value: Any, ratio: float) -> Any:
 
 def _remap(optimizer: Optimizer, plan: Sequence[tuple[int, float, dict]], schedulers: list[Any]) -> None:
     """Make ``optimizer.param_groups`` the groups of ``plan``: (template index, lr ratio, group)."""
-    ids = [id(p) for _, _, g in plan for p in g["params"]]
-    if len(ids) != len(set(ids)):
-        raise ValueError("some parameters appear in more than one parameter group")
     old = optimizer.param_groups
     new_groups = []
     for src, ratio, group in plan:
@@ -141,9 +149,12 @@ def add_param_groups(
         The indices of the new groups.
 
     Raises:
-        TypeError: a scheduler whose per-group state cannot be extended.
-        ValueError: ``like`` out of range, ``ratio`` not positive, a parameter already in
-            the optimizer, or a template with learning rate 0 and a new group with a
+        TypeError: ``optimizer`` is not an optimizer, ``groups`` not dicts with
+            ``"params"`` holding tensors, or a scheduler whose per-group state cannot be
+            extended.
+        ValueError: ``like`` out of range, ``ratio`` not positive, a non-leaf or integer
+            tensor, a NaN/inf/negative hyperparameter, a parameter already in the
+            optimizer (or in two new groups), or a template with learning rate 0 and a new group with a
             non-zero one (without a schedule) or with 0 (with a schedule: give ``ratio``).
 
     Example:
@@ -166,26 +177,20 @@ def add_param_groups(
         >>> print([g["lr"] for g in warm.param_groups])
         [0.05, 0.025]
     """
-    if (
-        isinstance(like, bool)
-        or not isinstance(like, int)
-        or not -len(optimizer.param_groups) <= like < len(optimizer.param_groups)
-    ):
-        raise ValueError(f"`like` must index one of the {len(optimizer.param_groups)} groups; got {like!r}")
-    like %= len(optimizer.param_groups)
-    if ratio is not None and (
-        isinstance(ratio, bool) or not isinstance(ratio, float | int) or not 0 < ratio < float("inf")
-    ):
-        raise ValueError(f"`ratio` must be a positive finite number or None; got {ratio!r}")
+    optimizer = check_optimizer("optimizer", optimizer)
+    groups = check_param_groups("groups", groups)
+    n = len(optimizer.param_groups)
+    like = check_int("like", like, minimum=-n, maximum=n - 1) % n
+    if ratio is not None:
+        ratio = check_number("ratio", ratio, minimum=0.0, exclusive_minimum=True)
     schedulers = _check_schedulers(optimizer, schedulers)
+    present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for i, group in enumerate(groups):
+        if any(id(p) in present for p in group["params"]):
+            raise ValueError(f"`groups[{i}]` holds a parameter that is already in the optimizer")
     template = optimizer.param_groups[like]
     plan: list[tuple[int, float, dict]] = [(i, 1.0, g) for i, g in enumerate(optimizer.param_groups)]
     for group in groups:
-        if not isinstance(group, dict) or "params" not in group:
-            raise TypeError(f"`groups` must be dicts with a 'params' key; got {group!r}")
-        group = dict(group)
-        params = group["params"]
-        group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
         if "lr" not in group:
             scale = 1.0 if ratio is None else float(ratio)
             group["lr"] = _scale(template["lr"], scale)
@@ -229,7 +234,11 @@ def split_param_groups(
         schedulers: every LR scheduler attached to ``optimizer``.
 
     Raises:
-        TypeError: a scheduler whose per-group state cannot be extended.
+        TypeError: ``optimizer`` is not an optimizer, ``split`` not a function or what it
+            returns not a list of dicts with ``"params"`` holding tensors, or a scheduler
+            whose per-group state cannot be extended.
+        ValueError: ``split`` puts a parameter in two groups, or returns a non-leaf or
+            integer tensor or a NaN/inf/negative hyperparameter.
 
     Example:
         >>> import torch
@@ -242,12 +251,18 @@ def split_param_groups(
         >>> print([(len(g["params"]), g["weight_decay"], g["lr"]) for g in opt.param_groups])
         [(1, 0.05, 0.1), (1, 0.0, 0.1)]
     """
+    optimizer = check_optimizer("optimizer", optimizer)
+    if not callable(split) or isinstance(split, nn.Module):
+        raise TypeError(f"`split` must be a function group -> list of groups; got {describe(split)}")
     schedulers = _check_schedulers(optimizer, schedulers)
     plan: list[tuple[int, float, dict]] = []
     for i, group in enumerate(optimizer.param_groups):
-        for part in split(group):
-            if not isinstance(part, dict) or "params" not in part:
-                raise TypeError(f"`split` must return dicts with a 'params' key; got {part!r}")
-            part = {k: v for k, v in part.items() if k != "lr"}
-            plan.append((i, 1.0, part))
+        parts = split({**group, "params": list(group["params"])})  # the optimizer's group stays as it is
+        if not isinstance(parts, Sequence) or isinstance(parts, str | bytes | Mapping):
+            raise TypeError(f"`split` must return a list of group dicts; got {describe(parts)} for group {i}")
+        for part in check_param_groups(f"split(group {i})", parts):
+            plan.append((i, 1.0, {k: v for k, v in part.items() if k != "lr"}))
+    ids = [id(p) for _, _, part in plan for p in part["params"]]
+    if len(ids) != len(set(ids)):
+        raise ValueError("`split` put a parameter in more than one group")
     _remap(optimizer, plan, schedulers)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lightning_tricks.functional._checks import check_int, check_number
+from lightning_tricks.functional._checks import check_int, check_number, check_tensor
 
 __all__ = ["WindowMean", "accumulation_steps"]
 
@@ -111,10 +111,12 @@ class WindowMean:
             weight: a number >= 0.
 
         Raises:
-            ValueError: if ``weight`` is negative or not finite.
+            TypeError: ``value`` is not a tensor.
+            ValueError: ``value`` has more or fewer than one element, or ``weight`` is
+                negative or not finite.
         """
+        value = check_tensor("value", value, numel=1).detach().float().reshape(())
         weight = check_number("weight", weight, minimum=0.0)
-        value = value.detach().float().reshape(())
         if self._sums is None:
             self._sums = torch.zeros(2, device=value.device)
         self._sums[0] += value * weight
