@@ -16,7 +16,7 @@ from lightning_tricks._logging import component_name, image_writer, log_scalars
 from lightning_tricks.functional._checks import (
     OnError,
     check_bool,
-    check_number,
+    check_norm_type,
     check_on_error,
     check_optional_int,
     check_str_sequence,
@@ -77,7 +77,7 @@ class GradientMonitor(Callback):
             loggers then see a sample only when it falls on a logging step of the
             Trainer (e.g. with ``log_every_n_steps=1``), the others are kept in
             :attr:`last_norms` only.
-        norm_type: p of the p-norm (``inf`` for the max norm).
+        norm_type: p of the p-norm, in [1, 32] (``inf`` for the max norm).
         log_histograms: also log gradient histograms (TensorBoard only).
         on_error: what to do when a step had a NaN/Inf gradient: ``"warn"`` (the default)
             or ``"raise"`` (:class:`NonFiniteGradientError`), naming the step and the layer
@@ -108,10 +108,7 @@ class GradientMonitor(Callback):
         intermediate: Sequence[str] | str = (),
     ) -> None:
         self.every_n_steps = check_optional_int("every_n_steps", every_n_steps, minimum=1)
-        if isinstance(norm_type, float) and norm_type == math.inf:
-            self.norm_type = math.inf
-        else:
-            self.norm_type = check_number("norm_type", norm_type, minimum=1.0)
+        self.norm_type = check_norm_type("norm_type", norm_type)
         self.log_histograms = check_bool("log_histograms", log_histograms)
         self.on_error = check_on_error(on_error)
         self.intermediate = check_str_sequence("intermediate", intermediate, allow_empty=True)

@@ -20,6 +20,7 @@ from lightning_tricks._compat import foreach_norm
 from lightning_tricks.functional._checks import (
     check_int,
     check_module,
+    check_norm_type,
     check_same_length,
     describe,
 )
@@ -37,15 +38,6 @@ def layer_of(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
-def check_norm_type(norm_type: Any) -> float:
-    """``norm_type`` as a float if it is a number > 0 (``inf`` for the max norm), else an error naming it."""
-    if isinstance(norm_type, bool) or not isinstance(norm_type, int | float):
-        raise TypeError(f"`norm_type` must be a number > 0 or inf; got {describe(norm_type)}")
-    if not norm_type > 0:  # also refuses NaN
-        raise ValueError(f"`norm_type` must be a number > 0 or inf; got {norm_type!r}")
-    return float(norm_type)
-
-
 def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str], torch.Tensor]:
     """Gradient norm of every layer (parameters grouped by owning module), stacked on device.
 
@@ -61,7 +53,7 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
 
     Raises:
         TypeError: ``model`` is not a module, ``norm_type`` not a number.
-        ValueError: ``norm_type`` is not > 0.
+        ValueError: ``norm_type`` is not in [1, 32] or inf.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
@@ -71,7 +63,7 @@ def layer_grad_norms(model: nn.Module, norm_type: float = 2.0) -> tuple[list[str
         (['0', '2'], torch.Size([2]))
     """
     check_module("model", model)
-    norm_type = check_norm_type(norm_type)
+    norm_type = check_norm_type("norm_type", norm_type)
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return [], torch.zeros(0)
