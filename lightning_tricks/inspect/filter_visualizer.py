@@ -24,6 +24,10 @@ from lightning_tricks.functional._checks import (
 from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.filter_visualizer import (
+    MAX_ROUNDS,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
     ColorSpace,
     layer_channels,
     visualize_filters,
@@ -115,12 +119,12 @@ class FilterVisualizer(Callback):
             if not self.channels:
                 raise ValueError(f"`channels` must name at least one channel; got {channels!r}")
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
-        self.steps = check_int("steps", steps, minimum=1)
-        self.rounds = check_int("rounds", rounds, minimum=1)
+        self.steps = check_int("steps", steps, minimum=1, maximum=MAX_STEPS)
+        self.rounds = check_int("rounds", rounds, minimum=1, maximum=MAX_ROUNDS)
         self.upscale = check_number("upscale", upscale, minimum=1.0)
-        self.size = None if size is None else check_int("size", size, minimum=1)
+        self.size = None if size is None else check_int("size", size, minimum=1, maximum=MAX_SIZE)
         self.lr = check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
-        self.jitter = check_int("jitter", jitter, minimum=0)
+        self.jitter = check_int("jitter", jitter, minimum=0, maximum=MAX_SIZE)
         self.color: ColorSpace = check_choice("color", color, get_args(ColorSpace))
         self.mean = None if mean is None else tuple(check_number("mean", m) for m in mean)
         self.std = (
@@ -128,7 +132,7 @@ class FilterVisualizer(Callback):
             if std is None
             else tuple(check_number("std", s, minimum=0.0, exclusive_minimum=True) for s in std)
         )
-        self.seed = check_int("seed", seed)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.dirpath = check_optional_path("dirpath", dirpath)
         self.on_error = check_on_error(on_error)
         self._reset()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lightning_tricks.functional._checks import check_bool, check_module, describe
+from lightning_tricks.functional._model_errors import model_errors
 from lightning_tricks.functional._modules import ModuleSpec, name_entries, resolve_modules
 
 __all__ = ["FeatureExtractor", "extract_features"]
@@ -155,11 +156,13 @@ class FeatureExtractor:
         With ``detach=False`` hooks keep the graph, so features can be back-propagated.
 
         Raises:
-            ValueError: a selected layer did not run in the forward pass (names the layers).
+            ValueError: a selected layer did not run in the forward pass (names the layers),
+                or the model raised a ``RuntimeError`` on the input (chained as the cause).
         """
         with self:
             self._stopping = self.stop_early
-            with contextlib.suppress(_StopForward):
+            shown = describe(args[0]) if len(args) == 1 and not kwargs else "the input"
+            with contextlib.suppress(_StopForward), model_errors(f"running `model` on {shown}"):
                 self.model(*args, **kwargs)
             missing = [n for n in self.layers if n not in self.features]
             if missing:

@@ -25,6 +25,7 @@ from lightning_tricks.functional._checks import (
     check_tensor,
     describe,
 )
+from lightning_tricks.functional._model_errors import model_errors
 from lightning_tricks.functional.inference._tta_model import (
     OutputSelector,
     _check_output,
@@ -245,8 +246,9 @@ def tta_predict(
 
     Raises:
         ValueError: for bad arguments, empty ``x``, a non-invertible view (crop) on dense
-            outputs, or ``dense=True`` on outputs that are not dense maps of the input (see
-            ``dense``).
+            outputs, ``dense=True`` on outputs that are not dense maps of the input (see
+            ``dense``), or a ``RuntimeError`` the model raised on the views (chained as the
+            cause).
         TypeError: ``model`` is not callable, ``x`` not a floating-point tensor, or no
             tensor can be picked from the model's output.
 
@@ -265,8 +267,10 @@ def tta_predict(
         >>> tta_predict(strided, x, ["hflip", "scale:0.5"]).shape
         torch.Size([4, 2, 2, 2])
     """
-    if not callable(model):
-        raise TypeError(f"`model` must be a torch.nn.Module or a callable; got {describe(model)}")
+    if not callable(model) or isinstance(model, type):
+        raise TypeError(
+            f"`model` must be a torch.nn.Module or a callable (not a class); got {describe(model)}"
+        )
     check_choice("merge", merge, MERGE_MODES)
     chunk_size = check_chunk_size(chunk_size)
     check_bool("include_identity", include_identity)
@@ -297,7 +301,9 @@ def tta_predict(
         )
 
     def call(t: torch.Tensor) -> torch.Tensor:
-        out = select_output(model(t), output)
+        with model_errors(f"running `model` on views of `x` of shape {tuple(t.shape)}"):
+            raw = model(t)
+        out = select_output(raw, output)
         if out.shape[:1] != t.shape[:1]:
             raise ValueError(
                 f"the model's output {tuple(out.shape)} does not have the batch size {t.shape[0]} of its input "

@@ -24,6 +24,7 @@ from lightning_tricks.functional._checks import (
     check_tensor,
     describe,
 )
+from lightning_tricks.functional._model_errors import model_errors
 from lightning_tricks.functional._modules import resolve_modules
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 STAT_NAMES = ("mean", "std", "near_zero_fraction", "dead_fraction")
+#: the most histogram bins and the widest padding between tiles the image helpers take
+MAX_BINS = 2**20
+MAX_PADDING = 64
 
 # A few stops of the viridis colour map (dark purple -> yellow), interpolated linearly.
 _VIRIDIS = torch.tensor(
@@ -239,8 +243,9 @@ def capture_activations(
     Raises:
         TypeError: ``model`` is not a module, ``layers`` not names, ``forward_context`` or
             ``forward_fn`` not callable, or ``inputs`` holds no tensor to feed.
-        ValueError: an entry of ``layers`` selects no submodule, or a selected layer did not
-            run in the forward pass or returned no tensor (as :class:`FeatureExtractor`).
+        ValueError: an entry of ``layers`` selects no submodule, a selected layer did not
+            run in the forward pass or returned no tensor (as :class:`FeatureExtractor`), or
+            the model raised a ``RuntimeError`` on ``inputs`` (chained as the cause).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
@@ -285,9 +290,11 @@ def capture_activations(
             _eager(),
         ):
             if forward_fn is not None:
-                forward_fn(inputs)
+                with model_errors(f"`forward_fn` on `inputs` ({describe(inputs)})"):
+                    forward_fn(inputs)
             else:
-                call_with_batch(model, inputs, "inputs")
+                with model_errors(f"running `model` on `inputs` ({describe(inputs)})"):
+                    call_with_batch(model, inputs, "inputs")
     finally:
         for h in handles:
             h.remove()
@@ -379,7 +386,7 @@ def activation_histogram(activation: torch.Tensor, bins: int, low: float, high: 
 
     Args:
         activation: any tensor.
-        bins: number of bins.
+        bins: number of bins (at most ``2**20``).
         low: lower edge.
         high: upper edge (> ``low``).
 
@@ -396,7 +403,7 @@ def activation_histogram(activation: torch.Tensor, bins: int, low: float, high: 
         [3.0, 1.0]
     """
     _check_activation(activation)
-    bins = check_int("bins", bins, minimum=1)
+    bins = check_int("bins", bins, minimum=1, maximum=MAX_BINS)
     big = torch.finfo(torch.float32).max
     low = check_number("low", low, minimum=-big, maximum=big)
     high = check_number("high", high, minimum=-big, maximum=big)
@@ -425,7 +432,7 @@ def feature_map_grid(
     Args:
         activation: a layer output, batch first.
         max_channels: how many channels to show.
-        padding: pixels between tiles.
+        padding: pixels between tiles (at most 64).
         feature_dim: the dimension that indexes features (see :func:`activation_stats`).
 
     Returns:
@@ -442,7 +449,7 @@ def feature_map_grid(
     """
     _check_activation(activation)
     max_channels = check_int("max_channels", max_channels, minimum=1)
-    padding = check_int("padding", padding, minimum=0)
+    padding = check_int("padding", padding, minimum=0, maximum=MAX_PADDING)
     feature_dim = check_optional_int("feature_dim", feature_dim)
     if feature_dim is not None and not -max(activation.dim(), 1) <= feature_dim < max(activation.dim(), 1):
         raise ValueError(

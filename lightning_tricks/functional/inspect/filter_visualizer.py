@@ -25,10 +25,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_tricks.functional._checks import check_choice, check_int, check_module, check_number, describe
+from lightning_tricks.functional._model_errors import model_errors
 from lightning_tricks.functional._modules import ModuleSpec
 from lightning_tricks.functional.inspect.grad_cam import model_untouched, resolve_one_layer
 
-__all__ = ["ColorSpace", "layer_channels", "visualize_filters"]
+__all__ = [
+    "MAX_ROUNDS",
+    "MAX_SEED",
+    "MAX_SIZE",
+    "MAX_STEPS",
+    "ColorSpace",
+    "layer_channels",
+    "visualize_filters",
+]
+
+#: the largest image side, number of Adam steps per round, rounds and seed ``visualize_filters`` takes
+MAX_SIZE = 4096
+MAX_STEPS = 100_000
+MAX_ROUNDS = 16
+MAX_SEED = 2**64 - 1
+_MAX_INDEX = 2**31 - 1
+_MAX_VALUES = 2**28  # values in all images together (1 GiB of float32)
 
 ColorSpace = Literal["decorrelated", "clamped"]
 
@@ -56,7 +73,7 @@ def _run_to(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tenso
     def hook(mod: nn.Module, args: object, output: object) -> None:
         tensor = output[0] if isinstance(output, tuple) and output else output
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"the layer returned {type(output).__name__}, not a tensor")
+            raise TypeError(f"`layer` returned {type(output).__name__}, not a tensor")
         out.append(tensor)
         raise _Stop
 
@@ -68,7 +85,7 @@ def _run_to(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tenso
     finally:
         handle.remove()
     if not out:
-        raise ValueError("the layer was not called in the model's forward")
+        raise ValueError("`layer` was not called in the model's forward")
     return out[0]
 
 
@@ -140,20 +157,21 @@ def visualize_filters(
             ``(B, C, H, W)`` (channel ``c`` = map ``c``), vectors ``(B, F)`` or sequences
             ``(B, T, F)`` (feature ``c``).
         channels: one channel index or several.
-        size: side of the final square image.
+        size: side of the final square image (at most 4096).
         in_channels: channels of the model's input.
-        steps: Adam steps per round.
-        rounds: resolutions, growing by ``upscale`` up to ``size`` (1: fixed resolution).
+        steps: Adam steps per round (at most 100000).
+        rounds: resolutions, growing by ``upscale`` up to ``size`` (1: fixed resolution; at
+            most 16).
         upscale: resolution factor between rounds.
         lr: Adam learning rate.
         jitter: largest random shift (pixels) per step; 0 turns it off.
         blur_every: blur the image every so many steps; 0 turns it off.
-        blur_sigma: the blur's standard deviation in pixels.
+        blur_sigma: the blur's standard deviation in pixels, at most ``size``.
         color: ``"decorrelated"`` or ``"clamped"`` (see the module docstring).
         mean: per-channel mean subtracted before the model sees the image (its input
             normalisation); default 0.
         std: per-channel standard deviation the image is divided by; default 1.
-        seed: seeds the private generator.
+        seed: seeds the private generator (0 to ``2**64 - 1``).
 
     Returns:
         ``(len(channels), in_channels, size, size)`` float32 images in ``[0, 1]`` (a leading
@@ -188,17 +206,24 @@ def visualize_filters(
         raise ValueError(
             f"`channels` must be a channel index or a non-empty sequence of them (>= 0); got {channels!r}"
         )
-    size = check_int("size", size, minimum=1)
-    in_channels = check_int("in_channels", in_channels, minimum=1)
-    steps = check_int("steps", steps, minimum=1)
-    rounds = check_int("rounds", rounds, minimum=1)
+    if max(idx) > _MAX_INDEX:
+        raise ValueError(f"`channels` must be channel indices <= {_MAX_INDEX}; got {channels!r}")
+    size = check_int("size", size, minimum=1, maximum=MAX_SIZE)
+    in_channels = check_int("in_channels", in_channels, minimum=1, maximum=MAX_SIZE)
+    if len(idx) * in_channels * size * size > _MAX_VALUES:
+        raise ValueError(
+            f"the images would hold {len(idx)} x {in_channels} x {size} x {size} values (more than "
+            f"{_MAX_VALUES}); ask for fewer `channels`, a smaller `size` or fewer `in_channels`"
+        )
+    steps = check_int("steps", steps, minimum=1, maximum=MAX_STEPS)
+    rounds = check_int("rounds", rounds, minimum=1, maximum=MAX_ROUNDS)
     upscale = check_number("upscale", upscale, minimum=1.0)
     lr = check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
-    jitter = check_int("jitter", jitter, minimum=0)
+    jitter = check_int("jitter", jitter, minimum=0, maximum=MAX_SIZE)
     blur_every = check_int("blur_every", blur_every, minimum=0)
-    blur_sigma = check_number("blur_sigma", blur_sigma, minimum=0.0)
+    blur_sigma = check_number("blur_sigma", blur_sigma, minimum=0.0, maximum=float(size))
     color = check_choice("color", color, get_args(ColorSpace))
-    seed = check_int("seed", seed)
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     shift, scale = _normalisation(mean, std, in_channels)
     name, module = resolve_one_layer(model, layer)
     param0 = next(model.parameters(), None)
@@ -228,7 +253,10 @@ def visualize_filters(
                         int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen, device=device)
                     )
                     img = torch.roll(img, shifts=(dy, dx), dims=(2, 3))
-                act = _run_to(model, module, ((img - shift) / scale).to(dtype))
+                with model_errors(
+                    f"running `model` on images of shape {tuple(img.shape)} (`in_channels`={in_channels})"
+                ):
+                    act = _run_to(model, module, ((img - shift) / scale).to(dtype))
                 if step == 0 and r == 0:
                     available = act.shape[-1] if act.dim() == 3 else act.shape[1]
                     if max(idx) >= available:

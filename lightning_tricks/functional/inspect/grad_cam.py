@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_tricks.functional._checks import check_module, check_tensor, describe
+from lightning_tricks.functional._model_errors import model_errors
 from lightning_tricks.functional._modules import ModuleSpec, resolve_modules
 
 __all__ = ["grad_cam", "image_grid", "logits_of", "model_untouched", "overlay_heatmaps", "resolve_one_layer"]
@@ -130,8 +131,8 @@ def grad_cam(
 
     Raises:
         ValueError: ``layer`` selects no or several modules, its output has no spatial
-            dimensions, ``x`` is not 4-D or empty, or ``targets`` is out of range or of the
-            wrong length.
+            dimensions, ``x`` is not 4-D or empty, ``targets`` is out of range or of the
+            wrong length, or the model raised a ``RuntimeError`` on ``x`` (chained).
         TypeError: ``model`` is not a module, ``x`` not a floating-point tensor, ``targets``
             not class indices, ``output`` not callable, or the logits cannot be found.
 
@@ -170,7 +171,9 @@ def grad_cam(
     with model_untouched(model, [x.device]), torch.enable_grad():
         handle = module.register_forward_hook(hook)
         try:
-            logits = pick(model(x))
+            with model_errors(f"running `model` on `x` ({describe(x)})"):
+                raw = model(x)
+            logits = pick(raw)
         finally:
             handle.remove()
         if not captured:
@@ -206,13 +209,13 @@ def _check_targets(targets: Any, batch: int) -> None:
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(f"{what}; got {describe(targets)}")
         count = targets.numel()
-    elif isinstance(targets, Sequence) and not isinstance(targets, str | bytes):
-        bad = [t for t in targets if isinstance(t, bool) or not isinstance(t, int)]
-        if bad:
+    elif isinstance(targets, Sequence | int) and not isinstance(targets, str | bytes | bool):
+        values = [targets] if isinstance(targets, int) else list(targets)
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in values):
             raise TypeError(f"{what}; got {describe(targets)}")
-        count = len(targets)
-    elif isinstance(targets, int) and not isinstance(targets, bool):
-        count = 1
+        if any(not 0 <= t < 2**31 for t in values):
+            raise ValueError(f"`targets` must be class indices >= 0; got {describe(targets)}")
+        count = len(values)
     else:
         raise TypeError(f"{what}; got {describe(targets)}")
     if count not in (1, batch):

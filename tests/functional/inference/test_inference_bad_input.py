@@ -84,7 +84,9 @@ def test_a_view_subclass_without_apply_is_named_before_the_model_runs():
 
 def test_tta_predict_names_the_model_and_images_it_cannot_use():
     model = SmallCNN()
-    with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module or a callable; got None"):
+    with pytest.raises(
+        TypeError, match=r"`model` must be a torch.nn.Module or a callable \(not a class\); got None"
+    ):
         tta_predict(None, torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor.*torch.uint8"):
         tta_predict(model, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
@@ -96,6 +98,22 @@ def test_tta_predict_names_the_model_and_images_it_cannot_use():
         ValueError, match=r"`x` must be a tensor of shape \(B, C, H, W\).*got \[1.0\] of type list"
     ):
         tta_predict(model, [1.0])
+    with pytest.raises(TypeError, match=r"`model` must be .* \(not a class\); got <class"):
+        tta_predict(nn.Linear, torch.randn(1, 3, 8, 8))
+
+
+def test_what_the_model_refuses_is_named_with_its_input_and_chained():
+    model = SmallCNN()  # takes 3 channels
+    precropped = torch.randn(2, 5, 2, 8, 8)  # (B, n_crops, C=2, H, W)
+    with pytest.raises(
+        ValueError, match=r"running `model` on views of `x` of shape \(20, 2, 8, 8\) raised RuntimeError"
+    ) as err:
+        tta_predict(model, precropped, ["hflip"], chunk_size=None)
+    assert isinstance(err.value.__cause__, RuntimeError)
+    with pytest.raises(
+        ValueError, match=r"running `model` on a tensor of shape \(2, 5\).*raised RuntimeError"
+    ):
+        extract_features(model, torch.randn(2, 5), ["head"])
 
 
 def test_tta_evaluation_takes_a_lone_view_string_as_one_view():
@@ -215,5 +233,7 @@ def test_save_rank_predictions_checks_batches_before_writing(tmp_path):
         )
     with pytest.raises(TypeError, match=r"`path` must be a path"):
         save_rank_predictions(None, [])
+    with pytest.raises(ValueError, match=r"`path` must be a path without NUL characters"):
+        save_rank_predictions("a\x00b.pt", [])
     assert not path.exists()
     assert parse_views("hflip")[0].name == "hflip"

@@ -78,6 +78,21 @@ def test_capture_refuses_layers_the_forward_never_reaches_and_leaves_the_model_a
     assert capture_activations(model, torch.randn(3, 2), "used")["used"].shape == (3, 2)
 
 
+def test_what_the_model_refuses_is_named_with_its_input_and_nothing_is_left_behind():
+    model = _cnn().train()
+    with pytest.raises(
+        ValueError, match=r"running `model` on `inputs` \(a tensor of shape \(2, 5\).*raised RuntimeError"
+    ) as err:
+        capture_activations(model, torch.randn(2, 5), "0")
+    assert isinstance(err.value.__cause__, RuntimeError)
+    assert model.training and not model[0]._forward_hooks
+    with pytest.raises(ValueError, match=r"running `model` on `x` .*raised RuntimeError"):
+        grad_cam(model, torch.randn(1, 2, 4, 4), "0")  # two channels for a 3-channel model
+    with pytest.raises(ValueError, match=r"`in_channels`=2\) raised RuntimeError"):
+        visualize_filters(model, "0", 0, in_channels=2, size=4, steps=1, rounds=1)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
 def test_capture_names_inputs_without_a_tensor_before_hooking_anything():
     model = Skips()
     with pytest.raises(TypeError, match=r"`inputs` must be a tensor.*'x' of type str"):
@@ -145,6 +160,10 @@ def test_activation_image_and_stats_arguments_are_checked():
         feature_map_grid(a, feature_dim=4)
     with pytest.raises(ValueError, match="`padding` must be an int >= 0"):
         feature_map_grid(a, padding=-1)
+    with pytest.raises(ValueError, match="`padding` must be an int <= 64"):
+        feature_map_grid(a, padding=10**6)
+    with pytest.raises(ValueError, match=r"`bins` must be an int <= 1048576"):
+        activation_histogram(a, 2**64, 0.0, 1.0)
     with pytest.raises(TypeError, match="`feature_dim` must be an int"):
         activation_stats(a, feature_dim=1.5)
     with pytest.raises(ValueError, match=r"`history` must hold finite counts >= 0"):
@@ -219,6 +238,8 @@ def test_grad_cam_refuses_integer_images_and_bad_targets_before_running_the_mode
         grad_cam(model, torch.ones(2, 3, 4, 4), "0", targets="1")
     with pytest.raises(ValueError, match=r"one per image \(2\); got 3"):
         grad_cam(model, torch.ones(2, 3, 4, 4), "0", targets=[0, 1, 1])
+    with pytest.raises(ValueError, match=r"`targets` must be class indices >= 0; got \[0, -1\]"):
+        grad_cam(model, torch.ones(2, 3, 4, 4), "0", targets=[0, -1])
     with pytest.raises(TypeError, match="`output` must be a callable"):
         grad_cam(model, torch.ones(2, 3, 4, 4), "0", output="logits")
     assert calls == []
@@ -239,6 +260,15 @@ def test_visualize_filters_checks_numbers_it_would_feed_the_optimiser():
         visualize_filters(model, "0", 0, lr=0.0, **kw)
     with pytest.raises(ValueError, match="`channels` must be a channel index or a non-empty sequence"):
         visualize_filters(model, "0", [], **kw)
+    # sizes that would hang or exhaust memory are refused before anything runs
+    with pytest.raises(ValueError, match="`steps` must be an int <= 100000"):
+        visualize_filters(model, "0", 0, size=4, steps=2**64)
+    with pytest.raises(ValueError, match="`size` must be an int <= 4096"):
+        visualize_filters(model, "0", 0, size=10**6)
+    with pytest.raises(ValueError, match=r"the images would hold 64 x 3 x 2048 x 2048 values"):
+        visualize_filters(model, "0", list(range(64)), size=2048)
+    with pytest.raises(ValueError, match="`seed` must be an int <= "):
+        visualize_filters(model, "0", 0, seed=2**64, **kw)
 
 
 def test_guards_check_their_arguments():
