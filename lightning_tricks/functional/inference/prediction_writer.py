@@ -187,9 +187,8 @@ def merge_rank_predictions(
 
     Raises:
         TypeError: a path that is not a ``str``/``os.PathLike``, or ``keep_rank_files`` not a bool.
-        ValueError: ``merged_path`` is one of ``rank_paths``, a file is not a predictions
-            file, or the files' predictions differ in structure.
-        FileNotFoundError: a rank file does not exist.
+        ValueError: ``merged_path`` is one of ``rank_paths``, a rank file does not exist or
+            is not a predictions file, or the files' predictions differ in structure.
 
     Example:
         >>> import tempfile, pathlib
@@ -214,7 +213,7 @@ def merge_rank_predictions(
             f"`merged_path` must not be one of `rank_paths` (the rank files may be deleted after the merge); "
             f"got {merged_path!r}"
         )
-    parts = [_load_payload(p, f"rank_paths[{i}]") for i, p in enumerate(names)]
+    parts = [_load_payload(p, f"rank_paths[{i}]", ValueError) for i, p in enumerate(names)]
     layout = None
     for i, part in enumerate(parts):
         if part["predictions"] is not None:
@@ -256,11 +255,11 @@ def load_predictions(path: PathLike) -> dict[str, Any]:
     return _load_payload(_file_path("path", path), "path")
 
 
-def _load_payload(name: str, arg: str) -> dict[str, Any]:
-    """Read and check a payload; errors name ``arg`` and the file."""
+def _load_payload(name: str, arg: str, missing: type[Exception] = FileNotFoundError) -> dict[str, Any]:
+    """Read and check a payload; errors name ``arg`` and the file (``missing`` when there is none)."""
     path = Path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"`{arg}` names no file: {name}")
+        raise missing(f"`{arg}` names no file: {name}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -213,6 +213,9 @@ def test_merge_reads_every_rank_file_before_writing_or_deleting(tmp_path):
         merge_rank_predictions([good], good)
     with pytest.raises(TypeError, match=r"`keep_rank_files` must be a bool"):
         merge_rank_predictions([good], tmp_path / "all.pt", keep_rank_files="no")
+    with pytest.raises(ValueError, match=r"`rank_paths\[1\]` names no file: .*gone.pt"):
+        merge_rank_predictions([good, tmp_path / "gone.pt"], tmp_path / "all.pt")
+    assert good.exists() and not (tmp_path / "all.pt").exists()
     result = merge_rank_predictions(str(good), tmp_path / "all.pt")  # a lone path is one file
     assert result["indices"].tolist() == [0, 2] and not good.exists()
 
