@@ -263,6 +263,11 @@ def capture_activations(
             f"`forward_fn`; got {describe(inputs)}"
         )
     modules = resolve_modules(model, layers, "layers")
+    context = forward_context() if forward_context is not None else contextlib.nullcontext()
+    if not (hasattr(context, "__enter__") and hasattr(context, "__exit__")):
+        raise TypeError(
+            f"`forward_context` must return a context manager (e.g. torch.autocast(...)); got {describe(context)}"
+        )
     captured: dict[str, torch.Tensor] = {}
     returned: dict[str, str] = {}
     handles = []
@@ -286,7 +291,7 @@ def capture_activations(
             torch.random.fork_rng(devices=devices),
             _eval_mode(model),
             torch.no_grad(),
-            forward_context() if forward_context is not None else contextlib.nullcontext(),
+            context,
             _eager(),
         ):
             if forward_fn is not None:

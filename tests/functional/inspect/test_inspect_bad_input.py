@@ -99,6 +99,8 @@ def test_capture_names_inputs_without_a_tensor_before_hooking_anything():
         capture_activations(model, "x", "used")
     with pytest.raises(TypeError, match="`forward_fn` must be a callable"):
         capture_activations(model, torch.randn(1, 2), "used", forward_fn=3)
+    with pytest.raises(TypeError, match="`forward_context` must return a context manager"):
+        capture_activations(model, torch.randn(1, 2), "used", forward_context=lambda: None)
     assert not model.used._forward_hooks
 
 
