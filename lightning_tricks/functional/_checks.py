@@ -107,6 +107,13 @@ def check_optional_int(
     return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
 
 
+def _to_float(name: str, value: Real) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"`{name}` must be a finite number; got {value!r}, too large for a float") from None
+
+
 def check_number(
     name: str,
     value: Any,
@@ -119,7 +126,7 @@ def check_number(
     """Return ``value`` as ``float`` if it is a finite real number within bounds, else raise."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number; got {value!r} of type {type(value).__name__}")
-    value = float(value)
+    value = _to_float(name, value)
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number; got {value!r}")
     if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
@@ -446,7 +453,7 @@ def check_norm_type(name: str, value: Any) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number in [1, 32] or inf; got {describe(value)}")
-    p = float(value)
+    p = _to_float(name, value)
     if p == math.inf:
         return math.inf
     if math.isnan(p) or not 1 <= p <= 32:
