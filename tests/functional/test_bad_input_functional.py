@@ -58,7 +58,7 @@ from torch.utils.data import TensorDataset
 import lightning_tricks.functional as F
 
 # Areas whose callables are fixed: none of them may appear in KNOWN_UNCLEAR.
-FIXED_AREAS: set[str] = {"data", "optim"}
+FIXED_AREAS: set[str] = {"data", "optim", "repro"}
 
 # callable -> why its bad outcomes are tolerated for now (xfail-style; to end empty).
 KNOWN_UNCLEAR: dict[str, str] = {
@@ -79,7 +79,6 @@ KNOWN_UNCLEAR: dict[str, str] = {
     "activation_stats": "inspect: not fixed yet",
     "batchnorm_eval": "finetune: not fixed yet",
     "capture_activations": "inspect: not fixed yet",
-    "capture_rng_state": "repro: not fixed yet",
     "clear_tta_plans": "inference: not fixed yet",
     "convert_checkpoint": "finetune: not fixed yet",
     "dataset_storages": "inspect: not fixed yet",
@@ -90,23 +89,19 @@ KNOWN_UNCLEAR: dict[str, str] = {
     "feature_map_grid": "inspect: not fixed yet",
     "find_aliased_tensors": "inspect: not fixed yet",
     "find_retained_graphs": "inspect: not fixed yet",
-    "first_divergence": "repro: not fixed yet",
     "first_nonfinite": "inspect: not fixed yet",
     "freeze_modules": "finetune: not fixed yet",
-    "gather_rng_states": "repro: not fixed yet",
     "grad_cam": "inspect: not fixed yet",
     "histogram_image": "inspect: not fixed yet",
     "is_safe_checkpoint": "finetune: not fixed yet",
     "layer_grad_norms": "inspect: not fixed yet",
     "load_checkpoint": "finetune: not fixed yet",
-    "load_checksums": "repro: not fixed yet",
     "load_predictions": "inference: not fixed yet",
     "merge_outputs": "inference: not fixed yet",
     "merge_rank_predictions": "inference: not fixed yet",
     "model_to_channels_last": "perf: not fixed yet",
     "parse_view": "inference: not fixed yet",
     "remove_gradient_checkpointing": "perf: not fixed yet",
-    "save_checksums": "repro: not fixed yet",
     "save_rank_predictions": "inference: not fixed yet",
     "select_layers": "inspect: not fixed yet",
     "select_modules": "finetune: not fixed yet",
@@ -1217,7 +1212,8 @@ def run_call(name: str, case: Case, call: Call, replaced: dict[str, Any]) -> Out
         if isinstance(error, TypeError | ValueError) and _names_argument(message, params, replaced, kwargs):
             return Outcome("clear", message)
         if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError) and any(
-            isinstance(v, str | os.PathLike) and str(v) and str(v) in message for v in replaced.values()
+            isinstance(v, str | os.PathLike) and str(v) and (str(v) in message or repr(str(v)) in message)
+            for v in replaced.values()
         ):
             return Outcome("clear", message)
         return Outcome("unclear", f"{type(error).__name__}: {message}"[:300])
