@@ -22,6 +22,7 @@ __all__ = [
     "OnError",
     "check_bool",
     "check_choice",
+    "check_device",
     "check_int",
     "check_module",
     "check_names",
@@ -459,6 +460,32 @@ def check_norm_type(name: str, value: Any) -> float:
     if math.isnan(p) or not 1 <= p <= 32:
         raise ValueError(f"`{name}` must be a number in [1, 32] or inf; got {value!r}")
     return p
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """Return ``value`` as a ``torch.device`` (from a device, a string such as ``"cuda:1"`` or
+    a CUDA index), else raise naming ``name``.
+
+    Example:
+        >>> check_device("device", "cpu")
+        device(type='cpu')
+        >>> check_device("device", "gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: `device` must name a device ("cpu", "cuda", "cuda:1", ...); got 'gpu'
+    """
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(
+            f"`{name}` must be a torch.device, a device string or an index; got {describe(value)}"
+        )
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError, TypeError, OverflowError):
+        raise ValueError(
+            f'`{name}` must name a device ("cpu", "cuda", "cuda:1", ...); got {value!r}'
+        ) from None
 
 
 def check_path(name: str, value: Any) -> str:

@@ -58,21 +58,16 @@ from torch.utils.data import TensorDataset
 import lightning_tricks.functional as F
 
 # Areas whose callables are fixed: none of them may appear in KNOWN_UNCLEAR.
-FIXED_AREAS: set[str] = {"data", "optim", "repro"}
+FIXED_AREAS: set[str] = {"data", "optim", "perf", "repro"}
 
 # callable -> why its bad outcomes are tolerated for now (xfail-style; to end empty).
 KNOWN_UNCLEAR: dict[str, str] = {
     "save_checkpoint": "finetune: not fixed yet",
     "read_weights": "finetune: not fixed yet",
-    "DataStallTimer": "perf: not fixed yet",
     "IntermediateGrads": "inspect: not fixed yet",
-    "MemoryWindow.contains": "perf: not fixed yet",
-    "MemoryWindow.starts_at": "perf: not fixed yet",
-    "MemoryWindow.window_of": "perf: not fixed yet",
     "NonFiniteTracker": "inspect: not fixed yet",
     "NonFiniteTracker.read": "inspect: not fixed yet",
     "NonFiniteTracker.update": "inspect: not fixed yet",
-    "SyncReport.add": "perf: not fixed yet",
     "View.apply": "inference: not fixed yet",
     "View.invert": "inference: not fixed yet",
     "activation_histogram": "inspect: not fixed yet",
@@ -82,9 +77,6 @@ KNOWN_UNCLEAR: dict[str, str] = {
     "clear_tta_plans": "inference: not fixed yet",
     "convert_checkpoint": "finetune: not fixed yet",
     "dataset_storages": "inspect: not fixed yet",
-    "detect_syncs": "perf: not fixed yet",
-    "dump_cpu_memory_profile": "perf: not fixed yet",
-    "dump_memory_snapshot": "perf: not fixed yet",
     "extract_features": "inference: not fixed yet",
     "feature_map_grid": "inspect: not fixed yet",
     "find_aliased_tensors": "inspect: not fixed yet",
@@ -99,16 +91,13 @@ KNOWN_UNCLEAR: dict[str, str] = {
     "load_predictions": "inference: not fixed yet",
     "merge_outputs": "inference: not fixed yet",
     "merge_rank_predictions": "inference: not fixed yet",
-    "model_to_channels_last": "perf: not fixed yet",
     "parse_view": "inference: not fixed yet",
-    "remove_gradient_checkpointing": "perf: not fixed yet",
     "save_rank_predictions": "inference: not fixed yet",
     "select_layers": "inspect: not fixed yet",
     "select_modules": "finetune: not fixed yet",
     "tta_evaluation": "inference: not fixed yet",
     "tta_flips": "inference: not fixed yet",
     "tta_predict": "inference: not fixed yet",
-    "uncompile_modules": "perf: not fixed yet",
     "unfreeze_into_optimizer": "finetune: not fixed yet",
     "unfreeze_modules": "finetune: not fixed yet",
     "visualize_filters": "inspect: not fixed yet",
