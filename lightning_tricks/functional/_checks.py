@@ -507,7 +507,7 @@ def check_path(name: str, value: Any) -> str:
     except TypeError:
         raise TypeError(f"`{name}` must be a path (str or os.PathLike); got {describe(value)}") from None
     except ValueError:
-        raise ValueError(f"`{name}` must be a non-empty path; got {value!r}") from None
+        raise ValueError(f"`{name}` must be a non-empty path without NUL characters; got {value!r}") from None
     return cast(str, path)
 
 
@@ -524,8 +524,10 @@ def check_optional_path(name: str, value: Any) -> str | None:
     if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
         path = os.fspath(value)
         if isinstance(path, str):
-            if not path:
-                raise ValueError(f"`{name}` must be a non-empty path or None; got {value!r}")
+            if not path or "\x00" in path:
+                raise ValueError(
+                    f"`{name}` must be a non-empty path without NUL characters, or None; got {value!r}"
+                )
             return path
     raise TypeError(
         f"`{name}` must be a path (str or os.PathLike) or None; got {value!r} of type {type(value).__name__}"
