@@ -1372,6 +1372,13 @@ def main(argv: list[str]) -> int:
     print(f"{calls} calls over {len(counts)} callables")
     for kind in ("accepted", "clear", *BAD):
         print(f"  {kind:9s} {overall[kind]:6d}  ({100 * overall[kind] / max(calls, 1):.1f}%)")
+    by_area: dict[str, Counter] = {}
+    for name, c in counts.items():
+        by_area.setdefault(area_of(name), Counter()).update(c)
+    for area, c in sorted(by_area.items()):
+        n = sum(c.values())
+        cells = ", ".join(f"{kind} {c[kind]}" for kind in ("accepted", "clear", *BAD))
+        print(f"  {area:9s} {n:5d} calls: {cells}")
     print("callables with bad outcomes:")
     for name, c in counts.items():
         bad = {k: c[k] for k in BAD if c[k]}
