@@ -22,6 +22,7 @@ __all__ = [
     "OnError",
     "check_bool",
     "check_choice",
+    "check_device",
     "check_int",
     "check_module",
     "check_names",
@@ -107,6 +108,13 @@ def check_optional_int(
     return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
 
 
+def _to_float(name: str, value: Real) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"`{name}` must be a finite number; got {value!r}, too large for a float") from None
+
+
 def check_number(
     name: str,
     value: Any,
@@ -119,7 +127,7 @@ def check_number(
     """Return ``value`` as ``float`` if it is a finite real number within bounds, else raise."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number; got {value!r} of type {type(value).__name__}")
-    value = float(value)
+    value = _to_float(name, value)
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number; got {value!r}")
     if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
@@ -446,12 +454,38 @@ def check_norm_type(name: str, value: Any) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number in [1, 32] or inf; got {describe(value)}")
-    p = float(value)
+    p = _to_float(name, value)
     if p == math.inf:
         return math.inf
     if math.isnan(p) or not 1 <= p <= 32:
         raise ValueError(f"`{name}` must be a number in [1, 32] or inf; got {value!r}")
     return p
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """Return ``value`` as a ``torch.device`` (from a device, a string such as ``"cuda:1"`` or
+    a CUDA index), else raise naming ``name``.
+
+    Example:
+        >>> check_device("device", "cpu")
+        device(type='cpu')
+        >>> check_device("device", "gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: `device` must name a device ("cpu", "cuda", "cuda:1", ...); got 'gpu'
+    """
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(
+            f"`{name}` must be a torch.device, a device string or an index; got {describe(value)}"
+        )
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError, TypeError, OverflowError):
+        raise ValueError(
+            f'`{name}` must name a device ("cpu", "cuda", "cuda:1", ...); got {value!r}'
+        ) from None
 
 
 def check_path(name: str, value: Any) -> str:
@@ -473,7 +507,7 @@ def check_path(name: str, value: Any) -> str:
     except TypeError:
         raise TypeError(f"`{name}` must be a path (str or os.PathLike); got {describe(value)}") from None
     except ValueError:
-        raise ValueError(f"`{name}` must be a non-empty path; got {value!r}") from None
+        raise ValueError(f"`{name}` must be a non-empty path without NUL characters; got {value!r}") from None
     return cast(str, path)
 
 
@@ -490,8 +524,10 @@ def check_optional_path(name: str, value: Any) -> str | None:
     if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
         path = os.fspath(value)
         if isinstance(path, str):
-            if not path:
-                raise ValueError(f"`{name}` must be a non-empty path or None; got {value!r}")
+            if not path or "\x00" in path:
+                raise ValueError(
+                    f"`{name}` must be a non-empty path without NUL characters, or None; got {value!r}"
+                )
             return path
     raise TypeError(
         f"`{name}` must be a path (str or os.PathLike) or None; got {value!r} of type {type(value).__name__}"

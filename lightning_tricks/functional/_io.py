@@ -15,7 +15,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
 
     Readers never see a half-written file: the data goes to a temporary file in the
     destination folder (same file system), which is then renamed with ``os.replace``.
-    On error the temporary file is removed and ``path`` is left untouched.
+    On error the temporary file is removed and ``path`` is left untouched; a ``path``
+    that is a folder raises ``IsADirectoryError`` before anything is written.
 
     Example:
         >>> import tempfile, pathlib
@@ -25,6 +26,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
         'hi'
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the file {str(path)!r}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

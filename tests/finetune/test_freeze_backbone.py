@@ -384,7 +384,7 @@ def test_add_param_groups_during_a_warmup_from_zero():
     # lr 0 next to a head at 0 says nothing about the ratio: refused, not kept at 0 for good
     with pytest.raises(ValueError, match="pass `ratio`"):
         add_param_groups(opt, [{"params": new, "lr": 0.0}], [sched])
-    with pytest.raises(ValueError, match="`ratio` must be a positive"):
+    with pytest.raises(ValueError, match="`ratio` must be a number > 0"):
         add_param_groups(opt, [{"params": new}], [sched], ratio=0.0)
     assert add_param_groups(opt, [{"params": new}], [sched], ratio=0.25) == [1]
     lrs = []

@@ -12,18 +12,26 @@ training split with :class:`SeededShuffleSampler`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, Subset
 
-from lightning_tricks.functional._checks import check_bool, check_int
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_int,
+    check_names,
+    check_same_length,
+    describe,
+)
 
 __all__ = ["SeededShuffleSampler", "resolve_split_sizes", "split_dataset", "split_indices"]
 
 Size = int | float | None
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+_MAX_N = 2**63 - 1  # what torch.randperm takes
 
 
 def resolve_split_sizes(n: int, sizes: Sequence[Size], names: Sequence[str] | None = None) -> list[int]:
@@ -44,7 +52,8 @@ def resolve_split_sizes(n: int, sizes: Sequence[Size], names: Sequence[str] | No
     Raises:
         TypeError: an entry is not an int, float or None.
         ValueError: an entry is negative, a fraction is above 1, more than one entry is
-            None, or the sizes add up to more than ``n``.
+            None, the sizes add up to more than ``n``, or ``names`` has another length
+            than ``sizes``.
 
     Example:
         >>> resolve_split_sizes(10, [0.8, 0.1, 0.1])
@@ -52,8 +61,14 @@ def resolve_split_sizes(n: int, sizes: Sequence[Size], names: Sequence[str] | No
         >>> resolve_split_sizes(10, [None, 3, 0.25])
         [5, 3, 2]
     """
-    n = check_int("n", n, minimum=0)
-    names = list(names) if names is not None else [f"sizes[{i}]" for i in range(len(sizes))]
+    n = check_int("n", n, minimum=0, maximum=_MAX_N)
+    if not isinstance(sizes, Sequence) or isinstance(sizes, str | bytes):
+        raise TypeError(f"`sizes` must be a sequence with one size per split; got {describe(sizes)}")
+    if names is None:
+        names = [f"sizes[{i}]" for i in range(len(sizes))]
+    else:
+        names = list(check_names("names", names))
+        check_same_length(("sizes", sizes), ("names", names))
     exact: list[float | None] = []
     for name, size in zip(names, sizes):
         if size is None:
@@ -74,7 +89,8 @@ def resolve_split_sizes(n: int, sizes: Sequence[Size], names: Sequence[str] | No
     rest = [i for i, e in enumerate(exact) if e is None]
     if len(rest) > 1:
         raise ValueError(
-            f"only one split size may be None (the rest); got None for {[names[i] for i in rest]}"
+            f"only one split size may be None (the rest); got None for "
+            f"{', '.join(f'`{names[i]}`' for i in rest)}"
         )
     counts = [0 if e is None else round(e) for e in exact]
     known = sum(e for e in exact if e is not None)
@@ -114,7 +130,8 @@ def split_indices(
         n: number of samples.
         sizes: per split a fraction, a count, or ``None`` for the rest
             (see :func:`resolve_split_sizes`).
-        seed: seed of the private generator; the global RNG is neither used nor changed.
+        seed: seed of the private generator, ``0 <= seed < 2**64``; the global RNG is
+            neither used nor changed.
         labels: optional per-sample class labels (any hashable values) for stratification.
         names: argument names of ``sizes`` entries, for error messages.
 
@@ -134,7 +151,15 @@ def split_indices(
         (2, 2)
     """
     counts = resolve_split_sizes(n, sizes, names)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    if labels is not None and (
+        isinstance(labels, str | bytes | Mapping)
+        or not isinstance(labels, Sequence | torch.Tensor)
+        or (isinstance(labels, torch.Tensor) and labels.ndim == 0)
+    ):
+        raise TypeError(
+            f"`labels` must be a sequence (list, tensor) of per-sample labels or None; got {describe(labels)}"
+        )
     g = torch.Generator().manual_seed(seed)
     if labels is None:
         order = torch.randperm(n, generator=g).tolist()
@@ -201,7 +226,9 @@ def _is_array_like(labels: Any) -> bool:
     """A list/tuple/tensor/numpy array (anything sized with ``tolist``), not a string."""
     if isinstance(labels, str | bytes):
         return False
-    return isinstance(labels, Sequence | torch.Tensor) or (
+    if isinstance(labels, torch.Tensor):
+        return labels.ndim >= 1
+    return isinstance(labels, Sequence) or (
         hasattr(labels, "tolist") and hasattr(labels, "__len__") and getattr(labels, "ndim", 1) >= 1
     )
 
@@ -250,7 +277,16 @@ def _dataset_labels(dataset: Any, labels: Any) -> Any:
     if _is_array_like(labels):
         return labels.tolist() if hasattr(labels, "tolist") else labels
     if callable(labels) and not isinstance(labels, type):
-        return [labels(dataset[i]) for i in range(len(dataset))]
+        out = []
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            try:
+                out.append(labels(sample))
+            except Exception as err:  # the user's function: say which argument and sample
+                raise ValueError(
+                    f"`labels` (a function sample -> label) failed on sample {i}: {err!r}"
+                ) from err
+        return out
     raise TypeError(f"`labels` must be {_LABELS_ALLOWED}; got {labels!r:.60} of type {type(labels).__name__}")
 
 
@@ -293,6 +329,14 @@ def split_dataset(
             "`dataset` must be a map-style dataset (with __getitem__ and __len__); "
             f"got {type(dataset).__name__}"
         )
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise TypeError(
+            f"`dataset` must be a map-style dataset with a length; got {describe(dataset)}"
+        ) from None
+    resolve_split_sizes(n, sizes)  # the sizes and the seed first: before any sample is read
+    check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     labels = _check_labels(dataset, labels)
     indices = split_indices(len(dataset), sizes, seed=seed, labels=_dataset_labels(dataset, labels))
     return [Subset(dataset, idx) for idx in indices]
@@ -308,7 +352,7 @@ class SeededShuffleSampler(Sampler[int]):
 
     Args:
         n: number of samples.
-        seed: base seed.
+        seed: base seed, ``0 <= seed < 2**64``.
         shuffle: ``False`` yields ``0..n-1`` in order.
 
     Example:
@@ -321,8 +365,8 @@ class SeededShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.n = check_int("n", n, minimum=0)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.n = check_int("n", n, minimum=0, maximum=_MAX_N)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.shuffle = check_bool("shuffle", shuffle)
         self.epoch = 0
 
@@ -333,7 +377,7 @@ class SeededShuffleSampler(Sampler[int]):
     def __iter__(self):
         if not self.shuffle:
             return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:

@@ -16,14 +16,21 @@ unlike Lightning's ``BaseFinetuning.filter_on_optimizer``, which compares tensor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_module,
+    check_number,
+    check_optimizer,
+    check_str,
+    describe,
+)
 from lightning_tricks.functional._modules import ModuleSpec, name_entries, resolve_modules
 from lightning_tricks.functional.optim.param_groups import _check_schedulers, add_param_groups
 
@@ -63,7 +70,8 @@ def select_modules(
         matches in ``named_modules()`` order, every module once.
 
     Raises:
-        TypeError: ``names`` is not a name, a class or a sequence of them.
+        TypeError: ``model`` is not a module, ``names`` not a name, a class or a
+            sequence of them.
         ValueError: an entry that selects no submodule; the message lists the available
             ones and suggests near names.
 
@@ -76,6 +84,8 @@ def select_modules(
         >>> list(select_modules(net, "ReLU"))
         ['backbone.1']
     """
+    model = check_module("model", model)
+    arg = check_str("arg", arg)
     selected: dict[str, nn.Module] = {}
     for entry in name_entries(arg, names):
         for name, module in resolve_modules(model, entry, arg).items():
@@ -94,16 +104,30 @@ def _params(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
+def _check_modules(name: str, value: Any) -> list[nn.Module]:
+    """A module (one entry) or a sequence of modules, as a list."""
+    if isinstance(value, nn.Module):
+        return [value]
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise TypeError(f"`{name}` must be a module or a sequence of modules; got {describe(value)}")
+    for m in value:
+        check_module(f"{name}[...]", m)
+    return list(value)
+
+
 def batchnorm_eval(modules: Sequence[nn.Module]) -> list[nn.Module]:
     """Put every BatchNorm layer inside ``modules`` in eval mode (frozen running statistics).
 
     Call it again after ``model.train()``, which switches them back.
 
     Args:
-        modules: modules to search.
+        modules: modules to search (one module is one entry).
 
     Returns:
         The BatchNorm layers found.
+
+    Raises:
+        TypeError: ``modules`` is not a module or a sequence of modules.
 
     Example:
         >>> from torch import nn
@@ -111,6 +135,7 @@ def batchnorm_eval(modules: Sequence[nn.Module]) -> list[nn.Module]:
         >>> print([bn.training for bn in batchnorm_eval([net])])
         [False]
     """
+    modules = _check_modules("modules", modules)
     bns: list[nn.Module] = [m for module in modules for m in module.modules() if isinstance(m, _BatchNorm)]
     for bn in bns:
         bn.eval()
@@ -137,6 +162,7 @@ def freeze_modules(
         The parameters that were trainable and are now frozen.
 
     Raises:
+        TypeError: ``model`` is not a module, or ``names`` not names.
         ValueError: an unknown name.
 
     Example:
@@ -190,8 +216,7 @@ def set_train_mode(model: nn.Module, mode: bool = True) -> nn.Module:
         >>> net.backbone[1].training, net.head[1].training
         (False, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}")
+    model = check_module("model", model)
     mode = check_bool("mode", mode)
     model.train(mode)
     if mode:
@@ -214,6 +239,7 @@ def unfreeze_modules(model: nn.Module, names: ModuleSpec = "backbone") -> list[n
         :func:`unfreeze_into_optimizer`, which does both).
 
     Raises:
+        TypeError: ``model`` is not a module, or ``names`` not names.
         ValueError: an unknown name.
 
     Example:
@@ -283,11 +309,15 @@ def unfreeze_units(
     if names is not None:
         if not isinstance(modules, nn.Module):
             raise TypeError(
-                f"`modules` must be the root module when `names` is given; got {type(modules).__name__}"
+                f"`modules` must be the root module when `names` is given; got {describe(modules)}"
             )
         modules = list(select_modules(modules, names).values())
-    if isinstance(modules, nn.Module) or not isinstance(modules, Sequence):
-        raise TypeError(f"`modules` must be a sequence of modules; got {type(modules).__name__}")
+    if (
+        isinstance(modules, nn.Module)
+        or not isinstance(modules, Sequence)
+        or isinstance(modules, str | bytes)
+    ):
+        raise TypeError(f"`modules` must be a sequence of modules; got {describe(modules)}")
     if not all(isinstance(m, nn.Module) for m in modules):
         raise TypeError(f"`modules` must be a sequence of modules; got {[type(m).__name__ for m in modules]}")
     raw: list[tuple[list[nn.Module], list[nn.Parameter]]] = []  # (blocks, own parameters)
@@ -408,9 +438,12 @@ def unfreeze_into_optimizer(
         The parameters that were frozen and are now trainable.
 
     Raises:
-        TypeError: a scheduler whose per-group state cannot be extended.
+        TypeError: ``model`` is not a module, ``optimizer`` not an optimizer, ``split`` not
+            a function (or its groups not valid groups), or a scheduler whose per-group
+            state cannot be extended.
         ValueError: a name that selects no submodule; ``lr``/``lr_factor`` not positive;
-            ``lr`` while the template's learning rate is 0 and has no schedule.
+            ``lr`` while the template's learning rate is 0 and has no schedule. On any
+            error the model and the optimizer are left as they were.
 
     Example:
         >>> import torch
@@ -427,34 +460,58 @@ def unfreeze_into_optimizer(
         >>> print([round(g["lr"], 6) for g in opt.param_groups])
         [0.0005, 5e-05]
     """
+    model = check_module("model", model)
     if lr is not None:
         lr = check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
     lr_factor = check_number("lr_factor", lr_factor, minimum=0.0, exclusive_minimum=True)
-    if optimizer is not None and not isinstance(optimizer, Optimizer):
-        raise TypeError(f"`optimizer` must be a torch Optimizer or None; got {type(optimizer).__name__}")
+    if optimizer is not None:
+        optimizer = check_optimizer("optimizer", optimizer)
+    if split is not None and (not callable(split) or isinstance(split, nn.Module)):
+        raise TypeError(f"`split` must be a function group -> list of groups, or None; got {describe(split)}")
     mods = _as_modules(model, modules)
-    like, ratio, schedulers = 0, lr_factor, list(schedulers)
+    like, ratio = 0, lr_factor
     if optimizer is not None:  # everything is checked before anything changes
         schedulers = _check_schedulers(optimizer, schedulers)
         decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
         like = decays.index(max(decays))
         ratio = _lr_ratio(optimizer.param_groups[like], lr, lr_factor)
+    # What may still fail (the user's `split`, the new groups) runs after the unfreezing it
+    # needs: on failure, the model and the optimizer are put back as they were.
+    bn_modes = [(m, m.training, getattr(m, _FROZEN_BN, None)) for mod in mods for m in mod.modules()]
+    groups_before = [] if optimizer is None else [(g, list(g["params"])) for g in optimizer.param_groups]
+    n_groups = 0 if optimizer is None else len(optimizer.param_groups)
     thawed = _unfreeze(mods, model.training)
     if optimizer is None or not thawed:
         return thawed
-    ids = {id(p) for p in thawed}
-    for group in optimizer.param_groups:  # matched by identity, never by value
-        if any(id(p) in ids for p in group["params"]):
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-    template = optimizer.param_groups[like]
-    group = {k: v for k, v in template.items() if k != "params"}
-    group.update(params=thawed, lr=ratio * template["lr"])
-    parts = split(group) if split is not None else [group]
-    # parts that keep the group's lr follow the template at ``ratio`` (which ``lr`` alone
-    # cannot say when the template is at 0); a part with an lr of its own keeps it
-    parts = [
-        {k: v for k, v in p.items() if k != "lr"} if isinstance(p, dict) and p.get("lr") is group["lr"] else p
-        for p in parts
-    ]
-    add_param_groups(optimizer, parts, schedulers, like=like, ratio=ratio)
+    try:
+        ids = {id(p) for p in thawed}
+        for group in optimizer.param_groups:  # matched by identity, never by value
+            if any(id(p) in ids for p in group["params"]):
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+        template = optimizer.param_groups[like]
+        group = {k: v for k, v in template.items() if k != "params"}
+        group.update(params=thawed, lr=ratio * template["lr"])
+        parts = split(group) if split is not None else [group]
+        if not isinstance(parts, Sequence) or isinstance(parts, str | bytes | Mapping):
+            raise TypeError(f"`split` must return a list of group dicts; got {describe(parts)}")
+        # parts that keep the group's lr follow the template at ``ratio`` (which ``lr`` alone
+        # cannot say when the template is at 0); a part with an lr of its own keeps it
+        parts = [
+            {k: v for k, v in p.items() if k != "lr"}
+            if isinstance(p, dict) and p.get("lr") is group["lr"]
+            else p
+            for p in parts
+        ]
+        add_param_groups(optimizer, parts, schedulers, like=like, ratio=ratio)
+    except BaseException:
+        del optimizer.param_groups[n_groups:]
+        for g, params in groups_before:
+            g["params"] = params
+        for p in thawed:
+            p.requires_grad_(False)
+        for m, training, flag in bn_modes:
+            m.train(training)
+            if flag is not None:
+                setattr(m, _FROZEN_BN, flag)
+        raise
     return thawed

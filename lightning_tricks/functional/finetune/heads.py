@@ -13,17 +13,11 @@ from typing import Any
 
 from torch import nn
 
-from lightning_tricks.functional._checks import check_int
+from lightning_tricks.functional._checks import check_int, check_module
 from lightning_tricks.functional._modules import resolve_modules
 from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
 __all__ = ["find_head", "replace_head", "strip_head"]
-
-
-def _check_module(name: str, value: object) -> nn.Module:
-    if not isinstance(value, nn.Module):
-        raise TypeError(f"`{name}` must be a torch.nn.Module; got {type(value).__name__}")
-    return value
 
 
 def _children_names(module: nn.Module) -> str:
@@ -125,7 +119,7 @@ def find_head(model: nn.Module, attr: str | type[nn.Module] | None = None) -> st
         >>> find_head(net, attr="Dropout")  # a class name selecting one module
         '2.0'
     """
-    _check_module("model", model)
+    check_module("model", model)
     if attr is not None:
         name, target = _resolve(model, attr)
         if isinstance(target, nn.Linear) or not list(target.children()):
@@ -249,8 +243,8 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | type[nn.Module]
         >>> old.out_features, net(torch.zeros(2, 4)).shape
         (3, torch.Size([2, 10]))
     """
-    _check_module("model", model)
-    num_outputs = check_int("num_outputs", num_outputs, minimum=1)
+    check_module("model", model)
+    num_outputs = check_int("num_outputs", num_outputs, minimum=1, maximum=2**31 - 1)
     name = find_head(model, attr)
     old = model.get_submodule(name)
     old_count = _out_count(old)
@@ -320,7 +314,7 @@ def strip_head(model: nn.Module, attr: str | type[nn.Module] | None = None) -> n
         >>> net(torch.zeros(2, 4)).shape
         torch.Size([2, 8])
     """
-    _check_module("model", model)
+    check_module("model", model)
     name = find_head(model, attr)
     old = _swap(model, name, nn.Identity())
     out = _out_count(old)

@@ -37,6 +37,7 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
+from lightning_tricks.functional._checks import check_bool, check_device, check_path
 from lightning_tricks.functional._io import atomic_write
 
 __all__ = [
@@ -67,8 +68,10 @@ class UnsafeCheckpointError(ValueError):
     """
 
 
-def _fs(path: _PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, p = fsspec.core.url_to_fs(str(path))
+def _fs(path: _PathLike, name: str = "path") -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system and its path for ``path`` (checked: a str or ``os.PathLike``, named
+    ``name`` in errors)."""
+    fs, p = fsspec.core.url_to_fs(check_path(name, path))
     return fs, p
 
 
@@ -223,7 +226,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: _PathLike) -> None:
         path: destination path or ``fsspec`` URL; parent folders are created.
 
     Raises:
-        TypeError: a value cannot be stored without pickle; the message names its key path.
+        TypeError: ``path`` is not a path, or a value cannot be stored without pickle; the
+            message names its key path.
 
     Example:
         >>> import tempfile, torch
@@ -234,8 +238,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: _PathLike) -> None:
         >>> ckpt["epoch"], ckpt["betas"], state["w"].tolist()
         (3, (0.9, 0.99), [1.0, 1.0])
     """
-    tensors, meta = encode_checkpoint(checkpoint)
     fs, p = _fs(path)
+    tensors, meta = encode_checkpoint(checkpoint)
     if isinstance(fs, LocalFileSystem):
         atomic_write(p, lambda tmp: st_save_file(tensors, tmp, metadata=meta))
     else:
@@ -253,6 +257,11 @@ def _read_head(fs: fsspec.AbstractFileSystem, p: str) -> bytes:
 def is_safe_checkpoint(path: _PathLike) -> bool:
     """Whether ``path`` is a file written by :func:`save_checkpoint` (reads only its header).
 
+    Raises:
+        TypeError: ``path`` is not a path (``str`` or ``os.PathLike``).
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder.
+
     Example:
         >>> import tempfile, torch
         >>> d = tempfile.mkdtemp()
@@ -261,6 +270,9 @@ def is_safe_checkpoint(path: _PathLike) -> bool:
         (True, False)
     """
     fs, p = _fs(path)
+    if not fs.isfile(p):
+        what = "is a folder, not a file" if fs.isdir(p) else "does not exist"
+        raise (IsADirectoryError if fs.isdir(p) else FileNotFoundError)(f"`path` {str(path)!r} {what}")
     head = _read_head(fs, p)
     if len(head) < 9 or head[8:9] != b"{":
         return False
@@ -303,7 +315,9 @@ def load_checkpoint(
         FileNotFoundError: ``path`` does not exist.
         UnsafeCheckpointError: ``path`` is not a safe checkpoint (e.g. a pickled ``.ckpt``) and
             ``allow_pickle`` is False.
-        TypeError: ``map_location`` is not a device or device string.
+        TypeError: ``path`` is not a path (``str`` or ``os.PathLike``), ``map_location`` not a
+            device or device string, or ``allow_pickle`` not a bool.
+        ValueError: ``map_location`` names no device.
 
     Example:
         >>> import tempfile, torch
@@ -315,12 +329,13 @@ def load_checkpoint(
         ...     print("refused:", "pickled torch.save checkpoint" in str(err))
         refused: True
     """
+    fs, p = _fs(path)
     if map_location is not None and not isinstance(map_location, str | torch.device):
         raise TypeError(
             f"`map_location` must be None, a device or a device string for a safe checkpoint, got {map_location!r}"
         )
-    device = str(map_location) if map_location is not None else "cpu"
-    fs, p = _fs(path)
+    device = str(check_device("map_location", map_location)) if map_location is not None else "cpu"
+    check_bool("allow_pickle", allow_pickle)
     if not fs.exists(p):
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     if not is_safe_checkpoint(path):
@@ -366,7 +381,10 @@ def convert_checkpoint(src: _PathLike, dst: _PathLike) -> dict[str, Any]:
         The checkpoint dict that was written.
 
     Raises:
-        TypeError: a value in ``src`` cannot be stored without pickle (the message names its key path).
+        TypeError: ``src``/``dst`` is not a path, or a value in ``src`` cannot be stored
+            without pickle (the message names its key path).
+        FileNotFoundError: ``src`` does not exist.
+        ValueError: ``src`` is not a readable checkpoint.
 
     Example:
         >>> import tempfile, torch
@@ -376,14 +394,20 @@ def convert_checkpoint(src: _PathLike, dst: _PathLike) -> dict[str, Any]:
         >>> load_checkpoint(d + "/new.ckpt")["epoch"]
         2
     """
-    fs, p = _fs(src)
+    fs, p = _fs(src, "src")
+    _fs(dst, "dst")
     if not fs.exists(p):
         raise FileNotFoundError(f"`src` {str(src)!r} does not exist")
+    if not fs.isfile(p):
+        raise IsADirectoryError(f"`src` {str(src)!r} is a folder, not a checkpoint file")
     if is_safe_checkpoint(src):
         checkpoint = load_checkpoint(src)
     else:
-        with fs.open(p, "rb") as f:
-            checkpoint = torch.load(f, map_location="cpu", weights_only=False)
+        try:
+            with fs.open(p, "rb") as f:
+                checkpoint = torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as err:  # whatever the unpickler raises on a file that is no checkpoint
+            raise ValueError(f"`src` {str(src)!r} cannot be read as a checkpoint: {err!r:.200}") from None
     if not isinstance(checkpoint, dict):
         raise TypeError(f"`src` {str(src)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     save_checkpoint(checkpoint, dst)

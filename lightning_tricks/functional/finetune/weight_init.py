@@ -29,7 +29,13 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_choice, check_number, check_str_sequence
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_choice,
+    check_module,
+    check_number,
+    check_str_sequence,
+)
 from lightning_tricks.functional._modules import ModuleSpec, resolve_modules, resolve_parameters
 from lightning_tricks.functional.finetune.weights_io import PRETRAINED_ATTR
 
@@ -391,32 +397,44 @@ class _Writer:
         return self.report
 
 
-def _zero_init_last_bn(selected: dict[str, nn.Module], writer: _Writer) -> None:
-    """Step 5: the last BatchNorm weight of every selected residual block to 0."""
-    done = 0
+def _zero_init_last_bn_plan(selected: dict[str, nn.Module]) -> list[tuple[str, nn.Module, _Step | None]]:
+    """Step 5, planned before anything is written: per selected residual block, either its
+    ``zero_init_last()`` (no step) or the step that zeroes its last BatchNorm weight.
+
+    Raises:
+        ValueError: no residual block with a BatchNorm among the selected modules.
+    """
+    plan: list[tuple[str, nn.Module, _Step | None]] = []
     for name, block in _residual_blocks(selected):
         if callable(getattr(block, "zero_init_last", None)):
-            writer.call_zero_init_last(name, block)
-            done += 1
+            plan.append((name, block, None))
             continue
         last = _last_batchnorm(block)
         if last is not None:
             sub_name, weight = last
-            writer.write(
-                _Step(
-                    _prefix(name) + f"{sub_name}.weight",
-                    weight,
-                    "zeros (last BatchNorm of block)",
-                    nn.init.zeros_,
-                )
+            step = _Step(
+                _prefix(name) + f"{sub_name}.weight",
+                weight,
+                "zeros (last BatchNorm of block)",
+                nn.init.zeros_,
             )
-            done += 1
-    if not done:
+            plan.append((name, block, step))
+    if not plan:
         raise ValueError(
             "`zero_init_last_bn=True` but the selected modules contain no residual block with a "
             "BatchNorm (a module with a zero_init_last() method, or whose class name ends in "
             "'Block' or 'Bottleneck')"
         )
+    return plan
+
+
+def _zero_init_last_bn(plan: list[tuple[str, nn.Module, _Step | None]], writer: _Writer) -> None:
+    """Step 5: the last BatchNorm weight of every selected residual block to 0."""
+    for name, block, step in plan:
+        if step is None:
+            writer.call_zero_init_last(name, block)
+        else:
+            writer.write(step)
 
 
 def _skipped(module: nn.Module, skip: ModuleSpec, skip_pretrained: bool) -> set[str]:
@@ -511,8 +529,7 @@ def init_weights(
         >>> sorted(init_weights(net, "normal", include="Linear", exclude="0").initialized)
         ['2.bias', '2.weight']
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"`module` must be a torch.nn.Module; got {type(module).__name__}")
+    module = check_module("module", module)
     drawn = InitScheme(scheme, mode, nonlinearity, negative_slope, gain, std, bound)
     for name, flag in (
         ("init_norm", init_norm),
@@ -528,13 +545,15 @@ def init_weights(
         skip=_skipped(module, skip, skip_pretrained),
         include_frozen=check_bool("include_frozen", include_frozen),
     )
+    # everything that can refuse is checked before the first tensor is written
+    zero_plan = _zero_init_last_bn_plan(selected) if zero_init_last_bn else []
     for step in _layer_steps(selected, layer_types, drawn, zero_bias, generator):
         writer.write(step)
     if init_norm:
         for step in _norm_steps(selected, layer_types):
             writer.write(step)
     if zero_init_last_bn:
-        _zero_init_last_bn(selected, writer)
+        _zero_init_last_bn(zero_plan, writer)
     return writer.finish(module)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool
+from lightning_tricks.functional._checks import check_bool, check_module, check_path, describe
 from lightning_tricks.functional._io import atomic_write
 from lightning_tricks.functional.finetune import _weights_format as fmt
 
@@ -75,9 +75,19 @@ class LoadReport:
 
 
 def _check_path(path: Any) -> Path:
-    if not isinstance(path, str | os.PathLike) or not str(path):
-        raise TypeError(f"`path` must be a non-empty str or os.PathLike; got {path!r}")
-    return Path(path)
+    return Path(check_path("path", path))
+
+
+def _check_safe_globals(value: Any) -> list[Any]:
+    """Trusted classes/functions (or ``(object, "qualified.name")`` pairs) for weights-only loading."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"`safe_globals` must be a sequence of classes or functions; got {describe(value)}")
+    items = list(value)
+    for item in items:
+        pair = isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str)
+        if not (pair or isinstance(item, type) or (callable(item) and hasattr(item, "__qualname__"))):
+            raise TypeError(f"`safe_globals` must hold classes or functions; got {describe(item)}")
+    return items
 
 
 def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
@@ -95,7 +105,7 @@ def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
 
 def _unwrap(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(ckpt, Mapping):
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):  # {} too: a parameter-less model
             return dict(ckpt)
         for key in ("state_dict", "model", "model_state_dict", "module"):
             inner = ckpt.get(key)
@@ -152,6 +162,7 @@ def read_checkpoint(
     (``epoch``, ``global_step`` of a Lightning checkpoint; empty for a bare state dict
     or a ``.safetensors`` file)."""
     path = _check_path(path)
+    safe_globals = _check_safe_globals(safe_globals)
     if not path.is_file():
         raise FileNotFoundError(f"`path` {str(path)!r} is not a file")
     kind = fmt.sniff(path)
@@ -171,7 +182,7 @@ def read_checkpoint(
     if kind not in ("zip", "torch_legacy"):
         raise fmt.unreadable(path, kind)
     try:
-        with torch.serialization.safe_globals(list(safe_globals)):
+        with torch.serialization.safe_globals(safe_globals):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         name = fmt.unsupported_global(str(err))
@@ -378,8 +389,7 @@ def load_weights(
         >>> report.loaded, report.mismatched
         (['0.bias', '0.weight'], {'1.weight': ((3, 8), (10, 8)), '1.bias': ((3,), (10,))})
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    model = check_module("model", model)
     check_bool("strict", strict)
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"`prefix` must be a string or None; got {prefix!r}")

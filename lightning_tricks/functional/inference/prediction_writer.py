@@ -121,7 +121,7 @@ def save_rank_predictions(path: PathLike, batches: Sequence[tuple[torch.Tensor, 
         >>> load_predictions(p)["indices"]
         tensor([3, 1])
     """
-    path = _file_path("path", path)
+    path = check_path("path", path)
     if not isinstance(batches, Sequence) or isinstance(batches, str | bytes):
         raise TypeError(
             f"`batches` must be a sequence of (indices, prediction) pairs; got {describe(batches)}"
@@ -204,9 +204,9 @@ def merge_rank_predictions(
         rank_paths = [rank_paths]
     if not isinstance(rank_paths, Sequence) or isinstance(rank_paths, bytes):
         raise TypeError(f"`rank_paths` must be a path or a sequence of paths; got {describe(rank_paths)}")
-    names = [_file_path(f"rank_paths[{i}]", p) for i, p in enumerate(rank_paths)]
+    names = [check_path(f"rank_paths[{i}]", p) for i, p in enumerate(rank_paths)]
     paths = [Path(p) for p in names]
-    merged = Path(_file_path("merged_path", merged_path))
+    merged = Path(check_path("merged_path", merged_path))
     check_bool("keep_rank_files", keep_rank_files)
     if any(p.resolve() == merged.resolve() for p in paths):
         raise ValueError(
@@ -252,7 +252,7 @@ def load_predictions(path: PathLike) -> dict[str, Any]:
         >>> load_predictions(p)["indices"]
         tensor([0, 1])
     """
-    return _load_payload(_file_path("path", path), "path")
+    return _load_payload(check_path("path", path), "path")
 
 
 def _load_payload(name: str, arg: str, missing: type[Exception] = FileNotFoundError) -> dict[str, Any]:
@@ -282,14 +282,6 @@ def _load_payload(name: str, arg: str, missing: type[Exception] = FileNotFoundEr
     except (TypeError, ValueError) as err:
         raise ValueError(f"`{arg}` {str(path)!r} is not a predictions file: {err}") from None
     return payload
-
-
-def _file_path(arg: str, value: Any) -> str:
-    """``check_path`` that also refuses a NUL character (no file system takes one)."""
-    path = check_path(arg, value)
-    if "\x00" in path:
-        raise ValueError(f"`{arg}` must be a path without NUL characters; got {value!r}")
-    return path
 
 
 def _check_indices(arg: str, indices: Any) -> None:

@@ -14,15 +14,21 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from lightning_tricks.functional._checks import check_module
+
 __all__ = ["batch_to_channels_last", "model_to_channels_last"]
 
 
 def model_to_channels_last(model: nn.Module) -> int:
-    """Convert the 4-D parameters and buffers of ``model`` to channels-last, in place.
+    """Convert the 4-D parameters (with their gradients) and buffers of ``model`` to
+    channels-last, in place; other tensors (a ``Conv3d``'s 5-D weight, biases) are left
+    as they are.
 
     Channels-last lets convolution kernels (cuDNN with Tensor Cores, oneDNN on CPU) avoid
     layout transposes. Parameters keep their identity, so optimizers built before or
-    after see the same tensors.
+    after see the same tensors. Unlike ``model.to(memory_format=torch.channels_last)``,
+    which fails half-way on a model with 5-D tensors, this cannot fail once ``model`` is
+    a module.
 
     Args:
         model: the model to convert.
@@ -41,10 +47,17 @@ def model_to_channels_last(model: nn.Module) -> int:
         >>> conv.weight.is_contiguous(memory_format=torch.channels_last)
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    # nn.Module.to takes `memory_format`; torch's type stubs do not list it
-    cast(Any, model).to(memory_format=torch.channels_last)
+    model = check_module("model", model)
+    with torch.no_grad():
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+                    if p.grad is not None and p.grad.dim() == 4:
+                        p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+            for name, b in module.named_buffers(recurse=False):
+                if b.dim() == 4:
+                    setattr(module, name, b.contiguous(memory_format=torch.channels_last))
     return sum(1 for p in model.parameters() if p.dim() == 4)
 
 

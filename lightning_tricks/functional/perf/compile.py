@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lightning_tricks._compat import dynamo_backends
-from lightning_tricks.functional._checks import check_bool, check_choice, check_str
+from lightning_tricks.functional._checks import check_bool, check_choice, check_module, check_str
 from lightning_tricks.functional.perf._targets import (
     ForwardWrapper,
     TargetSpec,
@@ -116,8 +116,7 @@ def compile_modules(
         >>> uncompile_modules(net)
         ['0', '2']
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    model = check_module("model", model)
     check_choice("mode", mode, COMPILE_MODES)
     check_bool("fullgraph", fullgraph)
     if dynamic is not None:
@@ -160,6 +159,9 @@ def uncompile_modules(model: nn.Module) -> list[str]:
     Returns:
         The qualified names of the modules restored.
 
+    Raises:
+        TypeError: ``model`` is not a module.
+
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 4))
@@ -168,4 +170,4 @@ def uncompile_modules(model: nn.Module) -> list[str]:
         >>> uncompile_modules(net)
         ['']
     """
-    return unwrap(model, CompiledForward)
+    return unwrap(check_module("model", model), CompiledForward)

@@ -54,7 +54,7 @@ class DataStallTimer:
     """
 
     def __init__(self, window: int = 20) -> None:
-        self.window = check_int("window", window, minimum=1)
+        self.window = check_int("window", window, minimum=1, maximum=2**31 - 1)
         self.reset()
 
     def reset(self) -> None:

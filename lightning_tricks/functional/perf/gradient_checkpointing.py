@@ -42,7 +42,7 @@ from torch.utils.checkpoint import (
     noop_context_fn,
 )
 
-from lightning_tricks.functional._checks import check_bool, check_choice
+from lightning_tricks.functional._checks import check_bool, check_choice, check_module
 from lightning_tricks.functional.perf._checkpoint_side_effects import (
     Both,
     FrozenRunningStats,
@@ -252,8 +252,7 @@ def apply_gradient_checkpointing(
         >>> remove_gradient_checkpointing(net)
         ['0', '2']
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    model = check_module("model", model)
     check_choice("mode", mode, MODES)
     if preserve_rng_state is not None:
         check_bool("preserve_rng_state", preserve_rng_state)
@@ -283,6 +282,9 @@ def remove_gradient_checkpointing(model: nn.Module) -> list[str]:
     Returns:
         The qualified names of the submodules restored.
 
+    Raises:
+        TypeError: ``model`` is not a module.
+
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 4))
@@ -292,4 +294,4 @@ def remove_gradient_checkpointing(model: nn.Module) -> list[str]:
         >>> "forward" in net[0].__dict__
         False
     """
-    return unwrap(model, CheckpointedForward)
+    return unwrap(check_module("model", model), CheckpointedForward)

@@ -28,7 +28,14 @@ from lightning_tricks._compat import (
     memory_viz_html,
     record_cuda_memory_history,
 )
-from lightning_tricks.functional._checks import check_bool, check_choice, check_int, check_optional_int
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_int,
+    check_path,
+    describe,
+)
 from lightning_tricks.functional._io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -83,6 +90,7 @@ class MemoryWindow:
 
     def window_of(self, step: int) -> int | None:
         """First step of the window that contains ``step``, or ``None``."""
+        step = check_int("step", step)
         if step < self.start_step:
             return None
         offset = step - self.start_step
@@ -150,13 +158,22 @@ def dump_memory_snapshot(path: str | Path, html: bool = True) -> list[Path]:
     Returns:
         The files written.
 
+    Raises:
+        TypeError: ``path`` is not a path (``str`` or ``os.PathLike``) or ``html`` not a bool.
+        RuntimeError: without CUDA.
+
     Example:
         >>> import tempfile
         >>> if torch.cuda.is_available():
         ...     files = dump_memory_snapshot(tempfile.mkdtemp() + "/snap.pickle")
     """
+    path = Path(check_path("path", path))
     check_bool("html", html)
-    path = Path(path)
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "dump_memory_snapshot needs CUDA (it dumps the CUDA caching allocator); on CPU record "
+            "with start_cpu_memory_profile() and write with dump_cpu_memory_profile()"
+        )
     snapshot = cuda_memory_snapshot()
     files = [atomic_write_bytes(path, pickle.dumps(snapshot))]
     if html:
@@ -196,6 +213,10 @@ def dump_cpu_memory_profile(
         The files written (the pickle and HTML are skipped, with a warning, if this
         PyTorch cannot convert the profile).
 
+    Raises:
+        TypeError: ``prof`` is not a profiler, ``path`` not a path, or a bad argument type.
+        ValueError: ``row_limit`` < 1, or ``path`` without a file name.
+
     Example:
         >>> import tempfile
         >>> prof = start_cpu_memory_profile()
@@ -204,9 +225,13 @@ def dump_cpu_memory_profile(
         >>> " ".join(p.suffix for p in dump_cpu_memory_profile(prof, tempfile.mkdtemp() + "/mem"))
         '.txt .pickle .html'
     """
+    if not isinstance(prof, profile):
+        raise TypeError(f"`prof` must be a profiler from start_cpu_memory_profile(); got {describe(prof)}")
+    path = Path(check_path("path", path))
+    if not path.name:
+        raise ValueError(f"`path` must end in a file name (the suffixes are added); got {str(path)!r}")
     check_bool("html", html)
     check_int("row_limit", row_limit, minimum=1)
-    path = Path(path)
     try:
         averages = prof.key_averages()
     except UnicodeDecodeError:  # frames torch recorded but cannot decode: keep everything else

@@ -33,7 +33,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_tricks.functional._checks import check_bool, check_on_error, check_str_sequence, report_problem
+from lightning_tricks.functional._checks import (
+    check_bool,
+    check_device,
+    check_on_error,
+    check_str,
+    check_str_sequence,
+    report_problem,
+)
 
 __all__ = ["SyncDetectedError", "SyncReport", "detect_syncs"]
 
@@ -122,7 +129,15 @@ class SyncReport:
         return [dict(vars(f)) for f in items]
 
     def add(self, kind: str, what: str, site: str, function: str = "", code: str = "") -> _Finding:
-        """Count one finding at ``site`` (``"file:line"``)."""
+        """Count one finding at ``site`` (``"file:line"``).
+
+        Raises:
+            TypeError: an argument is not a string (``function`` and ``code`` may be empty).
+        """
+        for arg, value in (("kind", kind), ("what", what), ("site", site)):
+            check_str(arg, value)
+        check_str("function", function, allow_empty=True)
+        check_str("code", code, allow_empty=True)
         finding = self._by_key.setdefault((site, what), _Finding(kind, what, site, function, code))
         finding.count += 1
         return finding
@@ -134,6 +149,7 @@ class SyncReport:
 
     def format(self, title: str = "Host-device synchronisations found") -> str:
         """A human-readable report, one call site per entry; empty string if nothing was found."""
+        check_str("title", title, allow_empty=True)
         if not self._by_key:
             return ""
         lines = [f"{title} ({self.total} in {self.blocks} inspected block(s)):"]
@@ -349,7 +365,7 @@ def detect_syncs(
     report = SyncReport() if report is None else report
     if not isinstance(report, SyncReport):
         raise TypeError(f"`report` must be a SyncReport or None; got {type(report).__name__}")
-    dev = torch.device(device) if device is not None else None
+    dev = check_device("device", device) if device is not None else None
     state = _State(report, dev, action, ignore)
     report.blocks += 1
     use_cuda = cuda_sync_debug and dev is not None and dev.type == "cuda" and torch.cuda.is_available()

@@ -13,9 +13,12 @@ object is pickled.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from lightning_tricks.functional._checks import check_bool
 
 __all__ = ["capture_rng_state", "gather_rng_states", "restore_rng_state"]
 
@@ -47,6 +50,7 @@ def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
         >>> torch.equal(torch.rand(3), a)
         True
     """
+    cuda = check_bool("cuda", cuda)
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -80,7 +84,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         state: a state from :func:`capture_rng_state`.
 
     Raises:
-        TypeError: ``state`` is not such a state.
+        TypeError: ``state`` is not a dict with a ``"torch"`` tensor.
+        ValueError: a part of ``state`` is damaged; every part is checked before any
+            generator is set, so nothing changes.
 
     Example:
         >>> import random
@@ -90,33 +96,48 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         >>> random.random() == a
         True
     """
-    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor):
+    if not isinstance(state, Mapping) or not isinstance(state.get("torch"), torch.Tensor):
         raise TypeError(
             f"`state` must be a dict from capture_rng_state() with keys {list(_KEYS)}; "
             f"got {type(state).__name__}"
-            + (f" with keys {sorted(map(str, state))}" if isinstance(state, dict) else "")
+            + (f" with keys {sorted(map(str, state))}" if isinstance(state, Mapping) else "")
         )
-    torch.set_rng_state(state["torch"].cpu())
-    cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available():
-        for index, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), index)
-    py = state.get("python")
-    if py is not None:
-        internal = tuple(int(v) for v in py["state"].tolist())
-        random.setstate((int(py["version"]), internal, py["gauss_next"]))
-    np_state = state.get("numpy")
-    if np_state is not None and _np is not None:
-        keys = np_state["keys"].numpy().astype(_np.uint32)
-        _np.random.set_state(
-            (
+    # Check every part on scratch generators first, so that a bad state changes nothing.
+    try:
+        torch_state = state["torch"].detach().cpu()
+        torch.Generator().set_state(torch_state)
+        cuda_states = [t.detach().cpu() for t in (state.get("cuda") or [])]
+        for cuda_state in cuda_states:
+            if not isinstance(cuda_state, torch.Tensor) or cuda_state.dtype != torch.uint8:
+                raise TypeError("a CUDA generator state must be a uint8 tensor")
+        py = state.get("python")
+        py_state = None
+        if py is not None:
+            internal = tuple(int(v) for v in py["state"].tolist())
+            py_state = (int(py["version"]), internal, py["gauss_next"])
+            random.Random().setstate(py_state)
+        np_state = state.get("numpy")
+        np_tuple = None
+        if np_state is not None and _np is not None:
+            keys = np_state["keys"].numpy().astype(_np.uint32)
+            np_tuple = (
                 np_state["kind"],
                 keys,
                 int(np_state["pos"]),
                 int(np_state["has_gauss"]),
                 float(np_state["cached_gaussian"]),
             )
-        )
+            _np.random.RandomState().set_state(np_tuple)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, IndexError) as err:
+        raise ValueError(f"`state` is not a state from capture_rng_state(): {err!r}") from None
+    torch.set_rng_state(torch_state)
+    if cuda_states and torch.cuda.is_available():
+        for index, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    if py_state is not None:
+        random.setstate(py_state)
+    if np_tuple is not None:
+        _np.random.set_state(np_tuple)
 
 
 def gather_rng_states(cuda: bool = True) -> list[dict[str, Any]]:
@@ -136,7 +157,7 @@ def gather_rng_states(cuda: bool = True) -> list[dict[str, Any]]:
         >>> len(states)
         1
     """
-    state = capture_rng_state(cuda=cuda)
+    state = capture_rng_state(cuda=check_bool("cuda", cuda))
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [state]

@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_tricks.functional._checks import check_bool, check_number
+from lightning_tricks.functional._checks import check_bool, check_number, check_path, describe
 from lightning_tricks.functional._io import atomic_write_text
 
 __all__ = [
@@ -50,6 +51,7 @@ _MASK32 = 2**32 - 1
 FORMAT = "lightning-tricks/checksums"
 VERSION = 2  # version 1 hashed residues mod 2**31 - 1 (structured collisions); not comparable
 _cache: dict[tuple[str, int | None, str], torch.Tensor] = {}
+_CHECKSUM_KEYS = frozenset({"hash", "sum", "norm", "shape", "dtype"})
 
 
 def _mix(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -245,6 +247,38 @@ def _compare(name: str, run: Mapping[str, Any], ref: Mapping[str, Any], rtol: fl
     return ""
 
 
+def _check_records(name: str, records: Any) -> dict[int, dict[str, Mapping[str, Any]]]:
+    """``records`` as epoch -> name -> checksum (from :func:`tensor_checksums`), checked
+    through; a ``TypeError``/``ValueError`` naming ``name`` and the faulty entry otherwise."""
+    if not isinstance(records, Mapping):
+        raise TypeError(f"`{name}` must be a mapping epoch -> name -> checksum; got {describe(records)}")
+    out: dict[int, dict[str, Mapping[str, Any]]] = {}
+    for epoch, sums in records.items():
+        if isinstance(epoch, bool) or not isinstance(epoch, Integral):
+            raise TypeError(f"`{name}` must have int epochs as keys; got {describe(epoch)}")
+        if not isinstance(sums, Mapping):
+            raise TypeError(f"`{name}[{epoch}]` must be a mapping name -> checksum; got {describe(sums)}")
+        for key, checksum in sums.items():
+            where = f"`{name}[{epoch}][{key!r}]`"
+            if not isinstance(key, str):
+                raise TypeError(f"`{name}[{epoch}]` must have str names as keys; got {describe(key)}")
+            if not isinstance(checksum, Mapping) or not set(checksum) >= _CHECKSUM_KEYS:
+                raise TypeError(
+                    f"{where} must be a checksum from tensor_checksums() with keys "
+                    f"{sorted(_CHECKSUM_KEYS)}; got {describe(checksum)}"
+                )
+            if not all(isinstance(checksum[k], str) for k in ("hash", "dtype")) or not all(
+                isinstance(checksum[k], Real) and not isinstance(checksum[k], bool) for k in ("sum", "norm")
+            ):
+                raise TypeError(
+                    f"{where} must hold str 'hash'/'dtype' and number 'sum'/'norm'; got {checksum!r:.120}"
+                )
+            if not isinstance(checksum["shape"], Sequence) or isinstance(checksum["shape"], str):
+                raise TypeError(f"{where}['shape'] must be a list of ints; got {describe(checksum['shape'])}")
+        out[int(epoch)] = dict(sums)
+    return out
+
+
 def first_divergence(
     run: Mapping[int, Mapping[str, Mapping[str, Any]]],
     reference: Mapping[int, Mapping[str, Mapping[str, Any]]],
@@ -269,6 +303,7 @@ def first_divergence(
         The first :class:`Divergence`, or ``None`` if the common epochs agree.
 
     Raises:
+        TypeError: ``run`` or ``reference`` is not epoch -> name -> checksum.
         ValueError: a tolerance is negative or not finite.
 
     Example:
@@ -280,6 +315,8 @@ def first_divergence(
         >>> first_divergence(run, ref, atol=0.01) is None
         True
     """
+    run = _check_records("run", run)
+    reference = _check_records("reference", reference)
     rtol = check_number("rtol", rtol, minimum=0)
     atol = check_number("atol", atol, minimum=0)
     for epoch in sorted(set(run) & set(reference)):
@@ -303,6 +340,11 @@ def save_checksums(path: str | os.PathLike[str], records: Mapping[int, Mapping[s
         path: the file to (over)write.
         records: epoch -> name -> checksum.
 
+    Raises:
+        TypeError: ``path`` is not a path (``str`` or ``os.PathLike``), or ``records`` is
+            not epoch -> name -> checksum.
+        IsADirectoryError: ``path`` is a folder.
+
     Example:
         >>> import tempfile, os, torch
         >>> path = os.path.join(tempfile.mkdtemp(), "sums.json")
@@ -310,12 +352,20 @@ def save_checksums(path: str | os.PathLike[str], records: Mapping[int, Mapping[s
         >>> load_checksums(path) == {0: tensor_checksums({"w": torch.ones(1)})}
         True
     """
+    path = check_path("path", path)
+    records = _check_records("records", records)
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "epochs": [{"epoch": int(e), "checksums": dict(records[e])} for e in sorted(records)],
+        "epochs": [{"epoch": e, "checksums": records[e]} for e in sorted(records)],
     }
-    atomic_write_text(path, json.dumps(payload, indent=1))
+    try:
+        text = json.dumps(payload, indent=1)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"`records` must hold JSON values only (as tensor_checksums() gives): {err}"
+        ) from None
+    atomic_write_text(path, text)
 
 
 def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
@@ -325,6 +375,8 @@ def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
         path: the checksum file.
 
     Raises:
+        TypeError: ``path`` is not a path (``str`` or ``os.PathLike``; file descriptors
+            are refused).
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a checksum file, or one of another format version
             (version 1 files, whose hashes could collide, must be recorded again).
@@ -336,20 +388,32 @@ def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
         >>> load_checksums(path)
         {}
     """
+    path = check_path("path", path)
     with open(path, encoding="utf-8") as f:
         try:
             payload = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"checksum file {str(path)!r} is not valid JSON: {err}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"checksum file {path!r} is not valid JSON: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a checksum file (expected format {FORMAT!r})")
-    if payload.get("version", 0) < VERSION:
+        raise ValueError(f"{path!r} is not a checksum file (expected format {FORMAT!r})")
+    version = payload.get("version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"checksum file {path!r} has no valid version; got {version!r}")
+    if version < VERSION:
         raise ValueError(
-            f"checksum file {str(path)!r} has version {payload.get('version')}, whose hashes cannot be "
+            f"checksum file {path!r} has version {version}, whose hashes cannot be "
             f"compared with this version's ({VERSION}); record it again (rerun the reference run)"
         )
-    if payload.get("version", 0) > VERSION:
+    if version > VERSION:
+        raise ValueError(f"checksum file {path!r} has version {version}; this reads <= {VERSION}")
+    epochs = payload.get("epochs")
+    if not isinstance(epochs, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("epoch"), int) and "checksums" in e for e in epochs
+    ):
         raise ValueError(
-            f"checksum file {str(path)!r} has version {payload['version']}; this reads <= {VERSION}"
+            f"checksum file {path!r} is damaged: 'epochs' must list {{'epoch', 'checksums'}} entries"
         )
-    return {int(e["epoch"]): dict(e["checksums"]) for e in payload["epochs"]}
+    try:
+        return _check_records("records", {e["epoch"]: e["checksums"] for e in epochs})
+    except TypeError as err:
+        raise ValueError(f"checksum file {path!r} is damaged: {err}") from None

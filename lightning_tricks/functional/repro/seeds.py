@@ -228,6 +228,7 @@ def seed_worker(worker_id: int) -> None:
         ...                     generator=torch.Generator().manual_seed(0))
         >>> seed_worker(0)  # in the main process it seeds from torch's initial seed
     """
+    check_int("worker_id", worker_id, minimum=0)
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     if _np is not None:

@@ -236,7 +236,7 @@ def test_save_rank_predictions_checks_batches_before_writing(tmp_path):
         )
     with pytest.raises(TypeError, match=r"`path` must be a path"):
         save_rank_predictions(None, [])
-    with pytest.raises(ValueError, match=r"`path` must be a path without NUL characters"):
+    with pytest.raises(ValueError, match=r"`path` must be a non-empty path without NUL characters"):
         save_rank_predictions("a\x00b.pt", [])
     assert not path.exists()
     assert parse_views("hflip")[0].name == "hflip"
