@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_tricks.functional._model_errors import model_errors
+
 __all__ = ["OutputSelector", "modules_of", "select_output"]
 
 # ----------------------------------------------------------------------------- model outputs
@@ -18,10 +20,12 @@ OutputSelector = str | int | Callable[[Any], torch.Tensor] | None
 
 
 def _check_output(output: Any) -> None:
-    if output is None or callable(output) or (isinstance(output, str | int) and not isinstance(output, bool)):
+    if output is None or (callable(output) and not isinstance(output, type)):
+        return
+    if isinstance(output, str | int) and not isinstance(output, bool):
         return
     raise TypeError(
-        f"`output` must be None, a key (str), an index (int) or a callable picking the tensor from the "
+        f"`output` must be None, a key (str), an index (int) or a callable (not a class) picking the tensor from the "
         f"model's output; got {output!r} of type {type(output).__name__}"
     )
 
@@ -34,7 +38,8 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
     element, a callable is applied to the output.
     """
     if callable(output) and not isinstance(output, str | int):
-        picked = output(out)
+        with model_errors(f"the `output` callable on the model's {type(out).__name__}"):
+            picked = output(out)
         how = "the `output` callable"
     elif isinstance(out, torch.Tensor) and output is None:
         return out

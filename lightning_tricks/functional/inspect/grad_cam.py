@@ -148,7 +148,7 @@ def grad_cam(
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise TypeError(f"`x` must be a tensor of images (B, C, H, W); got {describe(x)}")
     check_tensor("x", x, dtype="float", nonempty=True)
-    if output is not None and not callable(output):
+    if output is not None and (not callable(output) or isinstance(output, type)):
         raise TypeError(
             f"`output` must be a callable picking the logits from the model's output, or None; got {describe(output)}"
         )
@@ -173,7 +173,8 @@ def grad_cam(
         try:
             with model_errors(f"running `model` on `x` ({describe(x)})"):
                 raw = model(x)
-            logits = pick(raw)
+            with model_errors(f"the `output` callable on the model's {type(raw).__name__}"):
+                logits = pick(raw)
         finally:
             handle.remove()
         if not captured:

@@ -114,6 +114,13 @@ def test_what_the_model_refuses_is_named_with_its_input_and_chained():
         ValueError, match=r"running `model` on a tensor of shape \(2, 5\).*raised RuntimeError"
     ):
         extract_features(model, torch.randn(2, 5), ["head"])
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"the `output` callable on the model's Tensor raised RuntimeError"):
+        tta_predict(model, x, ["hflip"], chunk_size=None, output=nn.Conv2d(3, 1, 1))  # logits are (N, K)
+    with pytest.raises(
+        TypeError, match=r"`output` must be None, a key \(str\), an index \(int\) or a callable"
+    ):
+        tta_predict(model, x, output=nn.Linear)
 
 
 def test_tta_evaluation_takes_a_lone_view_string_as_one_view():

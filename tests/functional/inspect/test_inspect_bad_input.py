@@ -245,6 +245,10 @@ def test_grad_cam_refuses_integer_images_and_bad_targets_before_running_the_mode
     with pytest.raises(TypeError, match="`output` must be a callable"):
         grad_cam(model, torch.ones(2, 3, 4, 4), "0", output="logits")
     assert calls == []
+    with pytest.raises(ValueError, match=r"the `output` callable on the model's Tensor raised RuntimeError"):
+        grad_cam(model, torch.ones(2, 3, 4, 4), "0", output=nn.Conv2d(3, 1, 1))  # takes no (B, 2) logits
+    with pytest.raises(TypeError, match="`output` must be a callable"):
+        grad_cam(model, torch.ones(2, 3, 4, 4), "0", output=nn.Linear)
     with pytest.raises(TypeError, match="`output` must return the logits tensor"):
         grad_cam(model, torch.ones(2, 3, 4, 4), "0", output=lambda out: out.tolist())
 
