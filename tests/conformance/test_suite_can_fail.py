@@ -32,6 +32,14 @@ def test_later_fit_changed_by_a_failure_is_caught(tmp_path):
         check_leftovers("CautiousAfterFailure", Spec(), tmp_path)
 
 
+def test_dropout_resume_without_exact_resume_is_caught(tmp_path):
+    """The resume check's model has dropout: it passes (the control above) only because the
+    check attaches ExactResume; without it the resumed run draws other dropout masks."""
+    with pytest.raises(AssertionError, match=r"resumed run differs") as err:
+        checks.check_resume("GoodLRDecay", Spec(), tmp_path, epochs=2, crash_epoch=1, exact=False)
+    assert "model/" in str(err.value)
+
+
 def test_state_lost_on_resume_is_caught(tmp_path):
     with pytest.raises(AssertionError, match="resumed run differs"):
         checks.check_resume("ForgetfulLRDecay", Spec(), tmp_path)
