@@ -194,7 +194,7 @@ class TTAPredict(LightningMixin, _ModuleBase):
         predicting = getattr(trainer, "predicting", None)  # None under Fabric
         if predicting is None:
             return manual
-        # a failed (or interrupted) predict leaves the Trainer's stage behind, not its status
+        # a predict that failed (or was interrupted) may leave its stage set, never its status
         if getattr(getattr(trainer, "state", None), "status", None) != TrainerStatus.RUNNING:
             return False
         return bool(predicting or (self.tta_on_test and trainer.testing))
