@@ -146,6 +146,23 @@ class FreezeBackbone(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._unfrozen = int(state_dict.get("unfrozen_units", 0))
 
+    def params_frozen_at_setup(self, pl_module: pl.LightningModule) -> list[nn.Parameter]:
+        """The parameters of ``pl_module`` this callback freezes when a fit sets up.
+
+        Components that leave frozen parameters alone (:class:`~lightning_tricks.WeightInit`)
+        ask every callback for them, so they see the same frozen set whether they are listed
+        before or after this one.
+
+        Example:
+            >>> from tests.helpers import ClassifierModule
+            >>> model = ClassifierModule(arch="mlp")
+            >>> len(FreezeBackbone("backbone").params_frozen_at_setup(model))
+            4
+        """
+        modules = select_modules(pl_module, self.backbone, arg="backbone").values()
+        unique = {id(p): p for m in modules for p in m.parameters()}  # what freeze_modules freezes
+        return [p for p in unique.values() if p.requires_grad]
+
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":  # trainer.test/validate/predict after a fit must not freeze again

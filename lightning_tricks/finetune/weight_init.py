@@ -6,8 +6,9 @@ Lightning layer of :func:`~lightning_tricks.functional.init_weights` (the pair
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -70,7 +71,9 @@ class WeightInit(Callback):
         zero_init_last_bn: zero the last BatchNorm weight of each residual block.
         skip_pretrained: leave tensors loaded with ``load_weights`` alone.
         include_frozen: also initialise parameters that are frozen (``requires_grad=False``)
-            at ``setup``; by default they keep their weights.
+            at ``setup``, or that another callback freezes in its ``setup`` (such as
+            :class:`~lightning_tricks.FreezeBackbone`, listed before or after this one); by
+            default they keep their weights.
         seed: seed of the initialisation; ``None`` to derive one on rank 0 from the global
             torch RNG state (without consuming it) and broadcast it.
 
@@ -150,13 +153,17 @@ class WeightInit(Callback):
             seed = trainer.strategy.broadcast(seed, src=0)
         generator = torch.Generator().manual_seed(seed)
         opts = dict(self.options)
-        self.report = init_weights(
-            pl_module,
-            **opts,
-            skip_pretrained=self.skip_pretrained,
-            include_frozen=self.include_frozen,
-            generator=generator,
-        )
+        # what other callbacks freeze in their own setup counts as frozen too, also when they are
+        # listed after this one: the order of the callbacks does not matter
+        later = [] if self.include_frozen else _frozen_by_other_callbacks(trainer, pl_module, self)
+        with _frozen(later):
+            self.report = init_weights(
+                pl_module,
+                **opts,
+                skip_pretrained=self.skip_pretrained,
+                include_frozen=self.include_frozen,
+                generator=generator,
+            )
         self._done = weakref.ref(pl_module)
         rank_zero_info(f"WeightInit ({opts['scheme']}, seed {seed}): {self.report}")
         if self.report.frozen:
@@ -174,6 +181,29 @@ class WeightInit(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.report is not None:
             rank_zero_info("WeightInit: resuming from a checkpoint; its weights replace the initialisation")
+
+
+def _frozen_by_other_callbacks(trainer: L.Trainer, pl_module: L.LightningModule, me: Callback) -> list[Any]:
+    """The parameters that other callbacks (such as ``FreezeBackbone``) freeze in their
+    ``setup``, as they announce them with ``params_frozen_at_setup(pl_module)``."""
+    out: list[Any] = []
+    for callback in getattr(trainer, "callbacks", []):
+        announce = getattr(callback, "params_frozen_at_setup", None)
+        if callback is not me and callable(announce):
+            out += [p for p in announce(pl_module) if p.requires_grad]
+    return out
+
+
+@contextlib.contextmanager
+def _frozen(params: list[Any]) -> Iterator[None]:
+    """``requires_grad=False`` on ``params`` inside the block, restored after it."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _seed_from_global_rng() -> int:

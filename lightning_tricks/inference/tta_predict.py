@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from lightning_tricks._base import LightningMixin
 
@@ -19,6 +20,8 @@ from lightning_tricks.functional.inference.tta_predict import MERGE_MODES, Merge
 from lightning_tricks.functional.inference.views import parse_views
 
 __all__ = ["TTAPredict", "batch_input"]
+
+_NOTHING = object()
 
 
 def batch_input(batch: Any, owner: str, hook: str = "tta_input") -> torch.Tensor:
@@ -68,12 +71,14 @@ class TTAPredict(LightningMixin, _ModuleBase):
     * ``tta_include_identity`` (``True``): add the identity view if missing.
     * ``tta_on_test`` (``False``): also apply TTA during ``trainer.test``.
 
-    If a predict fails, the TTA ``forward`` stays inert: calls outside ``trainer.predict``
-    (and ``trainer.test`` with ``tta_on_test``) run the plain ``forward``, and the next
-    ``fit``/``validate``/``test`` removes it. Inside :meth:`tta_disabled` every call is
-    plain. If you override ``on_predict_start``/``on_predict_end`` (or the test, fit and
-    validation start hooks), call ``super()``. Forward hooks of the module run once per TTA forward pass (and a few more
-    times on the first call of each input shape, when ``"auto"`` times the chunk sizes).
+    Nothing is installed on the module: TTA takes the place of ``forward`` for the length of
+    one call, while the Trainer is running a predict (or a test, with ``tta_on_test``), so a
+    predict that fails or is interrupted leaves the plain module behind, and every other call
+    (``fit``, ``validate``, your own) runs the plain ``forward``. Inside :meth:`tta_disabled`
+    every call is plain. If you override ``on_predict_start`` (or ``on_test_start``), call
+    ``super()``. Forward hooks of the module run once per call, around the merged output;
+    those of its submodules once per TTA forward pass (and a few more times on the first
+    call of each input shape, when ``"auto"`` times the chunk sizes).
 
     Example:
         >>> import lightning as L, torch
@@ -174,24 +179,43 @@ class TTAPredict(LightningMixin, _ModuleBase):
         finally:
             self.__dict__["_tta_bypass"] = depth
 
-    # -- forward swap: ``self(x)`` runs TTA during predict/test --------------------------------
+    # -- ``self(x)`` runs TTA during predict/test ------------------------------------------------
     def _tta_wanted(self) -> bool:
-        """Whether a call of the module now runs TTA: installed, not bypassed, and (when
-        attached to a Trainer) that Trainer is predicting, or testing with ``tta_on_test``."""
+        """Whether a call of the module now runs TTA: not bypassed and, when attached to a
+        Trainer, that Trainer is running a predict, or a test with ``tta_on_test``; outside a
+        Trainer (or under Fabric), when installed by hand with ``_tta_install``."""
         if self.__dict__.get("_tta_bypass", 0):
             return False
+        manual = bool(self.__dict__.get("_tta_manual", False))
         try:
             trainer = self.trainer
-        except RuntimeError:  # outside a Trainer (e.g. installed by hand): as installed
-            return True
-        predicting = getattr(trainer, "predicting", None)  # None under Fabric: as installed
+        except RuntimeError:  # outside a Trainer
+            return manual
+        predicting = getattr(trainer, "predicting", None)  # None under Fabric
         if predicting is None:
-            return True
+            return manual
+        # a predict that failed (or was interrupted) may leave its stage set, never its status
+        if getattr(getattr(trainer, "state", None), "status", None) != TrainerStatus.RUNNING:
+            return False
         return bool(predicting or (self.tta_on_test and trainer.testing))
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # TTA replaces ``forward`` for the length of this one call only (so the module's own
+        # hooks run once around the merged output): nothing outlives the call, whatever raises.
+        if not self._tta_wanted():
+            return super().__call__(*args, **kwargs)
+        saved = self.__dict__.get("forward", _NOTHING)  # another component's wrapper, if any
+        self.__dict__["forward"] = self._tta_call
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            if saved is _NOTHING:
+                self.__dict__.pop("forward", None)
+            else:
+                self.__dict__["forward"] = saved
+
     def _tta_call(self, *args: Any, **kwargs: Any) -> Any:
-        """The ``forward`` installed while predicting (a bound method, so the module still
-        pickles and deep-copies)."""
+        """``forward`` for the length of one call of the module while TTA is wanted."""
         plain = type(self).forward
         if not self._tta_wanted():
             return plain(self, *args, **kwargs)
@@ -222,40 +246,23 @@ class TTAPredict(LightningMixin, _ModuleBase):
         return _rewrap(raw[0], merged, self.tta_output)
 
     def _tta_install(self) -> None:
+        """Apply TTA to calls made outside a Trainer (inside one, the Trainer's stage decides)."""
         self._tta_check()
-        self.__dict__["forward"] = self._tta_call
+        self.__dict__["_tta_manual"] = True
 
     def _tta_uninstall(self) -> None:
-        self.__dict__.pop("forward", None)
+        self.__dict__.pop("_tta_manual", None)
 
-    # Install at the start of predict (and test); uninstall at its end and, since Lightning
-    # calls no module hook when a predict raises, at the start of every other stage too.
-    # Until then ``_tta_wanted`` keeps a left-over install inert outside predict/test.
-    def on_fit_start(self) -> None:
-        self._tta_uninstall()
-        super().on_fit_start()
-
-    def on_validation_start(self) -> None:
-        self._tta_uninstall()
-        super().on_validation_start()
-
+    # The settings are checked when predict (and test, with ``tta_on_test``) starts, so that a
+    # wrong one fails before the first batch.
     def on_predict_start(self) -> None:
         super().on_predict_start()
-        self._tta_install()
-
-    def on_predict_end(self) -> None:
-        self._tta_uninstall()
-        super().on_predict_end()
+        self._tta_check()
 
     def on_test_start(self) -> None:
         super().on_test_start()
-        self._tta_uninstall()
         if self.tta_on_test:
-            self._tta_install()
-
-    def on_test_end(self) -> None:
-        self._tta_uninstall()
-        super().on_test_end()
+            self._tta_check()
 
     def predict_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> Any:
         """``self(tta_input(batch))``, which is TTA-merged during ``trainer.predict``."""

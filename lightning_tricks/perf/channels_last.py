@@ -37,7 +37,7 @@ class ChannelsLast(Callback):
     batch tensor is converted right after it reaches the device, in every stage (the
     callback wraps the strategy's ``batch_to_device``, so it works with whatever
     ``on_after_batch_transfer`` hooks the model or datamodule define, and it is removed
-    in ``teardown``). The model keeps its ``state_dict`` keys and values.
+    in ``teardown``, and when the run fails). The model keeps its ``state_dict`` keys and values.
 
     Channels-last pays off for convolutions with cuDNN and Tensor Cores under AMP; on a
     CPU it can be slower (see the benchmark in the docs). A model without 4-D
@@ -68,7 +68,16 @@ class ChannelsLast(Callback):
         if self.batches and not isinstance(strategy.__dict__.get("batch_to_device"), _ChannelsLastTransfer):
             strategy.batch_to_device = _ChannelsLastTransfer(strategy.batch_to_device)  # type: ignore[method-assign]
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning does not call ``teardown`` when a run fails: restore the strategy here.
+        self._restore(trainer)
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore(trainer)
+
+    def _restore(self, trainer: L.Trainer) -> None:
         strategy = trainer.strategy
         hook = strategy.__dict__.get("batch_to_device")
         if isinstance(hook, _ChannelsLastTransfer):

@@ -35,7 +35,7 @@ class GradientCheckpointing(Callback):
     model: blocks that can draw random numbers (dropout) replay the RNG state in the
     recomputation, and BatchNorm updates its running statistics once per step. Only
     training-mode forwards with grad enabled are checkpointed; validation and prediction
-    run the plain forward. The wrappers are removed in ``teardown``.
+    run the plain forward. The wrappers are removed in ``teardown``, and when the run fails.
 
     Args:
         targets: the submodules of the LightningModule to wrap, by the one naming rule
@@ -89,6 +89,15 @@ class GradientCheckpointing(Callback):
                 f"GradientCheckpointing: checkpointing {len(wrapped)} module(s) ({self.mode}): {shown}"
             )
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _remove(self, pl_module: L.LightningModule) -> None:
         unwrap(pl_module, CheckpointedForward, only=self._installed)
         self._installed = set()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning does not call ``teardown`` when a run fails: leave the model plain here.
+        self._remove(pl_module)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._remove(pl_module)

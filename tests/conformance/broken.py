@@ -15,12 +15,18 @@ from tests.conformance.spec import Spec
 
 class GoodLRDecay(Callback):
     """Halves the learning rate at the start of every epoch after the first, keeping
-    its count of epochs seen in ``state_dict`` so that a resumed run continues it."""
+    its count of epochs seen in ``state_dict`` so that a resumed run continues it. The count
+    starts again in ``setup`` (before a checkpoint's state is loaded), so a fit after a
+    failed one starts from the beginning."""
 
     def __init__(self, factor: float = 0.5):
         self.factor = factor
         self.epochs_seen = 0
         self.base_lrs: list[float] = []
+
+    def setup(self, trainer, pl_module, stage):
+        if stage == "fit":
+            self.epochs_seen = 0
 
     def on_fit_start(self, trainer, pl_module):
         self.base_lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
@@ -29,9 +35,6 @@ class GoodLRDecay(Callback):
         for g, base in zip(trainer.optimizers[0].param_groups, self.base_lrs):
             g["lr"] = base * self.factor**self.epochs_seen
         self.epochs_seen += 1
-
-    def on_fit_end(self, trainer, pl_module):
-        self.epochs_seen = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs_seen": self.epochs_seen}
@@ -164,6 +167,41 @@ class ScaledGradNormLogger(Callback):
             logger.log_metrics({"scaled/grad_norm": float(norm)}, step=trainer.global_step)
 
 
+class HookUntilBatchEnd(Callback):
+    """Broken: puts a forward hook on the backbone for every training step and removes it at
+    the end of the step only, so a step that fails leaves it behind."""
+
+    def __init__(self):
+        self._handle: Any = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._handle = pl_module.backbone.register_forward_hook(lambda module, args, out: None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handle": None}
+
+
+class CautiousAfterFailure(Callback):
+    """Broken: cleans up after a failure, but from then on cuts the learning rate of every
+    later fit, so a fit after a failure differs from one with a fresh instance."""
+
+    def __init__(self):
+        self.failed = False
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.failed = True
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.failed:
+            for g in trainer.optimizers[0].param_groups:
+                g["lr"] *= 0.1
+
+
 CLASSES: dict[str, type] = {
     c.__name__: c
     for c in (
@@ -176,6 +214,8 @@ CLASSES: dict[str, type] = {
         OneRankBufferNudge,
         RunningNormScaler,
         ScaledGradNormLogger,
+        HookUntilBatchEnd,
+        CautiousAfterFailure,
     )
 }
 

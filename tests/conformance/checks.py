@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -265,6 +266,12 @@ def _assert_resume_parity(name: str, state_s: dict, state_r: dict, what: str = "
     )
 
 
+# The model of the resume check has dropout (see ``ClassifierModule(dropout=...)``), and the
+# check attaches ExactResume, which checkpoints the random number generators: so a
+# component's resume is checked on a model whose training draws random numbers every step.
+RESUME_DROPOUT = 0.1
+
+
 def check_resume(
     name: str,
     spec: Spec,
@@ -273,13 +280,25 @@ def check_resume(
     crash_epoch: int = 2,
     plugins=lambda: [],
     resume_context=contextlib.nullcontext,
+    exact: bool = True,
+    dropout: float = RESUME_DROPOUT,
 ) -> None:
     """Interrupted after ``crash_epoch`` epochs and resumed == run straight through, in the
     whole state (weights, buffers, optimizer, LR schedulers, callbacks, datamodule).
     ``plugins`` builds extra Trainer plugins per run (e.g. a checkpoint plugin); the resumed
-    fit runs inside ``resume_context()`` (e.g. with unpickling disabled)."""
+    fit runs inside ``resume_context()`` (e.g. with unpickling disabled). The model has
+    ``dropout`` (not the zoo's models) and, with ``exact``, every run attaches
+    :class:`~lightning_tricks.ExactResume` (unless it is the component under test)."""
+    from lightning_tricks import ExactResume
+
+    if spec.zoo is None and dropout:
+        spec = dataclasses.replace(spec, model_args={**spec.model_args, "dropout": dropout})
+
+    def harness() -> list:
+        return [ExactResume()] if exact and name != "ExactResume" else []
+
     (_, state_s), _, (_, state_r) = _straight_crashed_resumed(
-        name, spec, tmp, epochs, crash_epoch, plugins=plugins, resume_context=resume_context
+        name, spec, tmp, epochs, crash_epoch, harness=harness, plugins=plugins, resume_context=resume_context
     )
     _assert_resume_parity(name, state_s, state_r)
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 Kind = Literal["callback", "mixin", "plugin", "datamodule"]
 
-CHECKS = ("construct", "pickle", "cli", "fit_twice", "resume", "ddp", "bf16", "fp16")
+CHECKS = ("construct", "pickle", "cli", "fit_twice", "resume", "ddp", "bf16", "fp16", "leftovers")
 
 
 @dataclass
@@ -36,6 +36,16 @@ class Spec:
         zoo: build the LightningModule and data with ``tests.helpers.zoo`` (a zoo name such
             as ``"resnet"`` or ``"bert"``) instead of ``ClassifierModule``; ``arch`` and
             ``data_args`` are then unused, ``model_args`` go to ``zoo_module``.
+        setup_time: the component (a callback) changes the model, its optimizer or the
+            Trainer's accumulation when a fit sets up: weights, ``requires_grad``, memory
+            format, ``forward`` wrappers, parameter groups. Such components are attached in
+            pairs, in both orders, by ``test_order.py``, and must give the same model either
+            way; ``test_order.py`` also checks that this flag is set exactly where the setup
+            changes something.
+
+    The ``leftovers`` check (``test_leftovers.py``) drives the component through failing
+    runs; skip it (with the reason) for a component that cannot patch the model: no hooks,
+    no ``forward`` or method wrappers, no swapped modules, no global state.
     """
 
     init_args: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +60,7 @@ class Spec:
     skip: dict[str, str] = field(default_factory=dict)
     xfail: dict[str, str] = field(default_factory=dict)
     zoo: str | None = None
+    setup_time: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("skip", "xfail"):

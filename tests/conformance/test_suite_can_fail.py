@@ -6,6 +6,7 @@ import pytest
 
 from tests.conformance import checks
 from tests.conformance.broken import BROKEN_SPECS
+from tests.conformance.leftovers import check_leftovers
 from tests.conformance.spec import Spec
 
 
@@ -17,6 +18,26 @@ def test_control_component_passes_every_check(tmp_path):
     checks.check_fit_twice("GoodLRDecay", Spec(), tmp_path / "twice")
     checks.check_bf16("GoodLRDecay", Spec(), tmp_path / "bf16")
     checks.check_fp16("GoodLRDecay", Spec(), tmp_path / "fp16")
+    check_leftovers("GoodLRDecay", Spec(), tmp_path / "leftovers")
+
+
+def test_hook_left_by_a_failed_step_is_caught(tmp_path):
+    with pytest.raises(AssertionError, match=r"RuntimeError raised in fit \(step0\)") as err:
+        check_leftovers("HookUntilBatchEnd", Spec(), tmp_path)
+    assert "module backbone: _forward_hooks is 1, 0 in a fresh one" in str(err.value)
+
+
+def test_later_fit_changed_by_a_failure_is_caught(tmp_path):
+    with pytest.raises(AssertionError, match="a fit after the failures differs from a fresh fit"):
+        check_leftovers("CautiousAfterFailure", Spec(), tmp_path)
+
+
+def test_dropout_resume_without_exact_resume_is_caught(tmp_path):
+    """The resume check's model has dropout: it passes (the control above) only because the
+    check attaches ExactResume; without it the resumed run draws other dropout masks."""
+    with pytest.raises(AssertionError, match=r"resumed run differs") as err:
+        checks.check_resume("GoodLRDecay", Spec(), tmp_path, epochs=2, crash_epoch=1, exact=False)
+    assert "model/" in str(err.value)
 
 
 def test_state_lost_on_resume_is_caught(tmp_path):

@@ -418,6 +418,32 @@ def test_weight_init_and_channels_last_give_the_same_weights_in_either_order():
     assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
 
 
+def test_backbone_frozen_by_freeze_backbone_keeps_its_weights_in_either_order():
+    from lightning_tricks import FreezeBackbone
+
+    torch.manual_seed(0)
+    built = state_of(ClassifierModule(arch="cnn"))
+    reports, starts = [], []
+    for first_init in (True, False):
+        callbacks = [WeightInit("kaiming_normal", seed=0), FreezeBackbone("backbone")]
+        cap = Capture()
+        torch.manual_seed(0)
+        cpu_trainer(
+            max_epochs=1,
+            limit_train_batches=1,
+            limit_val_batches=0,
+            callbacks=[*(callbacks if first_init else callbacks[::-1]), cap],
+        ).fit(ClassifierModule(arch="cnn"), datamodule=ImageDataModule(n_train=16))
+        reports.append(callbacks[0].report)
+        starts.append(cap.start)
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    backbone = [k for k in built if k.startswith("backbone.")]
+    assert all(torch.equal(starts[0][k], built[k]) for k in backbone)  # left as built
+    assert not torch.equal(starts[0]["head.2.weight"], built["head.2.weight"])  # the head is initialised
+    for report in reports:
+        assert sorted(report.frozen) == sorted(backbone) and "head.2.weight" in report.initialized
+
+
 def test_include_and_exclude_follow_the_naming_rule():
     net = SmallCNN()
     # a class name selects every module of that type; a lone string is one name

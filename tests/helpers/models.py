@@ -124,6 +124,8 @@ class ClassifierModule(L.LightningModule):
         optimizer: ``"sgd"`` (momentum 0.9) or ``"adamw"``.
         weight_decay: weight decay of the single parameter group.
         scheduler: optional LR scheduler.
+        dropout: ``> 0`` adds dropout: inside the residual blocks of ``"blocks"``, between
+            backbone and head for the other architectures.
     """
 
     def __init__(
@@ -134,16 +136,22 @@ class ClassifierModule(L.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: Literal["none", "step", "onecycle", "plateau", "lambda"] = "none",
         num_classes: int = NUM_CLASSES,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
-        net = MODELS[arch](num_classes=num_classes)
+        if arch == "blocks" and dropout:
+            net: nn.Module = BlockNet(num_classes=num_classes, dropout=dropout)
+        else:
+            net = MODELS[arch](num_classes=num_classes)
         self.backbone = net.backbone
         self.head = net.head
+        self.dropout = nn.Dropout(dropout) if dropout and arch != "blocks" else None
         self.example_input_array = torch.zeros(2, *IMAGE_SHAPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        h = self.backbone(x)
+        return self.head(h if self.dropout is None else self.dropout(h))
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]

@@ -258,6 +258,7 @@ def test_failed_predict_leaves_no_tta_behind():
     trainer = cpu_trainer(max_epochs=1)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.predict(model, datamodule=ImageDataModule(n_val=16, batch_size=8))
+    assert "forward" not in model.__dict__  # nothing outlives the call that failed
     x = _val_x()
     model.eval()
     with torch.no_grad():
