@@ -30,9 +30,8 @@ def _from_checkout(module: ModuleType | None, root: str, package: str) -> bool:
         places = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
     except Exception:  # exotic modules (torch.ops) may raise on attribute access
         return False
-    return any(
-        _under(os.path.abspath(p), root) and not _under(os.path.abspath(p), package) for p in places if p
-    )
+    places = [p if os.path.isabs(p) else os.path.abspath(p) for p in places if isinstance(p, str) and p]
+    return any(_under(p, root) and not _under(p, package) for p in places)
 
 
 @contextlib.contextmanager
