@@ -26,7 +26,7 @@ from lightning_tricks.functional._checks import ON_ERROR
 from tests.conformance.build import build_run, exported_classes, kind_of
 from tests.conformance.settings import SETTINGS
 
-# Keys the test model logs itself (tests/helpers/models.py) and Lightning's bookkeeping.
+# Keys the demo model logs itself (lightning_tricks/demos.py) and Lightning's bookkeeping.
 MODEL_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_acc", "lr-SGD", "lr-AdamW"}
 
 CALLBACKS = sorted(

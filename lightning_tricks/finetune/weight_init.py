@@ -83,7 +83,7 @@ class WeightInit(Callback):
             that selects no submodule (with near-name suggestions).
 
     Example:
-        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> from lightning_tricks.demos import ClassifierModule, ImageDataModule, cpu_trainer
         >>> cb = WeightInit("trunc_normal", include=["head"], std=0.01)
         >>> trainer = cpu_trainer(max_epochs=1, callbacks=[cb])
         >>> trainer.fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule())

@@ -60,7 +60,7 @@ class ExportWeights(Callback):
     Example:
         >>> import tempfile
         >>> from safetensors.torch import load_file
-        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> from lightning_tricks.demos import ClassifierModule, ImageDataModule, cpu_trainer
         >>> d = tempfile.mkdtemp()
         >>> cb = ExportWeights(dirpath=d, submodule="head")
         >>> cpu_trainer(max_epochs=1, callbacks=[cb]).fit(ClassifierModule(arch="mlp"), datamodule=ImageDataModule())

@@ -67,7 +67,7 @@ class MemorySnapshot(L.Callback):
 
     Example:
         >>> import tempfile, warnings
-        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> from lightning_tricks.demos import ClassifierModule, ImageDataModule, cpu_trainer
         >>> cb = MemorySnapshot(start_step=1, num_steps=2, dirpath=tempfile.mkdtemp())
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")

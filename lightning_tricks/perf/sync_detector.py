@@ -46,7 +46,7 @@ class SyncDetector(L.Callback):
 
     Example:
         >>> import lightning as L
-        >>> from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+        >>> from lightning_tricks.demos import ClassifierModule, ImageDataModule, cpu_trainer
         >>> detector = SyncDetector(every_n_steps=2)
         >>> cpu_trainer(max_epochs=1, callbacks=[detector]).fit(ClassifierModule(), ImageDataModule())
         >>> detector.report.total

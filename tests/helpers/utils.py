@@ -1,4 +1,4 @@
-"""Trainer and state-comparison helpers for tests."""
+"""State-comparison helpers for tests (and ``cpu_trainer``, from ``lightning_tricks.demos``)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_tricks.demos import cpu_trainer
 
-def cpu_trainer(**overrides: Any) -> L.Trainer:
-    """A quiet, deterministic CPU Trainer: 2 epochs, no logger or checkpoints unless asked."""
-    kwargs: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-    )
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+__all__ = ["cpu_trainer", "params_equal", "state_diff", "state_of", "whole_state"]
 
 
 def state_of(module: nn.Module, params_only: bool = True) -> dict[str, torch.Tensor]:
