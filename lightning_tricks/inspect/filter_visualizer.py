@@ -1,5 +1,5 @@
 """FilterVisualizer: the images chosen channels respond to most, every N epochs
-(pair: ``FilterVisualizer`` <-> :func:`~lightning_tricks.functional.inspect.filter_visualizer.visualize_filters`)."""
+(pair: ``FilterVisualizer`` <-> [`visualize_filters`][lightning_tricks.functional.visualize_filters])."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class FilterVisualizer(Callback):
     """Log, every N epochs, the images that chosen channels of chosen layers respond to most.
 
     At the end of every ``every_n_epochs``-th training epoch, global rank 0 runs
-    :func:`~lightning_tricks.functional.inspect.filter_visualizer.visualize_filters`
+    [`visualize_filters`][lightning_tricks.functional.visualize_filters]
     (activation maximisation from noise with Adam at growing resolution, jitter/blur
     regularisation, a decorrelated or clamped colour space) for each selected layer and
     logs one grid per layer, one image per channel: with a TensorBoard logger the image

@@ -1,5 +1,5 @@
 """ClassActivationMaps: Grad-CAM heatmaps of a fixed validation batch, every N epochs
-(pair: ``ClassActivationMaps`` <-> :func:`~lightning_tricks.functional.inspect.grad_cam.grad_cam`)."""
+(pair: ``ClassActivationMaps`` <-> [`grad_cam`][lightning_tricks.functional.grad_cam])."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class ClassActivationMaps(Callback):
     The batch is the first ``num_images`` images of the first validation batch (of the
     first training batch when there is no validation), kept from the first time it is
     seen. At the end of every ``every_n_epochs``-th training epoch, global rank 0 runs
-    :func:`~lightning_tricks.functional.inspect.grad_cam.grad_cam` on it, explaining each
+    [`grad_cam`][lightning_tricks.functional.grad_cam] on it, explaining each
     image's predicted class, and logs one grid: the images in the top row, the heatmaps
     blended over them below. With a TensorBoard logger the grid is the image
     ``class_activation_maps/<layer>``; with other loggers (or none) it is a PNG file

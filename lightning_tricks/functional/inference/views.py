@@ -43,7 +43,7 @@ class View:
 
     #: number of augmented images made from each input image
     n: int = 1
-    #: whether :meth:`invert` exists (dense outputs can be merged)
+    #: whether [`invert`][lightning_tricks.functional.View.invert] exists (dense outputs can be merged)
     invertible: bool = True
 
     def __init__(self, name: str) -> None:
@@ -221,7 +221,7 @@ def _parse_one(part: str, spec: str) -> View:
 
 
 def parse_view(spec: str | View) -> View:
-    """Build a :class:`View` from its string form (``View`` objects pass through).
+    """Build a [`View`][lightning_tricks.functional.View] from its string form (``View`` objects pass through).
 
     Args:
         spec: e.g. ``"hflip"``, ``"rot270"``, ``"scale:1.25"``, ``"ten_crop:6"``,
@@ -232,7 +232,7 @@ def parse_view(spec: str | View) -> View:
 
     Raises:
         ValueError: for an unknown name or a bad argument.
-        TypeError: if ``spec`` is neither a string nor a :class:`View`.
+        TypeError: if ``spec`` is neither a string nor a [`View`][lightning_tricks.functional.View].
 
     Example:
         >>> parse_view("hflip+scale:0.5").name
@@ -253,7 +253,7 @@ def parse_views(views: str | View | Sequence[str | View]) -> list[View]:
     """Parse one view or a sequence of views; duplicates are an error.
 
     Args:
-        views: a view or a non-empty sequence of views (strings or :class:`View`).
+        views: a view or a non-empty sequence of views (strings or [`View`][lightning_tricks.functional.View]).
 
     Returns:
         The views, in order.

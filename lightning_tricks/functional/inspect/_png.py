@@ -57,7 +57,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    """Encode an image (see :func:`to_uint8_image` for the accepted shapes) as PNG bytes.
+    """Encode an image (see `to_uint8_image` for the accepted shapes) as PNG bytes.
 
     Args:
         image: grayscale or RGB image.
@@ -88,7 +88,7 @@ def write_png(path: str | os.PathLike[str], image: torch.Tensor) -> Path:
 
     Args:
         path: destination file.
-        image: grayscale or RGB image (see :func:`to_uint8_image`).
+        image: grayscale or RGB image (see `to_uint8_image`).
 
     Returns:
         The path written.
