@@ -16,7 +16,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars
+from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars, write_png
 from lightning_tricks.functional._checks import (
     check_int,
     check_number,
@@ -24,7 +24,6 @@ from lightning_tricks.functional._checks import (
     check_str_sequence,
 )
 from lightning_tricks.functional._io import atomic_write_text
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.activation_visualizer import (
     STAT_NAMES,
     activation_histogram,

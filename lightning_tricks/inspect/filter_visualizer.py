@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks._logging import component_dir, component_name, image_writer
+from lightning_tricks._logging import component_dir, component_name, image_writer, write_png
 from lightning_tricks.functional._checks import (
     check_choice,
     check_int,
@@ -22,7 +22,6 @@ from lightning_tricks.functional._checks import (
     check_str_sequence,
 )
 from lightning_tricks.functional._modules import resolve_modules
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.filter_visualizer import (
     ColorSpace,
     layer_channels,

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks._logging import component_dir, component_name, image_writer
+from lightning_tricks._logging import component_dir, component_name, image_writer, write_png
 from lightning_tricks.functional._checks import (
     check_int,
     check_number,
@@ -20,7 +20,6 @@ from lightning_tricks.functional._checks import (
     check_optional_path,
     check_str,
 )
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.grad_cam import grad_cam, overlay_heatmaps, resolve_one_layer
 from lightning_tricks.inspect._side_activity import run_side_activity
 
