@@ -5,19 +5,25 @@
   ``<component>/<key>``, where ``<component>`` is the snake_case class name
   (``GradientMonitor`` -> ``gradient_monitor``).
 * **Images and histograms** go to the first logger that can take them (TensorBoard's
-  ``SummaryWriter``); otherwise they are written as PNG/CSV files.
+  ``SummaryWriter``); otherwise they are written as PNG (with Pillow, ``write_png``) and
+  CSV files.
 * **Files** go to ``dirpath``; ``dirpath=None`` means ``<log_dir>/<component>/``
   (``trainer.log_dir``, or ``default_root_dir`` without a logger).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["component_dir", "component_name", "image_writer", "log_scalars", "metric_key"]
+import torch
+
+from lightning_tricks.functional._io import atomic_write
+
+__all__ = ["component_dir", "component_name", "image_writer", "log_scalars", "metric_key", "write_png"]
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -86,3 +92,54 @@ def component_dir(trainer: Any, component: object, dirpath: str | Path | None) -
         return Path(dirpath)
     root = getattr(trainer, "log_dir", None) or trainer.default_root_dir
     return Path(root) / component_name(component)
+
+
+def _to_uint8_image(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as a CPU ``uint8`` tensor of shape ``(H, W)`` or ``(H, W, 3)``."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"`image` must be a torch.Tensor; got {type(image).__name__}")
+    img = image.detach().cpu()
+    if img.dim() == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = img.permute(1, 2, 0)
+    if img.dim() == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.dim() not in (2, 3) or (img.dim() == 3 and img.shape[-1] != 3) or img.numel() == 0:
+        raise ValueError(
+            f"`image` must have shape (H, W), (1|3, H, W) or (H, W, 3); got {tuple(image.shape)}"
+        )
+    if img.dtype == torch.bool:
+        img = img.to(torch.uint8) * 255
+    elif img.is_complex():
+        raise TypeError(f"`image` must be a real tensor; got one of dtype {image.dtype}")
+    elif not img.is_floating_point() and img.dtype != torch.uint8:
+        low, high = int(img.min()), int(img.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`image` of dtype {image.dtype} must hold pixel values in 0..255 (integer images are not "
+                f"scaled; pass floats in [0, 1] instead); got values in [{low}, {high}]"
+            )
+        img = img.to(torch.uint8)
+    elif img.dtype != torch.uint8:
+        img = (img.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
+    return img.contiguous()
+
+
+def write_png(path: str | os.PathLike[str], image: torch.Tensor) -> Path:
+    """Atomically write ``image`` to ``path`` as an 8-bit grayscale or RGB PNG file (Pillow).
+
+    ``image`` is ``(H, W)``, ``(1, H, W)``, ``(3, H, W)`` (channels first, as TensorBoard
+    takes them) or ``(H, W, 3)``; float images are taken to lie in ``[0, 1]`` (clamped, NaN
+    written as 0), integer images hold the pixel values ``0..255`` themselves (others are
+    refused), a bool image is black and white.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> p = write_png(pathlib.Path(tempfile.mkdtemp()) / "a.png", torch.rand(3, 5, 7))
+        >>> Image.open(p).size, Image.open(p).mode
+        ((7, 5), 'RGB')
+    """
+    from PIL import Image
+
+    array = _to_uint8_image(image).numpy()
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

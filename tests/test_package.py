@@ -8,6 +8,9 @@ import pkgutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 import lightning_tricks
 import lightning_tricks.functional as F
@@ -76,3 +79,21 @@ def test_public_callables_have_docstrings_with_examples():
 def test_every_module_imports():
     for m in pkgutil.walk_packages(lightning_tricks.__path__, "lightning_tricks."):
         importlib.import_module(m.name)
+
+
+def test_project_urls_agree_with_the_docs_config():
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    root = Path(__file__).resolve().parents[1]
+    urls = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+    assert set(urls) == {"Homepage", "Documentation", "Repository", "Changelog", "Issues"}
+    mkdocs = dict(
+        line.split(": ", 1)
+        for line in (root / "mkdocs.yml").read_text(encoding="utf-8").splitlines()
+        if line.startswith(("site_url: ", "repo_url: "))
+    )
+    assert mkdocs["site_url"] == urls["Documentation"]
+    assert mkdocs["repo_url"] == urls["Repository"]
+    assert (
+        urls["Changelog"].startswith(urls["Repository"] + "/")
+        and urls["Issues"] == urls["Repository"] + "/issues"
+    )

@@ -60,7 +60,7 @@ class SplitDataModule(L.LightningDataModule):
             numpy array), the name of a dataset attribute holding them (``"targets"``),
             the index of the label in each sample (``1`` for ``(x, y)`` samples), or a
             callable ``sample -> label`` (it loads every sample once). The same forms
-            as :func:`~lightning_tricks.functional.split_dataset`. ``None``: plain random.
+            as [`split_dataset`][lightning_tricks.functional.split_dataset]. ``None``: plain random.
         seed: seed of the split and of the per-epoch shuffling.
         batch_size: training batch size.
         eval_batch_size: batch size of the val/test/predict loaders (default ``batch_size``).

@@ -1,10 +1,10 @@
 """``FreezeBackbone``: freeze part of a model, optionally unfreeze it later (at once or gradually).
 
 The callback decides when to freeze and unfreeze, on which rank to log and what; the work
-is done by the functional core in :mod:`lightning_tricks.functional.finetune.freeze_backbone`
-(:func:`~lightning_tricks.functional.freeze_modules` when the fit starts,
-:func:`~lightning_tricks.functional.unfreeze_units` for gradual unfreezing, and
-:func:`~lightning_tricks.functional.unfreeze_into_optimizer` at each unfreezing step).
+is done by the functional core in `lightning_tricks.functional.finetune.freeze_backbone`
+([`freeze_modules`][lightning_tricks.functional.freeze_modules] when the fit starts,
+[`unfreeze_units`][lightning_tricks.functional.unfreeze_units] for gradual unfreezing, and
+[`unfreeze_into_optimizer`][lightning_tricks.functional.unfreeze_into_optimizer] at each unfreezing step).
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ class FreezeBackbone(Callback):
     At ``unfreeze_at_epoch`` the backbone becomes trainable, all at once or gradually
     (one more child block per epoch, starting at the output end; blocks without
     parameters are unfrozen with the next one, see
-    :func:`lightning_tricks.functional.unfreeze_units`). The unfrozen
+    [`lightning_tricks.functional.unfreeze_units`][lightning_tricks.functional.unfreeze_units]). The unfrozen
     parameters join the first optimizer as new parameter groups that copy the
     hyperparameters of its first group with the largest weight decay (the "head"
     group) and follow its learning rate at a fixed ratio, also when it is 0 at that
     moment (a warm-up from 0); every LR scheduler of that optimizer is extended to the
-    new groups (see :func:`lightning_tricks.functional.unfreeze_into_optimizer`, the
+    new groups (see [`lightning_tricks.functional.unfreeze_into_optimizer`][lightning_tricks.functional.unfreeze_into_optimizer], the
     functional entry point that does this). If the LightningModule has
     ``split_param_group(group)`` (e.g. the ``NoBiasDecay`` mixin), the new groups are
     split with it. Under DDP the model is re-wrapped after
@@ -68,7 +68,7 @@ class FreezeBackbone(Callback):
     see them): ``freeze_backbone/params_trainable`` and ``freeze_backbone/params_frozen``,
     at the end of the first epoch and of every epoch in which unfreezing changed them.
     For the model's size in the hyperparameters, call
-    :func:`lightning_tricks.log_parameter_counts` yourself (the callback does not).
+    [`lightning_tricks.log_parameter_counts`][lightning_tricks.log_parameter_counts] yourself (the callback does not).
 
     Your ``configure_optimizers`` must leave frozen parameters out (``filter(lambda p:
     p.requires_grad, self.parameters())``); if it does not, they are moved into the new

@@ -1,6 +1,6 @@
 """``log_parameter_counts``: write a model's parameter counts to the loggers' hyperparameters.
 
-The Lightning side of :func:`lightning_tricks.functional.count_parameters`. Call it once,
+The Lightning side of [`lightning_tricks.functional.count_parameters`][lightning_tricks.functional.count_parameters]. Call it once,
 explicitly, to record the model's size with a run's hyperparameters. ``FreezeBackbone``
 does not call it: it logs its own ``freeze_backbone/params_trainable`` and
 ``freeze_backbone/params_frozen`` scalars (through ``LightningModule.log``) whenever
@@ -23,7 +23,7 @@ def log_parameter_counts(model: nn.Module, loggers: Logger | Sequence[Logger]) -
     """Log total, trainable and frozen parameter counts to the loggers' hyperparameters.
 
     Args:
-        model: the model to count (see :func:`lightning_tricks.functional.count_parameters`).
+        model: the model to count (see [`lightning_tricks.functional.count_parameters`][lightning_tricks.functional.count_parameters]).
         loggers: one Lightning logger or several (e.g. ``trainer.loggers``).
 
     Returns:

@@ -1,6 +1,6 @@
 """``SafeCheckpointIO``: a Lightning checkpoint plugin that never pickles.
 
-Pair: :class:`SafeCheckpointIO` -> :func:`lightning_tricks.functional.finetune.safe_checkpoint_io.save_checkpoint`
+Pair: [`SafeCheckpointIO`][lightning_tricks.SafeCheckpointIO] -> [`lightning_tricks.functional.finetune.safe_checkpoint_io.save_checkpoint`][lightning_tricks.functional.save_checkpoint]
 / ``load_checkpoint``. Run as a module to convert checkpoints you trust::
 
     python -m lightning_tricks.finetune.safe_checkpoint_io convert OLD.ckpt NEW.ckpt
@@ -38,7 +38,7 @@ class SafeCheckpointIO(CheckpointIO):
 
     ``ModelCheckpoint`` keeps naming the files ``*.ckpt``; their content is safetensors.
     ``LightningModule.load_from_checkpoint`` reads with ``torch.load`` and cannot read these files:
-    use :func:`load_from_checkpoint` (``load_from_checkpoint(MyModel, path)``) instead.
+    use [`load_from_checkpoint`][lightning_tricks.finetune.safe_checkpoint_io.load_from_checkpoint] (``load_from_checkpoint(MyModel, path)``) instead.
 
     Args:
         allow_pickle: also load pickled ``torch.save`` checkpoints (e.g. to resume from a run
@@ -98,7 +98,7 @@ def load_from_checkpoint(
     allow_pickle: bool = False,
     **kwargs: Any,
 ) -> _T:
-    """``cls.load_from_checkpoint(checkpoint_path, ...)`` for checkpoints written by :class:`SafeCheckpointIO`.
+    """``cls.load_from_checkpoint(checkpoint_path, ...)`` for checkpoints written by [`SafeCheckpointIO`][lightning_tricks.SafeCheckpointIO].
 
     Lightning's ``LightningModule.load_from_checkpoint`` reads the file with ``torch.load``
     (it does not go through the Trainer's checkpoint plugin), so it cannot read a safe checkpoint;

@@ -1,6 +1,6 @@
 """``WeightInit``: initialise the model's weights with a named scheme before training.
 
-Lightning layer of :func:`~lightning_tricks.functional.init_weights` (the pair
+Lightning layer of [`init_weights`][lightning_tricks.functional.init_weights] (the pair
 ``WeightInit`` <-> ``init_weights``, both in ``weight_init`` modules).
 """
 
@@ -34,13 +34,13 @@ __all__ = ["WeightInit"]
 class WeightInit(Callback):
     """Initialise the LightningModule's weights in ``setup``, before DDP wraps the model.
 
-    Runs :func:`~lightning_tricks.functional.init_weights` once per ``fit`` with a
+    Runs [`init_weights`][lightning_tricks.functional.init_weights] once per ``fit`` with a
     private generator seeded from ``seed``, so every rank draws the same numbers and the
     global random streams (dropout masks, shuffles) are exactly as in a run without this
     callback, on every rank. With ``seed=None`` rank 0 derives a seed from the global
     torch RNG state without advancing it (so ``seed_everything`` still makes the run
     reproducible) and broadcasts it. Tensors filled by
-    :func:`~lightning_tricks.functional.load_weights` are left alone, and so are
+    [`load_weights`][lightning_tricks.functional.load_weights] are left alone, and so are
     parameters that are frozen (``requires_grad=False``) at ``setup``, such as a
     backbone loaded with ``from_pretrained`` and frozen; only the rest (e.g. a new head)
     is initialised, and the frozen ones are named in the log. It never re-initialises a model it already initialised
@@ -49,7 +49,7 @@ class WeightInit(Callback):
     ``setup``, replacing the initialisation, so a resumed run continues from the
     checkpoint exactly. The weights do not depend on the parameters' memory format, so
     ``ChannelsLast`` may come before or after this callback. The report is logged (at
-    INFO level, on rank 0) and kept in :attr:`report`.
+    INFO level, on rank 0) and kept in `report`.
 
     Args:
         scheme: ``"normal"``, ``"uniform"``, ``"xavier_normal"``, ``"xavier_uniform"``,

@@ -1,8 +1,8 @@
 """Lightning layer of weights I/O: ``ExportWeights`` writes the final or best weights at the end of fit.
 
-The documented pair: :class:`ExportWeights` (callback) <->
-:func:`~lightning_tricks.functional.save_weights` (its functional entry point, in
-:mod:`lightning_tricks.functional.finetune.weights_io`, with ``read_weights`` and
+The documented pair: [`ExportWeights`][lightning_tricks.ExportWeights] (callback) <->
+[`save_weights`][lightning_tricks.functional.save_weights] (its functional entry point, in
+`lightning_tricks.functional.finetune.weights_io`, with ``read_weights`` and
 ``load_weights`` to read the file back).
 """
 

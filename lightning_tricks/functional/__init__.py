@@ -2,7 +2,7 @@
 
 Each area lives in its own subpackage (``lightning_tricks.functional.<area>``), whose
 ``__all__`` lists its tricks; this module re-exports them all (the names are written once,
-in the areas). Helpers that are not tricks (atomic writes, PNG encoding, ...) stay private.
+in the areas). Helpers that are not tricks (atomic writes, module-name resolution, ...) stay private.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
 def check_optional_int(
     name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
 ) -> int | None:
-    """Like :func:`check_int` but also accepts ``None``."""
+    """Like [`check_int`][lightning_tricks.functional.check_int] but also accepts ``None``."""
     return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
 
 

@@ -10,7 +10,7 @@ Besides names, an entry may be a class name (``"BatchNorm2d"``, or the dotted
 ``"module.QualName"``) or a class, which selects every submodule of that type. A lone
 string is one entry, never a sequence of characters.
 
-Parameters are named by the same rule (:func:`resolve_parameters`): an entry selects the
+Parameters are named by the same rule (`resolve_parameters`): an entry selects the
 parameters whose qualified name it matches (``"**.bias"``, ``"backbone.embed.pos"``) and
 every parameter of the submodules it selects (``"head"``, ``"backbone.*"``).
 
@@ -145,7 +145,7 @@ def unknown_name_error(
 
 
 def name_entries(arg: str, spec: object, *, allow_empty: bool = False) -> tuple[str | type, ...]:
-    """Normalise a :data:`ModuleSpec`: a lone string or class is one entry.
+    """Normalise a `ModuleSpec`: a lone string or class is one entry.
 
     Raises:
         TypeError: an entry that is neither a non-empty string nor a class.

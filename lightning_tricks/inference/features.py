@@ -1,7 +1,7 @@
 """FeaturePredict: ``trainer.predict`` returns named intermediate outputs of the model.
 
-The Lightning layer of :class:`~lightning_tricks.functional.FeatureExtractor` and
-:func:`~lightning_tricks.functional.extract_features` (the documented pair of
+The Lightning layer of [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor] and
+[`extract_features`][lightning_tricks.functional.extract_features] (the documented pair of
 ``functional/inference/features.py``): the mixin only decides when to capture.
 """
 
@@ -28,15 +28,15 @@ class FeaturePredict(LightningMixin, _ModuleBase):
     """A ``predict_step`` that returns ``{layer: output}`` for the layers you name.
 
     The intermediate outputs are captured with forward hooks by
-    :class:`~lightning_tricks.functional.FeatureExtractor` (so models ``torch.fx`` cannot
+    [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor] (so models ``torch.fx`` cannot
     trace work too); hooks exist only during each ``predict_step``. ``trainer.predict``
-    then returns (or a :class:`~lightning_tricks.PredictionWriter` writes) one dict of
+    then returns (or a [`PredictionWriter`][lightning_tricks.PredictionWriter] writes) one dict of
     tensors per batch. Training, validation and testing are untouched.
 
     Class attributes:
 
     * ``feature_layers`` (``()``): the submodules to capture, by the naming rule of
-      :class:`~lightning_tricks.functional.FeatureExtractor`: qualified names from
+      [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor]: qualified names from
       ``self.named_modules()`` (``("backbone.0", "head")``), segment globs
       (``"backbone.*"``), class names or classes; a lone string is one entry. Checked when
       prediction starts; the features are keyed by qualified name.
@@ -45,7 +45,7 @@ class FeaturePredict(LightningMixin, _ModuleBase):
     * ``feature_include_output`` (``False``): also return the model's output under the
       key ``"output"`` (the forward pass then runs to the end).
 
-    The input is the batch or its first element; override :meth:`feature_input` for dict
+    The input is the batch or its first element; override [`feature_input`][lightning_tricks.FeaturePredict.feature_input] for dict
     batches (return a dict of keyword arguments, called as ``self(**inputs)``).
 
     Example:

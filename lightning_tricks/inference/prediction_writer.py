@@ -1,8 +1,8 @@
 """PredictionWriter: predictions of every rank merged into one file, in dataset order.
 
 The callback decides when and on which rank; the work is done by
-:func:`~lightning_tricks.functional.save_rank_predictions` (every rank) and
-:func:`~lightning_tricks.functional.merge_rank_predictions` (global rank 0).
+[`save_rank_predictions`][lightning_tricks.functional.save_rank_predictions] (every rank) and
+[`merge_rank_predictions`][lightning_tricks.functional.merge_rank_predictions] (global rank 0).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ class PredictionWriter(BasePredictionWriter):
 
     Each rank collects its predictions (moved to CPU) with the dataset indices Lightning's
     predict loop reports, writes them atomically to ``{stem}.rank{global_rank}.pt``
-    (:func:`~lightning_tricks.functional.save_rank_predictions`), and after a barrier
+    ([`save_rank_predictions`][lightning_tricks.functional.save_rank_predictions]), and after a barrier
     global rank 0 merges all rank files into ``filename``
-    (:func:`~lightning_tricks.functional.merge_rank_predictions`): rows sorted by
+    ([`merge_rank_predictions`][lightning_tricks.functional.merge_rank_predictions]): rows sorted by
     dataset index, each index kept once. This removes the duplicates a
     ``DistributedSampler`` adds to pad the last batch (Lightning's own predict sampler
     does not pad, but a sampler you pass with ``use_distributed_sampler=False`` may).
     The result holds every predicted sample exactly once, in dataset order; read it with
-    :func:`load_predictions`. With several predict dataloaders, one file per dataloader is
-    written (``{stem}_dl{k}.pt``). Works the same with :class:`~lightning_tricks.TTAPredict`
-    (TTA-merged predictions) or :class:`~lightning_tricks.FeaturePredict` (dicts).
+    [`load_predictions`][lightning_tricks.functional.load_predictions]. With several predict dataloaders, one file per dataloader is
+    written (``{stem}_dl{k}.pt``). Works the same with [`TTAPredict`][lightning_tricks.TTAPredict]
+    (TTA-merged predictions) or [`FeaturePredict`][lightning_tricks.FeaturePredict] (dicts).
 
     ``predict_step`` must return a tensor, or a dict/list of tensors, with one row per
     sample of the batch.

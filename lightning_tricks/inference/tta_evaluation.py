@@ -1,8 +1,8 @@
 """TTAEvaluation: measure what test-time augmentation gains on the validation/test set.
 
 The callback decides on which batches to evaluate and accumulates the metrics; the
-comparison itself is :func:`~lightning_tricks.functional.tta_evaluation` and
-:func:`~lightning_tricks.functional.tta_flips`.
+comparison itself is [`tta_evaluation`][lightning_tricks.functional.tta_evaluation] and
+[`tta_flips`][lightning_tricks.functional.tta_flips].
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class TTAEvaluation(Callback):
     """Compute a metric with and without TTA on the same validation/test batches and log both.
 
     On each evaluated batch the identity view and the TTA views run in one forward pass
-    (:func:`~lightning_tricks.functional.tta_evaluation`); the identity output is the
+    ([`tta_evaluation`][lightning_tricks.functional.tta_evaluation]); the identity output is the
     plain prediction. At the end of the epoch it logs through ``LightningModule.log`` (so
     every logger, ``EarlyStopping`` and ``ModelCheckpoint`` see them), for ``stage`` =
     ``val`` or ``test``:
@@ -48,7 +48,7 @@ class TTAEvaluation(Callback):
     * ``tta_evaluation/{stage}_correct_to_wrong`` and
       ``tta_evaluation/{stage}_wrong_to_correct``: fractions of samples (pixels, for dense
       outputs) whose argmax prediction TTA turned from right to wrong and from wrong to
-      right (:func:`~lightning_tricks.functional.tta_flips`).
+      right ([`tta_flips`][lightning_tricks.functional.tta_flips]).
 
     Metrics are torchmetrics objects (multiclass, macro average except accuracy), so their
     states are synchronised across DDP ranks before the values are logged. The callback
@@ -56,13 +56,13 @@ class TTAEvaluation(Callback):
     forward pass per view on evaluated batches only.
 
     Args:
-        views: TTA views as strings, see :func:`~lightning_tricks.functional.parse_view`.
-        merge: how TTA merges the views (see :func:`~lightning_tricks.functional.merge_outputs`).
+        views: TTA views as strings, see [`parse_view`][lightning_tricks.functional.parse_view].
+        merge: how TTA merges the views (see [`merge_outputs`][lightning_tricks.functional.merge_outputs]).
         metric: ``"accuracy"``, ``"f1"``, ``"precision"`` or ``"recall"``.
         num_classes: number of classes; ``None`` reads it from the logits' dimension 1.
         include_identity: whether the TTA prediction includes the identity view.
         chunk_size: most images per forward pass; ``"auto"`` plans it once per input shape
-            (see :func:`~lightning_tricks.functional.tta_predict`), ``None`` runs all at once.
+            (see [`tta_predict`][lightning_tricks.functional.tta_predict]), ``None`` runs all at once.
         on_validation: evaluate during validation.
         on_test: evaluate during testing.
         every_n_epochs: evaluate validation every this many epochs.

@@ -44,7 +44,7 @@ class TTAPredict(LightningMixin, _ModuleBase):
 
     While predicting (and testing, with ``tta_on_test``), every call of the module with one
     image tensor, positional or keyword (``self(x)``, ``self(pixel_values=x)``, other
-    non-tensor arguments allowed), runs :func:`~lightning_tricks.functional.tta_predict`:
+    non-tensor arguments allowed), runs [`tta_predict`][lightning_tricks.functional.tta_predict]:
     the views of the batch go through ``forward`` in (planned) chunks and are merged. Your
     own ``predict_step``/``test_step`` therefore get TTA without changes; the mixin's
     default ``predict_step`` returns ``self(tta_input(batch))``. A call with several
@@ -54,16 +54,16 @@ class TTAPredict(LightningMixin, _ModuleBase):
     If ``forward`` returns a ``ModelOutput``/dict or a tuple, the tensor chosen by
     ``tta_output`` is merged and returned in the same container (``type(out)(logits=merged)``,
     ``{key: merged}``, ``(merged,)``), so ``self(pixel_values=x).logits`` keeps working;
-    the other fields are dropped. :meth:`tta_forward` returns the merged tensor.
+    the other fields are dropped. [`tta_forward`][lightning_tricks.TTAPredict.tta_forward] returns the merged tensor.
 
     Class attributes (set them in the class body or in ``__init__``):
 
     * ``tta_views`` (``("identity", "hflip")``): view strings, see
-      :func:`~lightning_tricks.functional.parse_view`.
+      [`parse_view`][lightning_tricks.functional.parse_view].
     * ``tta_merge`` (``"mean"``): how the views are merged, one of the modes of
-      :func:`~lightning_tricks.functional.merge_outputs`.
+      [`merge_outputs`][lightning_tricks.functional.merge_outputs].
     * ``tta_chunk_size`` (``"auto"``): most images per forward pass; ``"auto"`` plans it
-      once per input shape (see :func:`~lightning_tricks.functional.clear_tta_plans`),
+      once per input shape (see [`clear_tta_plans`][lightning_tricks.functional.clear_tta_plans]),
       ``None`` runs all views at once.
     * ``tta_output`` (``None``): which tensor of ``forward``'s output to merge: ``None``
       takes a tensor as is, ``"logits"`` of a ``ModelOutput``/dict, element 0 of a tuple;
@@ -74,7 +74,7 @@ class TTAPredict(LightningMixin, _ModuleBase):
     Nothing is installed on the module: TTA takes the place of ``forward`` for the length of
     one call, while the Trainer is running a predict (or a test, with ``tta_on_test``), so a
     predict that fails or is interrupted leaves the plain module behind, and every other call
-    (``fit``, ``validate``, your own) runs the plain ``forward``. Inside :meth:`tta_disabled`
+    (``fit``, ``validate``, your own) runs the plain ``forward``. Inside [`tta_disabled`][lightning_tricks.TTAPredict.tta_disabled]
     every call is plain. If you override ``on_predict_start`` (or ``on_test_start``), call
     ``super()``. Forward hooks of the module run once per call, around the merged output;
     those of its submodules once per TTA forward pass (and a few more times on the first
@@ -159,7 +159,7 @@ class TTAPredict(LightningMixin, _ModuleBase):
     def tta_disabled(self) -> Iterator[None]:
         """Calls of the module inside this block run the plain ``forward``, also while predicting.
 
-        :class:`~lightning_tricks.TTAEvaluation` uses it to compare the plain model with TTA
+        [`TTAEvaluation`][lightning_tricks.TTAEvaluation] uses it to compare the plain model with TTA
         when ``tta_on_test`` makes the test-time ``forward`` TTA.
 
         Example:

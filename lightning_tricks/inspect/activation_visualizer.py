@@ -16,7 +16,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars
+from lightning_tricks._logging import component_dir, component_name, image_writer, log_scalars, write_png
 from lightning_tricks.functional._checks import (
     check_int,
     check_number,
@@ -24,7 +24,6 @@ from lightning_tricks.functional._checks import (
     check_str_sequence,
 )
 from lightning_tricks.functional._io import atomic_write_text
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.activation_visualizer import (
     STAT_NAMES,
     activation_histogram,
@@ -78,7 +77,7 @@ class ActivationVisualizer(Callback):
     """Log what chosen layers output on a fixed sample batch, every N epochs and at the end of fit.
 
     The sample batch is taken once (the first validation batch, else the first training
-    batch, unless given with :meth:`set_sample`), cut to ``num_samples`` rows. A capture
+    batch, unless given with [`set_sample`][lightning_tricks.ActivationVisualizer.set_sample]), cut to ``num_samples`` rows. A capture
     runs the model on it in eval mode without gradients, with forward hooks that exist
     only during the capture, and leaves weights, train/eval flags and the global RNG
     untouched. Global rank 0 captures and sends the result (history, ranges, statistics)
@@ -93,7 +92,7 @@ class ActivationVisualizer(Callback):
 
     Statistics are per unit: a unit is a channel of a conv feature map ``(B, C, H, W)``
     and a feature of a token sequence ``(B, T, F)`` or a vector ``(B, F)`` (the module
-    type decides: :func:`~lightning_tricks.functional.inspect.activation_visualizer.feature_dim_of`).
+    type decides: `feature_dim_of`).
     A unit is dead when it is near zero for every sample and position. Sequences are
     drawn as a tokens x features heat map per sample.
 
@@ -109,7 +108,7 @@ class ActivationVisualizer(Callback):
     The last capture of a fit runs at the end of its last training epoch. Should a fit
     end where that is not known (e.g. stopped by another callback after the epoch-end
     hooks), a final capture runs in ``on_fit_end``, where ``LightningModule.log`` is not
-    allowed: its statistics are in :attr:`last_stats`, its images written, but no scalar
+    allowed: its statistics are in `last_stats`, its images written, but no scalar
     is logged.
 
     Args:

@@ -17,7 +17,7 @@ __all__ = ["AliasingError", "AliasingGuard"]
 
 
 class AliasingError(RuntimeError):
-    """Raised by :class:`AliasingGuard` with ``on_error="raise"``.
+    """Raised by [`AliasingGuard`][lightning_tricks.AliasingGuard] with ``on_error="raise"``.
 
     Example:
         >>> isinstance(AliasingError("x"), RuntimeError)
@@ -49,12 +49,12 @@ class AliasingGuard(Callback):
     after the step reports any that changed, naming the batch position and the dataset
     tensor. Nothing is done on other steps; on sampled steps the comparison of an aliased
     tensor with its copy is the only possible device sync. Every report of the current fit
-    is kept in :attr:`found` (one message per batch position), whatever ``on_error`` says.
+    is kept in `found` (one message per batch position), whatever ``on_error`` says.
 
     Args:
         every_n_steps: check every N-th step (step 0 included).
-        on_error: ``"warn"`` (the default), ``"raise"`` (:class:`AliasingError`) or
-            ``"ignore"`` (only record the report in :attr:`found`).
+        on_error: ``"warn"`` (the default), ``"raise"`` ([`AliasingError`][lightning_tricks.AliasingError]) or
+            ``"ignore"`` (only record the report in `found`).
 
     Raises:
         ValueError: for an ``on_error`` other than ``"warn"``, ``"raise"``, ``"ignore"``.

@@ -1,5 +1,5 @@
 """FilterVisualizer: the images chosen channels respond to most, every N epochs
-(pair: ``FilterVisualizer`` <-> :func:`~lightning_tricks.functional.inspect.filter_visualizer.visualize_filters`)."""
+(pair: ``FilterVisualizer`` <-> [`visualize_filters`][lightning_tricks.functional.visualize_filters])."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks._logging import component_dir, component_name, image_writer
+from lightning_tricks._logging import component_dir, component_name, image_writer, write_png
 from lightning_tricks.functional._checks import (
     check_choice,
     check_int,
@@ -22,7 +22,6 @@ from lightning_tricks.functional._checks import (
     check_str_sequence,
 )
 from lightning_tricks.functional._modules import resolve_modules
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.filter_visualizer import (
     MAX_ROUNDS,
     MAX_SEED,
@@ -43,7 +42,7 @@ class FilterVisualizer(Callback):
     """Log, every N epochs, the images that chosen channels of chosen layers respond to most.
 
     At the end of every ``every_n_epochs``-th training epoch, global rank 0 runs
-    :func:`~lightning_tricks.functional.inspect.filter_visualizer.visualize_filters`
+    [`visualize_filters`][lightning_tricks.functional.visualize_filters]
     (activation maximisation from noise with Adam at growing resolution, jitter/blur
     regularisation, a decorrelated or clamped colour space) for each selected layer and
     logs one grid per layer, one image per channel: with a TensorBoard logger the image

@@ -1,5 +1,5 @@
 """ClassActivationMaps: Grad-CAM heatmaps of a fixed validation batch, every N epochs
-(pair: ``ClassActivationMaps`` <-> :func:`~lightning_tricks.functional.inspect.grad_cam.grad_cam`)."""
+(pair: ``ClassActivationMaps`` <-> [`grad_cam`][lightning_tricks.functional.grad_cam])."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_tricks._logging import component_dir, component_name, image_writer
+from lightning_tricks._logging import component_dir, component_name, image_writer, write_png
 from lightning_tricks.functional._checks import (
     check_int,
     check_number,
@@ -20,7 +20,6 @@ from lightning_tricks.functional._checks import (
     check_optional_path,
     check_str,
 )
-from lightning_tricks.functional.inspect._png import write_png
 from lightning_tricks.functional.inspect.grad_cam import grad_cam, overlay_heatmaps, resolve_one_layer
 from lightning_tricks.inspect._side_activity import run_side_activity
 
@@ -52,7 +51,7 @@ class ClassActivationMaps(Callback):
     The batch is the first ``num_images`` images of the first validation batch (of the
     first training batch when there is no validation), kept from the first time it is
     seen. At the end of every ``every_n_epochs``-th training epoch, global rank 0 runs
-    :func:`~lightning_tricks.functional.inspect.grad_cam.grad_cam` on it, explaining each
+    [`grad_cam`][lightning_tricks.functional.grad_cam] on it, explaining each
     image's predicted class, and logs one grid: the images in the top row, the heatmaps
     blended over them below. With a TensorBoard logger the grid is the image
     ``class_activation_maps/<layer>``; with other loggers (or none) it is a PNG file

@@ -34,7 +34,7 @@ __all__ = ["GradientMonitor", "NonFiniteGradientError"]
 
 
 class NonFiniteGradientError(RuntimeError):
-    """Raised by :class:`GradientMonitor` with ``on_error="raise"``.
+    """Raised by [`GradientMonitor`][lightning_tricks.GradientMonitor] with ``on_error="raise"``.
 
     Example:
         >>> str(NonFiniteGradientError("layer 'head' has a NaN gradient"))
@@ -59,7 +59,7 @@ class GradientMonitor(Callback):
     spreads from where it arose to every layer before it; the forward order is recorded
     once, on the first training step). Under fp16 mixed precision with a loss scaler,
     non-finite gradients are what the scaler expects now and then: it skips those steps
-    and lowers the scale. They are then counted in :attr:`skipped_steps` (logged as
+    and lowers the scale. They are then counted in `skipped_steps` (logged as
     ``gradient_monitor/skipped_steps``) instead of warned about or raised.
 
     Logged through ``LightningModule.log`` (so every logger, ``EarlyStopping`` and
@@ -68,7 +68,7 @@ class GradientMonitor(Callback):
     ``gradient_monitor/grad_norm/output/<name>``; with ``log_histograms=True`` and a
     TensorBoard logger also one histogram per layer, ``gradient_monitor/grad_hist/<layer>``
     (all gradients of the layer's parameters). The latest values are kept in
-    :attr:`last_norms` and the latest output gradients in :attr:`intermediate_grads`.
+    `last_norms` and the latest output gradients in [`intermediate_grads`][lightning_tricks.GradientMonitor.intermediate_grads].
 
     Args:
         every_n_steps: ``None`` (the default) samples on the Trainer's logging steps
@@ -76,11 +76,11 @@ class GradientMonitor(Callback):
             step. An int N samples every N-th optimizer step (step 0 included); the
             loggers then see a sample only when it falls on a logging step of the
             Trainer (e.g. with ``log_every_n_steps=1``), the others are kept in
-            :attr:`last_norms` only.
+            `last_norms` only.
         norm_type: p of the p-norm, in [1, 32] (``inf`` for the max norm).
         log_histograms: also log gradient histograms (TensorBoard only).
         on_error: what to do when a step had a NaN/Inf gradient: ``"warn"`` (the default)
-            or ``"raise"`` (:class:`NonFiniteGradientError`), naming the step and the layer
+            or ``"raise"`` ([`NonFiniteGradientError`][lightning_tricks.NonFiniteGradientError]), naming the step and the layer
             nearest its origin; ``"ignore"`` skips the every-step check (unsampled steps
             then cost nothing) and leaves the logged norms as the only record.
         intermediate: modules whose output gradients to keep and log, by the library's

@@ -15,7 +15,7 @@ __all__ = ["RetainedGraphError", "RetainedGraphGuard"]
 
 
 class RetainedGraphError(RuntimeError):
-    """Raised by :class:`RetainedGraphGuard` with ``on_error="raise"``.
+    """Raised by [`RetainedGraphGuard`][lightning_tricks.RetainedGraphGuard] with ``on_error="raise"``.
 
     Example:
         >>> isinstance(RetainedGraphError("x"), RuntimeError)
@@ -53,12 +53,12 @@ class RetainedGraphGuard(Callback):
     point none should exist. The classic case is ``self.losses.append(loss)``. The
     message names the attribute and estimates the memory it holds. Each attribute is
     reported once per fit. The scan is pure Python (no device sync) and bounded. Every
-    finding of the current fit is kept in :attr:`found`, whatever ``on_error`` says.
+    finding of the current fit is kept in `found`, whatever ``on_error`` says.
 
     Args:
         every_n_steps: scan every N steps after the first scan (which is one step after the start).
-        on_error: ``"warn"`` (the default), ``"raise"`` (:class:`RetainedGraphError`) or
-            ``"ignore"`` (only record the finding in :attr:`found`).
+        on_error: ``"warn"`` (the default), ``"raise"`` ([`RetainedGraphError`][lightning_tricks.RetainedGraphError]) or
+            ``"ignore"`` (only record the finding in `found`).
         max_depth: container nesting levels to look into.
 
     Raises:

@@ -1,7 +1,7 @@
 """``AdaptiveGradientClipping``: AGC (Brock et al. 2021) as a callback.
 
-Pair: :func:`~lightning_tricks.functional.adaptive_clip_grad_` on the parameters that
-:func:`~lightning_tricks.functional.adaptive_clip_exclusions` does not leave out.
+Pair: [`adaptive_clip_grad_`][lightning_tricks.functional.adaptive_clip_grad_] on the parameters that
+[`adaptive_clip_exclusions`][lightning_tricks.functional.adaptive_clip_exclusions] does not leave out.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class AdaptiveGradientClipping(_ClippingCallback):
     """Adaptive gradient clipping (AGC, Brock et al. 2021): clip each unit's gradient
     relative to the norm of its weights, as NFNets do.
 
-    Runs :func:`~lightning_tricks.functional.adaptive_clip_grad_` on the unscaled,
+    Runs [`adaptive_clip_grad_`][lightning_tricks.functional.adaptive_clip_grad_] on the unscaled,
     all-reduced gradients of every optimizer step. On logging steps it logs
     ``adaptive_gradient_clipping/grad_norm_pre_clip``,
     ``adaptive_gradient_clipping/grad_norm_post_clip`` (whole model) and
@@ -38,7 +38,7 @@ class AdaptiveGradientClipping(_ClippingCallback):
         eps: lower bound of the weight norm.
         norm_type: order of the unit-wise norms.
         skip_classifier: leave the final classifier out, as the paper does: the layer
-            :func:`~lightning_tricks.functional.find_head` finds (the model's
+            [`find_head`][lightning_tricks.functional.find_head] finds (the model's
             ``get_classifier()`` (timm convention) if it has one, else the last
             ``nn.Linear`` that is not an attention projection).
         exclude: further parameters or modules to leave out, by the naming rule

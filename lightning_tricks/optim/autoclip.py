@@ -1,7 +1,7 @@
 """``AutoClip``: AutoClip (Seetharaman et al. 2020) as a callback.
 
-Pair: :func:`~lightning_tricks.functional.auto_clip_` with the
-:class:`~lightning_tricks.functional.AutoClipper` the callback keeps and checkpoints.
+Pair: [`auto_clip_`][lightning_tricks.functional.auto_clip_] with the
+[`AutoClipper`][lightning_tricks.functional.AutoClipper] the callback keeps and checkpoints.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class AutoClip(_ClippingCallback):
     """AutoClip (Seetharaman et al. 2020): clip the gradient norm to a percentile of the
     gradient norms seen so far.
 
-    Runs :func:`~lightning_tricks.functional.auto_clip_` with an
-    :class:`~lightning_tricks.functional.AutoClipper` on the unscaled, all-reduced
+    Runs [`auto_clip_`][lightning_tricks.functional.auto_clip_] with an
+    [`AutoClipper`][lightning_tricks.functional.AutoClipper] on the unscaled, all-reduced
     gradients of every optimizer step. Norms of steps that ``GradScaler`` skips
     (inf/NaN) are not recorded. The history is saved in checkpoints and, because DDP's
     gradients are identical on every rank, it is identical on every rank. On logging

@@ -56,12 +56,12 @@ class NoBiasDecay(LightningMixin):
     Keep writing ``configure_optimizers`` as usual, with any optimizer, any parameter
     groups and any LR scheduler. After it returns, every group with a non-zero weight
     decay is split into a no-decay part (``weight_decay=0``) and a decay part, in that
-    order (timm's order, the same as :meth:`parameter_groups`); both keep
+    order (timm's order, the same as [`parameter_groups`][lightning_tricks.NoBiasDecay.parameter_groups]); both keep
     the group's other hyperparameters (lr, betas, momentum, ...) and the schedulers'
     per-group state is extended to match (``base_lrs``, LambdaLR's ``lr_lambdas``,
     OneCycleLR's per-group values, ReduceLROnPlateau's ``min_lrs``). Frozen parameters
     are left out of the groups (``FreezeBackbone`` adds them when it unfreezes, through
-    :meth:`split_param_group`). The explicit alternative is :meth:`parameter_groups`.
+    [`split_param_group`][lightning_tricks.NoBiasDecay.split_param_group]). The explicit alternative is [`parameter_groups`][lightning_tricks.NoBiasDecay.parameter_groups].
 
     A ``configure_optimizers`` set on the instance is split the same way: LightningCLI's
     ``--optimizer AdamW --optimizer.weight_decay 0.05`` (with or without
@@ -69,7 +69,7 @@ class NoBiasDecay(LightningMixin):
     gets the decay/no-decay groups too, its scheduler extended to match.
 
     Which parameters are not decayed: see
-    :func:`lightning_tricks.functional.no_weight_decay_names` (biases, ``ndim <= 1``,
+    [`lightning_tricks.functional.no_weight_decay_names`][lightning_tricks.functional.no_weight_decay_names] (biases, ``ndim <= 1``,
     normalization layers, the model's ``no_weight_decay()`` names, and optionally
     embeddings and further parameters or modules).
 

@@ -1,8 +1,8 @@
 """Lightning layer of channels-last: convert the model at setup and every 4-D batch after transfer.
 
-A documented pair: :class:`ChannelsLast` <-> :func:`~lightning_tricks.functional.model_to_channels_last`
+A documented pair: [`ChannelsLast`][lightning_tricks.ChannelsLast] <-> [`model_to_channels_last`][lightning_tricks.functional.model_to_channels_last]
 (``lightning_tricks.functional.perf.channels_last``, with
-:func:`~lightning_tricks.functional.batch_to_channels_last` for the batches).
+[`batch_to_channels_last`][lightning_tricks.functional.batch_to_channels_last] for the batches).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Lightning layer of ``torch.compile``: compile at setup, report compile time and recompilations.
 
-A documented pair: :class:`Compile` <-> :func:`~lightning_tricks.functional.compile_modules`
+A documented pair: [`Compile`][lightning_tricks.Compile] <-> [`compile_modules`][lightning_tricks.functional.compile_modules]
 (``lightning_tricks.functional.perf.compile``), which does the in-place compilation;
 the callback decides when (``setup``, undone in ``teardown``) and reports.
 """

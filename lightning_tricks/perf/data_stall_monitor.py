@@ -1,7 +1,7 @@
 """Measure how much of each training step is spent waiting for data, and say what to change.
 
-The Lightning layer of :class:`~lightning_tricks.functional.DataStallTimer` and
-:func:`~lightning_tricks.functional.data_stall_advice`
+The Lightning layer of [`DataStallTimer`][lightning_tricks.functional.DataStallTimer] and
+[`data_stall_advice`][lightning_tricks.functional.data_stall_advice]
 (``lightning_tricks.functional.perf.data_stall_monitor``): the callback decides when to
 measure, log and warn.
 """

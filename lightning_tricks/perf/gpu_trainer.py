@@ -30,12 +30,12 @@ CPU_FALLBACK: dict[str, Any] = {
 def gpu_trainer_kwargs(find_unused_parameters: bool = False, **overrides: Any) -> dict[str, Any]:
     """The ``Trainer`` arguments of the GPU preset, with ``overrides`` applied.
 
-    The preset is read from :data:`GPU_CONFIG` (the LightningCLI config file), so the
+    The preset is read from [`GPU_CONFIG`][lightning_tricks.perf.gpu_trainer.GPU_CONFIG] (the LightningCLI config file), so the
     function and the config cannot drift apart: ``precision="16-mixed"``,
     ``strategy="ddp"`` (with ``find_unused_parameters`` only when asked, since the
     search costs a graph traversal every step), ``devices="auto"`` and ``benchmark=True``
     (cuDNN picks the fastest convolution algorithms) unless ``deterministic=True``.
-    Without CUDA it falls back to :data:`CPU_FALLBACK` (one CPU process in
+    Without CUDA it falls back to [`CPU_FALLBACK`][lightning_tricks.perf.gpu_trainer.CPU_FALLBACK] (one CPU process in
     ``bf16-mixed``) and warns once; explicit overrides always win.
 
     Args:
@@ -74,7 +74,7 @@ def gpu_trainer_kwargs(find_unused_parameters: bool = False, **overrides: Any) -
 
 
 def gpu_trainer(find_unused_parameters: bool = False, **overrides: Any) -> L.Trainer:
-    """A ``lightning.Trainer`` with the GPU preset of :func:`gpu_trainer_kwargs`.
+    """A ``lightning.Trainer`` with the GPU preset of [`gpu_trainer_kwargs`][lightning_tricks.gpu_trainer_kwargs].
 
     This is the configuration every lightning-tricks callback is built and tested for:
     ``precision="16-mixed"``, ``strategy="ddp"``, ``benchmark=True`` unless
@@ -82,7 +82,7 @@ def gpu_trainer(find_unused_parameters: bool = False, **overrides: Any) -> L.Tra
     ``bf16-mixed``.
 
     Args:
-        find_unused_parameters: see :func:`gpu_trainer_kwargs`.
+        find_unused_parameters: see [`gpu_trainer_kwargs`][lightning_tricks.gpu_trainer_kwargs].
         **overrides: any ``lightning.Trainer`` argument.
 
     Returns:

@@ -47,7 +47,7 @@ class GradientCheckpointing(Callback):
             attention outputs, recomputes the rest).
         preserve_rng_state: replay the RNG state in the recomputation. ``None``
             (default): only for blocks that can draw random numbers (see
-            :func:`~lightning_tricks.functional.apply_gradient_checkpointing`).
+            [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing]).
 
     Raises:
         TypeError: if ``targets`` is not a name, a class or a sequence of them, or

@@ -1,9 +1,9 @@
 """MemorySnapshot: CUDA allocator snapshots (or a CPU memory profile) of chosen training steps.
 
 The Lightning layer of ``lightning_tricks.functional.perf.memory_snapshot``
-(:class:`~lightning_tricks.functional.MemoryWindow`,
-:func:`~lightning_tricks.functional.start_memory_recording`,
-:func:`~lightning_tricks.functional.dump_memory_snapshot` and their CPU profiler
+([`MemoryWindow`][lightning_tricks.functional.MemoryWindow],
+[`start_memory_recording`][lightning_tricks.functional.start_memory_recording],
+[`dump_memory_snapshot`][lightning_tricks.functional.dump_memory_snapshot] and their CPU profiler
 counterparts): the callback decides which steps are recorded, on which ranks, and where
 the files go.
 """

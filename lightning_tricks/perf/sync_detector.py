@@ -1,6 +1,6 @@
 """SyncDetector: report host-device syncs and CPU-built tensors inside ``training_step``.
 
-The Lightning layer of :func:`~lightning_tricks.functional.detect_syncs`
+The Lightning layer of [`detect_syncs`][lightning_tricks.functional.detect_syncs]
 (``lightning_tricks.functional.perf.sync_detector``): the callback decides which steps
 are inspected, and warns, raises or logs what the functional core finds.
 """
@@ -25,7 +25,7 @@ class SyncDetector(L.Callback):
     """Find ``.item()``, ``.cpu()``, ``if tensor:``, ``print(tensor)``, boolean-mask indexing,
     ``nonzero``, ``torch.tensor(...).to(device)`` and the like inside ``training_step``.
 
-    On sampled steps, ``training_step`` runs under :func:`~lightning_tricks.functional.detect_syncs`:
+    On sampled steps, ``training_step`` runs under [`detect_syncs`][lightning_tricks.functional.detect_syncs]:
     every operation that forces the host to wait for the accelerator (or that builds a
     tensor on the CPU only to move it) is attributed to the line of your code that caused
     it and aggregated per call site. It works on CPU too, so a CPU CI run catches them
@@ -37,9 +37,9 @@ class SyncDetector(L.Callback):
 
     Args:
         on_error: ``"warn"``: one warning listing every call site at the end of fit (global
-            rank 0); ``"raise"``: raise :class:`~lightning_tricks.functional.SyncDetectedError`
+            rank 0); ``"raise"``: raise [`SyncDetectedError`][lightning_tricks.functional.SyncDetectedError]
             at the first finding, naming the call site; ``"ignore"``: only count (see
-            :attr:`report`) and log.
+            `report`) and log.
         every_n_steps: inspect one optimizer step every this many (the others cost nothing).
         start_step: first step inspected (``trainer.global_step``).
         ignore: call sites to skip: substrings of ``"path/to/file.py:line"``.

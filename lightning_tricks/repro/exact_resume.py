@@ -1,8 +1,8 @@
 """Checkpoint every rank's random number generators so that a resumed run is exact.
 
-The functional pair: :class:`ExactResume` saves with
-:func:`~lightning_tricks.functional.repro.exact_resume.gather_rng_states` and restores with
-:func:`~lightning_tricks.functional.repro.exact_resume.restore_rng_state`
+The functional pair: [`ExactResume`][lightning_tricks.ExactResume] saves with
+[`gather_rng_states`][lightning_tricks.functional.gather_rng_states] and restores with
+[`restore_rng_state`][lightning_tricks.functional.restore_rng_state]
 (``lightning_tricks.functional.repro.exact_resume``).
 """
 
@@ -27,7 +27,7 @@ class ExactResume(Callback):
     generators: a resumed run draws other dropout masks, other shuffles and other loader
     worker seeds than the run it continues, so a model with dropout never resumes
     bitwise. With this callback, each checkpoint holds the state of torch's CPU and CUDA
-    generators, numpy's and Python's :mod:`random`, of every rank (gathered into the
+    generators, numpy's and Python's `random`, of every rank (gathered into the
     checkpoint that global rank 0 writes); a fit resumed from it gives each rank its own
     states back when the first resumed epoch starts (``on_train_epoch_start``) and makes
     that epoch's training data iterator again from them, after the samplers' ``set_epoch``

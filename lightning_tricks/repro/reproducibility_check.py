@@ -1,8 +1,8 @@
 """Write per-epoch weight checksums and find where a run diverges from a reference run.
 
-The functional pair: :class:`ReproducibilityCheck` records with
-:func:`~lightning_tricks.functional.tensor_checksums` and compares with
-:func:`~lightning_tricks.functional.first_divergence`
+The functional pair: [`ReproducibilityCheck`][lightning_tricks.ReproducibilityCheck] records with
+[`tensor_checksums`][lightning_tricks.functional.tensor_checksums] and compares with
+[`first_divergence`][lightning_tricks.functional.first_divergence]
 (``lightning_tricks.functional.repro.reproducibility_check``).
 """
 
@@ -37,7 +37,7 @@ from lightning_tricks.functional.repro.reproducibility_check import (
 __all__ = ["ReproducibilityCheck", "ReproducibilityError"]
 
 Compare = Literal["every_epoch", "end"]
-"""When a :class:`ReproducibilityCheck` compares with the reference run."""
+"""When a [`ReproducibilityCheck`][lightning_tricks.ReproducibilityCheck] compares with the reference run."""
 
 
 def _check_path(name: str, value: Any) -> str:
@@ -46,7 +46,7 @@ def _check_path(name: str, value: Any) -> str:
 
 
 class ReproducibilityError(RuntimeError):
-    """A run's weights diverged from the reference run's (raised by :class:`ReproducibilityCheck`).
+    """A run's weights diverged from the reference run's (raised by [`ReproducibilityCheck`][lightning_tricks.ReproducibilityCheck]).
 
     Example:
         >>> str(ReproducibilityError("runs diverge at epoch 1"))
@@ -76,7 +76,7 @@ class ReproducibilityCheck(Callback):
         reference: path of a checksum file of an earlier run to compare with (``None``:
             only write).
         on_error: what a divergence does: ``"warn"`` warns once and keeps training;
-            ``"raise"`` stops training with :class:`ReproducibilityError`; ``"ignore"``
+            ``"raise"`` stops training with [`ReproducibilityError`][lightning_tricks.ReproducibilityError]; ``"ignore"``
             only records it (``divergence``, and the logged ``diverged`` scalar).
         compare: ``"every_epoch"`` compares as each epoch ends (``"raise"`` stops at the
             first divergent epoch); ``"end"`` compares all epochs once training ends.

@@ -4,9 +4,9 @@ The split depends only on the dataset length, the sizes, the labels and the seed
 private ``torch.Generator``), never on the global RNG, so every process of a
 distributed run computes the same split without any communication.
 
-The functional pair of :class:`~lightning_tricks.SplitDataModule`: it splits with
-:func:`split_indices` (what :func:`split_dataset` does for one dataset) and shuffles its
-training split with :class:`SeededShuffleSampler`.
+The functional pair of [`SplitDataModule`][lightning_tricks.SplitDataModule]: it splits with
+[`split_indices`][lightning_tricks.functional.split_indices] (what [`split_dataset`][lightning_tricks.functional.split_dataset] does for one dataset) and shuffles its
+training split with [`SeededShuffleSampler`][lightning_tricks.functional.SeededShuffleSampler].
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def split_indices(
     Args:
         n: number of samples.
         sizes: per split a fraction, a count, or ``None`` for the rest
-            (see :func:`resolve_split_sizes`).
+            (see [`resolve_split_sizes`][lightning_tricks.functional.resolve_split_sizes]).
         seed: seed of the private generator, ``0 <= seed < 2**64``; the global RNG is
             neither used nor changed.
         labels: optional per-sample class labels (any hashable values) for stratification.
@@ -234,7 +234,7 @@ def _is_array_like(labels: Any) -> bool:
 
 
 def _check_labels(dataset: Any, labels: Any) -> Any:
-    """Validate ``labels`` without loading samples: the forms :func:`split_dataset` accepts.
+    """Validate ``labels`` without loading samples: the forms [`split_dataset`][lightning_tricks.functional.split_dataset] accepts.
 
     Raises:
         TypeError: ``labels`` is of none of the accepted forms.
@@ -297,7 +297,7 @@ def split_dataset(
     seed: int = 0,
     labels: Sequence[Any] | torch.Tensor | str | int | Callable[[Any], Any] | None = None,
 ) -> list[Subset]:
-    """Split a map-style dataset into :class:`~torch.utils.data.Subset` s (see :func:`split_indices`).
+    """Split a map-style dataset into `torch.utils.data.Subset` s (see [`split_indices`][lightning_tricks.functional.split_indices]).
 
     Args:
         dataset: a map-style dataset (``__getitem__`` and ``__len__``).

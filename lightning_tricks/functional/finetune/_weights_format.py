@@ -1,7 +1,7 @@
 """Recognise what a weights file is before reading it, and explain why one cannot be read.
 
-Private helpers of :mod:`lightning_tricks.functional.finetune.weights_io`. Nothing here
-unpickles anything: pickles are inspected with :mod:`pickletools`, which only parses
+Private helpers of `lightning_tricks.functional.finetune.weights_io`. Nothing here
+unpickles anything: pickles are inspected with `pickletools`, which only parses
 opcodes.
 """
 
@@ -199,7 +199,7 @@ def global_exists(name: str) -> bool:
 
 
 def zip_kind(path: Path) -> tuple[str, str]:
-    """``("zip", "")`` for a PyTorch zip checkpoint, else the kind and a detail for :func:`unreadable`."""
+    """``("zip", "")`` for a PyTorch zip checkpoint, else the kind and a detail for `unreadable`."""
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()

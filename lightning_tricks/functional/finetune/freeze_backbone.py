@@ -1,9 +1,9 @@
 """Freeze and unfreeze submodules, and add unfrozen parameters to an optimizer.
 
-The functional core of :class:`lightning_tricks.FreezeBackbone`, which wires its hooks to
-these functions: :func:`freeze_modules` when the fit starts, :func:`set_train_mode` (in a
+The functional core of [`lightning_tricks.FreezeBackbone`][lightning_tricks.FreezeBackbone], which wires its hooks to
+these functions: [`freeze_modules`][lightning_tricks.functional.freeze_modules] when the fit starts, [`set_train_mode`][lightning_tricks.functional.set_train_mode] (in a
 hand-written loop; the callback keeps the frozen BatchNorm layers in eval mode itself),
-:func:`unfreeze_units` for gradual unfreezing, and :func:`unfreeze_into_optimizer`, which
+[`unfreeze_units`][lightning_tricks.functional.unfreeze_units] for gradual unfreezing, and [`unfreeze_into_optimizer`][lightning_tricks.functional.unfreeze_into_optimizer], which
 makes modules trainable and adds their parameters to an optimizer at a learning-rate
 ratio with its schedulers extended to the new groups.
 
@@ -150,12 +150,12 @@ def freeze_modules(
 
     Frozen parameters get no gradient, so optimizers skip them entirely (no momentum, no
     weight decay). ``model.train()`` puts every BatchNorm layer back in training mode; in a
-    hand-written loop call :func:`set_train_mode` instead, which keeps the BatchNorm layers
+    hand-written loop call [`set_train_mode`][lightning_tricks.functional.set_train_mode] instead, which keeps the BatchNorm layers
     frozen here in eval mode (the ``FreezeBackbone`` callback does it for you).
 
     Args:
         model: the root module.
-        names: qualified names, globs, class names or classes, see :func:`select_modules`.
+        names: qualified names, globs, class names or classes, see [`select_modules`][lightning_tricks.functional.select_modules].
         train_bn: leave BatchNorm layers in training mode (running statistics update).
 
     Returns:
@@ -188,12 +188,12 @@ def freeze_modules(
 
 
 def set_train_mode(model: nn.Module, mode: bool = True) -> nn.Module:
-    """``model.train(mode)`` that leaves the BatchNorm layers frozen by :func:`freeze_modules`
+    """``model.train(mode)`` that leaves the BatchNorm layers frozen by [`freeze_modules`][lightning_tricks.functional.freeze_modules]
     in eval mode.
 
     ``model.train()`` switches every BatchNorm layer back to training mode, so a frozen
     backbone's running statistics would drift with every batch. Call this at the start of
-    each training epoch of a hand-written (or Fabric) loop instead; :func:`unfreeze_modules`
+    each training epoch of a hand-written (or Fabric) loop instead; [`unfreeze_modules`][lightning_tricks.functional.unfreeze_modules]
     gives the layers back to the model's mode.
 
     Args:
@@ -231,12 +231,12 @@ def unfreeze_modules(model: nn.Module, names: ModuleSpec = "backbone") -> list[n
 
     Args:
         model: the root module.
-        names: qualified names, globs, class names or classes, see :func:`select_modules`.
+        names: qualified names, globs, class names or classes, see [`select_modules`][lightning_tricks.functional.select_modules].
 
     Returns:
         The parameters that were frozen and are now trainable (add these to the optimizer,
-        e.g. with :func:`lightning_tricks.functional.add_param_groups`, or unfreeze with
-        :func:`unfreeze_into_optimizer`, which does both).
+        e.g. with [`lightning_tricks.functional.add_param_groups`][lightning_tricks.functional.add_param_groups], or unfreeze with
+        [`unfreeze_into_optimizer`][lightning_tricks.functional.unfreeze_into_optimizer], which does both).
 
     Raises:
         TypeError: ``model`` is not a module, or ``names`` not names.
@@ -284,7 +284,7 @@ def unfreeze_units(
         modules: the frozen modules, in input-to-output order; or, with ``names``, the
             root model.
         names: the frozen modules by name (qualified names, globs, class names or
-            classes, see :func:`select_modules`), resolved in ``modules``.
+            classes, see [`select_modules`][lightning_tricks.functional.select_modules]), resolved in ``modules``.
 
     Returns:
         The modules to unfreeze one per step; a step unfreezes the unit's parameters.
@@ -402,13 +402,13 @@ def unfreeze_into_optimizer(
 ) -> list[nn.Parameter]:
     """Unfreeze modules and add their parameters to ``optimizer``, schedules intact.
 
-    The entry point of :class:`lightning_tricks.FreezeBackbone`'s unfreezing. The
+    The entry point of [`lightning_tricks.FreezeBackbone`][lightning_tricks.FreezeBackbone]'s unfreezing. The
     parameters that were frozen become trainable (BatchNorm layers get the model's mode
-    back, see :func:`unfreeze_modules`) and join ``optimizer`` as new groups that copy the
+    back, see [`unfreeze_modules`][lightning_tricks.functional.unfreeze_modules]) and join ``optimizer`` as new groups that copy the
     hyperparameters of its first group with the largest weight decay (the "head" group,
     the template) and follow its learning rate at a fixed ratio, also when it is 0 at
     that moment (a warm-up from 0). Every scheduler in ``schedulers`` is extended to the
-    new groups (see :func:`lightning_tricks.functional.add_param_groups`). Parameters that
+    new groups (see [`lightning_tricks.functional.add_param_groups`][lightning_tricks.functional.add_param_groups]). Parameters that
     are already in a group of ``optimizer`` are moved, never duplicated (matched by
     identity).
 
@@ -419,8 +419,8 @@ def unfreeze_into_optimizer(
         model: the root module (its training mode is given back to unfrozen BatchNorm
             layers).
         modules: the modules to unfreeze: names resolved in ``model`` (qualified names,
-            globs, class names or classes, see :func:`select_modules`), or the modules
-            themselves (e.g. a unit of :func:`unfreeze_units`).
+            globs, class names or classes, see [`select_modules`][lightning_tricks.functional.select_modules]), or the modules
+            themselves (e.g. a unit of [`unfreeze_units`][lightning_tricks.functional.unfreeze_units]).
         optimizer: the optimizer to extend; ``None`` only unfreezes.
         schedulers: every LR scheduler attached to ``optimizer``.
         lr: learning rate of the new groups now; they then follow the template's schedule
@@ -430,7 +430,7 @@ def unfreeze_into_optimizer(
             factor times the template's, at every step.
         split: splits the new group into parts (e.g. decay and no-decay, like
             ``NoBiasDecay.split_param_group`` or
-            :func:`lightning_tricks.functional.split_by_weight_decay`); a part that keeps
+            [`lightning_tricks.functional.split_by_weight_decay`][lightning_tricks.functional.split_by_weight_decay]); a part that keeps
             the group's ``lr`` follows the template at the ratio, a part with an ``lr`` of
             its own keeps it.
 

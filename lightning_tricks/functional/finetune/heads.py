@@ -212,7 +212,7 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | type[nn.Module]
     The new layer has the old one's ``in_features``, bias setting, device and dtype
     (a 1x1 convolution head, as in dense-prediction models, becomes a new one with
     ``num_outputs`` channels),
-    and PyTorch's default initialisation (see :func:`init_weights` for others). The
+    and PyTorch's default initialisation (see [`init_weights`][lightning_tricks.functional.init_weights] for others). The
     model is changed in place. Label counts that described the old head are updated on
     ``model`` and on every module holding the head: a timm-style integer
     ``num_classes``, and for HF ``transformers`` models ``num_labels`` and
@@ -224,7 +224,7 @@ def replace_head(model: nn.Module, num_outputs: int, attr: str | type[nn.Module]
     Args:
         model: the network.
         num_outputs: number of outputs of the new layer (classes), at least 1.
-        attr: the head, by the naming rule (see :func:`find_head`); ``None`` to find it.
+        attr: the head, by the naming rule (see [`find_head`][lightning_tricks.functional.find_head]); ``None`` to find it.
 
     Returns:
         The old head layer (for example to reuse some of its rows).
@@ -297,7 +297,7 @@ def strip_head(model: nn.Module, attr: str | type[nn.Module] | None = None) -> n
 
     Args:
         model: the network.
-        attr: the head, by the naming rule (see :func:`find_head`); ``None`` to find it.
+        attr: the head, by the naming rule (see [`find_head`][lightning_tricks.functional.find_head]); ``None`` to find it.
 
     Returns:
         The removed head.

@@ -1,8 +1,8 @@
 """Pickle-free training checkpoints: every tensor in safetensors, everything else in JSON.
 
-The functional core of :class:`~lightning_tricks.SafeCheckpointIO` (pair:
-``SafeCheckpointIO.save_checkpoint`` -> :func:`save_checkpoint`,
-``SafeCheckpointIO.load_checkpoint`` -> :func:`load_checkpoint`), usable from any loop.
+The functional core of [`SafeCheckpointIO`][lightning_tricks.SafeCheckpointIO] (pair:
+``SafeCheckpointIO.save_checkpoint`` -> [`save_checkpoint`][lightning_tricks.functional.save_checkpoint],
+``SafeCheckpointIO.load_checkpoint`` -> [`load_checkpoint`][lightning_tricks.functional.load_checkpoint]), usable from any loop.
 
 Layout (format version 1): ONE safetensors file. Its tensors are the checkpoint's tensors,
 named by their key path (``state_dict/layer.weight``, ``optimizer_states/0/state/0/exp_avg``);
@@ -255,7 +255,7 @@ def _read_head(fs: fsspec.AbstractFileSystem, p: str) -> bytes:
 
 
 def is_safe_checkpoint(path: _PathLike) -> bool:
-    """Whether ``path`` is a file written by :func:`save_checkpoint` (reads only its header).
+    """Whether ``path`` is a file written by [`save_checkpoint`][lightning_tricks.functional.save_checkpoint] (reads only its header).
 
     Raises:
         TypeError: ``path`` is not a path (``str`` or ``os.PathLike``).
@@ -303,7 +303,7 @@ def load_checkpoint(
     *,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; never unpickles unless told to.
+    """Read a checkpoint written by [`save_checkpoint`][lightning_tricks.functional.save_checkpoint]; never unpickles unless told to.
 
     Args:
         path: path or ``fsspec`` URL of the checkpoint.

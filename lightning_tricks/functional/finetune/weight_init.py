@@ -1,19 +1,19 @@
 """Re-initialise the weights of a model with a named scheme, and report what changed.
 
-Functional core of :class:`~lightning_tricks.WeightInit` (the pair ``WeightInit`` <->
-:func:`init_weights`).
+Functional core of [`WeightInit`][lightning_tricks.WeightInit] (the pair ``WeightInit`` <->
+[`init_weights`][lightning_tricks.functional.init_weights]).
 
 Layers with a weight matrix or kernel (``Linear``, ``Conv*``, ``Embedding``,
 ``MultiheadAttention`` input projections) get the scheme; normalisation layers get
 weight 1 and bias 0; biases get 0. Modules are selected by type and by the one naming
-rule (names, globs, class names, classes; see :mod:`lightning_tricks.functional._modules`),
+rule (names, globs, class names, classes; see `lightning_tricks.functional._modules`),
 so that one can, for example, initialise only a new head on top of pretrained weights.
 
-:func:`init_weights` is a sequence of small steps: select the modules, plan the tensors
+[`init_weights`][lightning_tricks.functional.init_weights] is a sequence of small steps: select the modules, plan the tensors
 of the layers (the scheme, biases), of the normalisation layers and of the last
 BatchNorm of residual blocks, then write each planned tensor unless it is skipped
 (named in ``skip``, pretrained or frozen). How each scheme draws is one table,
-``_SCHEME_TABLE``, keyed by the names of the :data:`Scheme` ``Literal``. Every scheme
+``_SCHEME_TABLE``, keyed by the names of the [`Scheme`][lightning_tricks.functional.finetune.weight_init.Scheme] ``Literal``. Every scheme
 draws into a fresh contiguous tensor that is then copied into the parameter, so the
 numbers depend on the shape and the generator only: a model in the channels-last
 memory format gets the same weights as a contiguous one.
@@ -103,7 +103,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 @dataclass
 class InitReport:
-    """What :func:`init_weights` did: tensor name -> how it was initialised.
+    """What [`init_weights`][lightning_tricks.functional.init_weights] did: tensor name -> how it was initialised.
 
     Attributes:
         initialized: parameter name -> description, e.g. ``"kaiming_normal(fan_in, relu)"``,
@@ -137,9 +137,9 @@ class InitScheme:
     """A weight scheme with its parameters, validated on construction.
 
     Args:
-        scheme: one of :data:`SCHEMES`.
-        mode: kaiming fan, one of :data:`MODES`.
-        nonlinearity: kaiming gain, one of :data:`NONLINEARITIES`.
+        scheme: one of [`SCHEMES`][lightning_tricks.functional.finetune.weight_init.Scheme].
+        mode: kaiming fan, one of [`MODES`][lightning_tricks.functional.finetune.weight_init.Mode].
+        nonlinearity: kaiming gain, one of [`NONLINEARITIES`][lightning_tricks.functional.finetune.weight_init.Nonlinearity].
         negative_slope: leaky-ReLU slope for the kaiming gain, >= 0.
         gain: scale of xavier and orthogonal, > 0.
         std: standard deviation of ``normal`` and ``trunc_normal``, > 0.
@@ -239,7 +239,7 @@ _SCHEME_TABLE: dict[str, _Rule] = {
 
 
 def pretrained_keys(module: nn.Module) -> set[str]:
-    """Names (relative to ``module``) of the tensors that :func:`load_weights` filled.
+    """Names (relative to ``module``) of the tensors that [`load_weights`][lightning_tricks.functional.load_weights] filled.
 
     Example:
         >>> from torch import nn
@@ -478,14 +478,14 @@ def init_weights(
 
     Args:
         module: the model (or part of it) to initialise.
-        scheme: one of :data:`SCHEMES`.
+        scheme: one of [`SCHEMES`][lightning_tricks.functional.finetune.weight_init.Scheme].
         include: the submodules to initialise, with everything inside them, by the naming
             rule: qualified names, segment globs (``"head"``, ``"blocks.*"``,
             ``"**.attn"``), class names (``"Conv2d"``) or classes; a lone string is one
             name; ``None`` for the whole model.
         exclude: submodules to leave alone, by the same rule (takes precedence over ``include``).
         types: class names of the layers that get ``scheme`` (matched against the
-            class and its bases); default :data:`DEFAULT_TYPES`.
+            class and its bases); default [`DEFAULT_TYPES`][lightning_tricks.functional.finetune.weight_init.DEFAULT_TYPES].
         mode: kaiming fan: ``"fan_in"`` (forward) or ``"fan_out"`` (backward).
         nonlinearity: kaiming gain, as in ``torch.nn.init.calculate_gain``.
         negative_slope: leaky-ReLU slope for the kaiming gain.
@@ -501,7 +501,7 @@ def init_weights(
         skip: parameters never touched, by the naming rule for parameters (exact names
             such as the keys a pretrained load filled, ``"**.bias"``, or a submodule's
             name for all of its parameters).
-        skip_pretrained: also skip every tensor that :func:`load_weights` filled in
+        skip_pretrained: also skip every tensor that [`load_weights`][lightning_tricks.functional.load_weights] filled in
             ``module`` or any of its submodules.
         include_frozen: also initialise parameters that do not require gradients. By
             default they are left alone (a frozen backbone loaded with
@@ -509,7 +509,7 @@ def init_weights(
         generator: random generator; pass one seeded identically on every rank.
 
     Returns:
-        An :class:`InitReport`.
+        An [`InitReport`][lightning_tricks.functional.InitReport].
 
     Raises:
         TypeError: bad argument types.

@@ -3,7 +3,7 @@
 Loading never unpickles arbitrary objects: ``.safetensors`` files hold only tensors,
 and PyTorch files are read with ``torch.load(weights_only=True)``, which refuses any
 pickled object other than tensors and plain containers (a malicious pickle cannot run
-code). A non-strict load returns a :class:`LoadReport` of missing, unexpected and
+code). A non-strict load returns a [`LoadReport`][lightning_tricks.functional.LoadReport] of missing, unexpected and
 shape-mismatched keys instead of failing, so a model with a replaced head loads the rest.
 """
 
@@ -35,7 +35,7 @@ _ALIASES_KEY = "lightning_tricks.aliases"
 
 @dataclass
 class LoadReport:
-    """What :func:`load_weights` did.
+    """What [`load_weights`][lightning_tricks.functional.load_weights] did.
 
     Attributes:
         loaded: model keys that received a tensor from the file.
@@ -158,7 +158,7 @@ def read_weights(
 def read_checkpoint(
     path: str | os.PathLike[str], *, safe_globals: Iterable[Any] = ()
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Like :func:`read_weights`, and also the checkpoint's top-level integers and strings
+    """Like [`read_weights`][lightning_tricks.functional.read_weights], and also the checkpoint's top-level integers and strings
     (``epoch``, ``global_step`` of a Lightning checkpoint; empty for a bare state dict
     or a ``.safetensors`` file)."""
     path = _check_path(path)
@@ -241,7 +241,7 @@ def save_weights(
 
     The format follows the suffix: ``.safetensors`` writes safetensors (tensors that
     share memory, such as tied embeddings, are stored once and restored by
-    :func:`read_weights`); ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` write a plain
+    [`read_weights`][lightning_tricks.functional.read_weights]); ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` write a plain
     ``torch.save`` state dict that ``weights_only`` loading accepts. Tensors are moved
     to the CPU. Readers never see a half-written file.
 
@@ -353,16 +353,16 @@ def load_weights(
     prefix: str | None = None,
     safe_globals: Iterable[Any] = (),
 ) -> LoadReport:
-    """Load the tensors of a weights file into ``model``; return a :class:`LoadReport`.
+    """Load the tensors of a weights file into ``model``; return a [`LoadReport`][lightning_tricks.functional.LoadReport].
 
-    Reads like :func:`read_weights` (safetensors, state dicts, Lightning checkpoints;
+    Reads like [`read_weights`][lightning_tricks.functional.read_weights] (safetensors, state dicts, Lightning checkpoints;
     never unpickling arbitrary objects). File keys are matched to the model's keys:
     with ``prefix=None`` the mapping that matches most keys is chosen among "as is",
     "strip a leading prefix" (a LightningModule's ``model.``, DDP's ``module.``) and
     "add a leading prefix" (loading a plain net's file into a LightningModule). Keys
     whose shapes differ are skipped and reported; tensors tied in ``model`` count as
     loaded when one of them was. The loaded key names are remembered on ``model`` so
-    that :func:`init_weights` (``skip_pretrained=True``) leaves them alone.
+    that [`init_weights`][lightning_tricks.functional.init_weights] (``skip_pretrained=True``) leaves them alone.
 
     Args:
         model: the module to fill, in place.
@@ -373,11 +373,11 @@ def load_weights(
         safe_globals: extra trusted classes for weights-only unpickling.
 
     Returns:
-        A :class:`LoadReport`.
+        A [`LoadReport`][lightning_tricks.functional.LoadReport].
 
     Raises:
         TypeError: bad argument types.
-        ValueError: the file is refused (see :func:`read_weights`), no key matches, or
+        ValueError: the file is refused (see [`read_weights`][lightning_tricks.functional.read_weights]), no key matches, or
             ``strict`` and some key is missing, unexpected or mismatched.
 
     Example:

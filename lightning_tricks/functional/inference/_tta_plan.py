@@ -1,4 +1,4 @@
-"""Automatic ``chunk_size`` for :func:`tta_predict`: time a few chunk sizes once, cache the fastest.
+"""Automatic ``chunk_size`` for [`tta_predict`][lightning_tricks.functional.tta_predict]: time a few chunk sizes once, cache the fastest.
 
 Like ``torch.backends.cudnn.benchmark``: the first call for a given model, image shape,
 dtype and device times a handful of candidate chunk sizes (images per forward pass) on the

@@ -1,8 +1,8 @@
 """Named intermediate outputs of any model through forward hooks (no FX tracing needed).
 
-The functional core of :class:`~lightning_tricks.FeaturePredict` (the documented pair:
-``FeaturePredict`` -> :class:`FeatureExtractor` / :func:`extract_features`). Layers are
-named by the one naming rule of :mod:`lightning_tricks.functional._modules` (qualified
+The functional core of [`FeaturePredict`][lightning_tricks.FeaturePredict] (the documented pair:
+``FeaturePredict`` -> [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor] / [`extract_features`][lightning_tricks.functional.extract_features]). Layers are
+named by the one naming rule of `lightning_tricks.functional._modules` (qualified
 names, segment globs, class names, classes).
 """
 
@@ -79,7 +79,7 @@ class FeatureExtractor:
             names (``"Conv2d"``) or classes; a lone string is one entry. Features are
             keyed by qualified name, entry by entry (a glob's matches in model order).
         stop_early: stop the forward pass once every requested layer has run (only
-            when called, see :meth:`__call__`).
+            when called, see `__call__`).
         detach: store the output with every tensor detached (keeps no graph), also
             inside ``ModelOutput`` objects, dicts, tuples and lists.
 
@@ -186,7 +186,7 @@ def extract_features(
         model: the model.
         x: the input of ``model``.
         layers: qualified names, segment globs, class names or classes (see
-            :class:`FeatureExtractor`).
+            [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor]).
         stop_early: stop the forward pass once every requested layer has run.
         detach: detach the captured outputs.
 

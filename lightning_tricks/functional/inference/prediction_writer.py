@@ -1,9 +1,9 @@
 """Predictions of several ranks merged into one file: every sample once, in dataset order.
 
-The functional core of :class:`~lightning_tricks.PredictionWriter`: each process saves
-its rows with their dataset indices (:func:`save_rank_predictions`), then one process
-merges the files (:func:`merge_rank_predictions`) and anyone reads the result with
-:func:`load_predictions`. Usable from Lightning Fabric or a hand-written loop; the
+The functional core of [`PredictionWriter`][lightning_tricks.PredictionWriter]: each process saves
+its rows with their dataset indices ([`save_rank_predictions`][lightning_tricks.functional.save_rank_predictions]), then one process
+merges the files ([`merge_rank_predictions`][lightning_tricks.functional.merge_rank_predictions]) and anyone reads the result with
+[`load_predictions`][lightning_tricks.functional.load_predictions]. Usable from Lightning Fabric or a hand-written loop; the
 callback only decides when each step runs and on which rank.
 
 A payload is ``{"indices": LongTensor (N,), "predictions": tensor | dict | list of
@@ -105,7 +105,7 @@ def save_rank_predictions(path: PathLike, batches: Sequence[tuple[torch.Tensor, 
     Args:
         path: the file to write (e.g. ``predictions.rank0.pt``).
         batches: per batch, the dataset indices ``(n,)`` and the CPU prediction with ``n``
-            rows (see :func:`prediction_to_cpu`); may be empty.
+            rows (see `prediction_to_cpu`); may be empty.
 
     Raises:
         TypeError: ``path`` is not a path, ``batches`` not a sequence of ``(indices,
@@ -173,13 +173,13 @@ def merge_predictions(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 def merge_rank_predictions(
     rank_paths: Sequence[PathLike], merged_path: PathLike, *, keep_rank_files: bool = False
 ) -> dict[str, Any] | None:
-    """Merge the files of :func:`save_rank_predictions` into ``merged_path`` (atomically).
+    """Merge the files of [`save_rank_predictions`][lightning_tricks.functional.save_rank_predictions] into ``merged_path`` (atomically).
 
     Every file is read and checked before anything is written or deleted.
 
     Args:
         rank_paths: one file per process (a lone path is one file).
-        merged_path: the merged file (read it with :func:`load_predictions`).
+        merged_path: the merged file (read it with [`load_predictions`][lightning_tricks.functional.load_predictions]).
         keep_rank_files: keep the per-rank files (else they are deleted after the merge).
 
     Returns:
@@ -231,7 +231,7 @@ def merge_rank_predictions(
 
 
 def load_predictions(path: PathLike) -> dict[str, Any]:
-    """Load a file written by :class:`~lightning_tricks.PredictionWriter` (``weights_only=True``).
+    """Load a file written by [`PredictionWriter`][lightning_tricks.PredictionWriter] (``weights_only=True``).
 
     Args:
         path: the merged file.

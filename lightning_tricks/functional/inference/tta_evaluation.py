@@ -1,7 +1,7 @@
 """What test-time augmentation gains: plain and TTA predictions of one batch, and the flips.
 
-The functional core of :class:`~lightning_tricks.TTAEvaluation` (``TTAEvaluation`` ->
-:func:`tta_evaluation`, plus :func:`tta_flips`): the callback only decides on which
+The functional core of [`TTAEvaluation`][lightning_tricks.TTAEvaluation] (``TTAEvaluation`` ->
+[`tta_evaluation`][lightning_tricks.functional.tta_evaluation], plus [`tta_flips`][lightning_tricks.functional.tta_flips]): the callback only decides on which
 batches to call it and accumulates metrics over the epoch (synchronised across ranks).
 """
 
@@ -40,14 +40,14 @@ def tta_evaluation(
 
     The identity view's output is the plain prediction (the model run once, in eval
     mode); the TTA prediction merges ``views`` (with the identity view when
-    ``include_identity``) as :func:`~lightning_tricks.functional.tta_predict` would.
+    ``include_identity``) as [`tta_predict`][lightning_tricks.functional.tta_predict] would.
 
     Args:
-        model: a module or callable, as for :func:`~lightning_tricks.functional.tta_predict`.
+        model: a module or callable, as for [`tta_predict`][lightning_tricks.functional.tta_predict].
         x: images ``(B, C, H, W)``.
-        views: the TTA views (view strings, see :func:`~lightning_tricks.functional.parse_view`,
-            or :class:`~lightning_tricks.functional.View` objects); a lone string is one view.
-        merge: how to merge the views, see :func:`~lightning_tricks.functional.merge_outputs`.
+        views: the TTA views (view strings, see [`parse_view`][lightning_tricks.functional.parse_view],
+            or [`View`][lightning_tricks.functional.View] objects); a lone string is one view.
+        merge: how to merge the views, see [`merge_outputs`][lightning_tricks.functional.merge_outputs].
         chunk_size: most images per forward pass (``"auto"`` plans it).
         include_identity: whether the TTA prediction includes the identity view.
         output: which tensor of the model's output to use (see ``tta_predict``).

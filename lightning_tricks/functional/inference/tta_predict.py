@@ -1,8 +1,8 @@
 """Test-time augmentation with all views of a batch in one (chunked) forward pass.
 
-The functional core of :class:`~lightning_tricks.TTAPredict` (``TTAPredict`` ->
-:func:`tta_predict`); :class:`~lightning_tricks.TTAEvaluation` compares plain and TTA
-predictions with :func:`merge_outputs`. Views live in ``views.py``, output selection and
+The functional core of [`TTAPredict`][lightning_tricks.TTAPredict] (``TTAPredict`` ->
+[`tta_predict`][lightning_tricks.functional.tta_predict]); [`TTAEvaluation`][lightning_tricks.TTAEvaluation] compares plain and TTA
+predictions with [`merge_outputs`][lightning_tricks.functional.merge_outputs]. Views live in ``views.py``, output selection and
 eval-mode switching in ``_tta_model.py``, chunk-size planning in ``_tta_plan.py``.
 """
 
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 MergeMode = Literal["mean", "mean_softmax", "mean_sigmoid", "gmean_softmax", "gmean_sigmoid", "max", "vote"]
-"""How TTA merges the views; the one list of merge modes (see :func:`merge_outputs`)."""
+"""How TTA merges the views; the one list of merge modes (see [`merge_outputs`][lightning_tricks.functional.merge_outputs])."""
 MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 
 
@@ -69,7 +69,7 @@ def merge_outputs(outputs: torch.Tensor, merge: MergeMode = "mean") -> torch.Ten
 
     Args:
         outputs: stacked per-view outputs, views first.
-        merge: one of :data:`MERGE_MODES`.
+        merge: one of [`MERGE_MODES`][lightning_tricks.functional.inference.tta_predict.MergeMode].
 
     Returns:
         The merged output (float32 for the probability, vote and gmean modes when the input
@@ -209,7 +209,7 @@ def tta_predict(
     the model in chunks of ``chunk_size`` images (views that change the image size, such
     as crops and rescales, form one group per distinct size). By default the chunk size is
     planned: the first call for a model, image shape, dtype and device times a few
-    candidates and caches the fastest (see :func:`~lightning_tricks.functional.clear_tta_plans`). Dense outputs are
+    candidates and caches the fastest (see [`clear_tta_plans`][lightning_tricks.functional.clear_tta_plans]). Dense outputs are
     mapped back by each view's inverse before merging. The call runs under
     ``torch.inference_mode()`` with every submodule of the model in eval mode (also the
     modules a function or lambda refers to); the modes that were switched are restored.
@@ -223,8 +223,8 @@ def tta_predict(
             ``ModelOutput``/dict or a tuple (see ``output``).
         x: images ``(B, C, H, W)`` or pre-cropped ``(B, n_crops, C, H, W)``.
         views: views as strings (``"hflip"``, ``"rot90"``, ``"scale:0.9"``, ``"ten_crop:6"``,
-            ``"hflip+rot90"``, ...) or :class:`View` objects.
-        merge: how to merge the views, see :func:`merge_outputs`.
+            ``"hflip+rot90"``, ...) or [`View`][lightning_tricks.functional.View] objects.
+        merge: how to merge the views, see [`merge_outputs`][lightning_tricks.functional.merge_outputs].
         chunk_size: most images per forward pass; ``"auto"`` (default) plans it per model,
             image shape, dtype and device; ``None`` runs each size group in one pass.
         include_identity: add the identity view when ``views`` lacks it.

@@ -51,7 +51,7 @@ class View:
 
     #: number of augmented images made from each input image
     n: int = 1
-    #: whether :meth:`invert` exists (dense outputs can be merged)
+    #: whether [`invert`][lightning_tricks.functional.View.invert] exists (dense outputs can be merged)
     invertible: bool = True
 
     def __init__(self, name: str) -> None:
@@ -274,7 +274,7 @@ def _parse_one(part: str, where: str) -> View:
 
 
 def parse_view(spec: str | View) -> View:
-    """Build a :class:`View` from its string form (``View`` objects pass through).
+    """Build a [`View`][lightning_tricks.functional.View] from its string form (``View`` objects pass through).
 
     Args:
         spec: e.g. ``"hflip"``, ``"rot270"``, ``"scale:1.25"``, ``"ten_crop:6"``,
@@ -285,7 +285,7 @@ def parse_view(spec: str | View) -> View:
 
     Raises:
         ValueError: for an unknown name or a bad argument.
-        TypeError: if ``spec`` is neither a string nor a :class:`View` (or a ``View``
+        TypeError: if ``spec`` is neither a string nor a [`View`][lightning_tricks.functional.View] (or a ``View``
             subclass that does not implement ``apply``).
 
     Example:
@@ -317,7 +317,7 @@ def parse_views(views: str | View | Sequence[str | View]) -> list[View]:
     """Parse one view or a sequence of views; duplicates are an error.
 
     Args:
-        views: a view or a non-empty sequence of views (strings or :class:`View`).
+        views: a view or a non-empty sequence of views (strings or [`View`][lightning_tricks.functional.View]).
 
     Returns:
         The views, in order.

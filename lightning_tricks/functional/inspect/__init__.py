@@ -4,7 +4,7 @@ One module per trick, with the stem of its Lightning counterpart:
 ``activation_visualizer`` (``ActivationVisualizer``), ``gradient_monitor``
 (``GradientMonitor``), ``retained_graph_guard`` (``RetainedGraphGuard``),
 ``aliasing_guard`` (``AliasingGuard``), ``filter_visualizer`` (``FilterVisualizer``) and
-``grad_cam`` (``ClassActivationMaps``). PNG encoding and tensor walking are private helpers.
+``grad_cam`` (``ClassActivationMaps``). Tensor walking is a private helper.
 """
 
 from lightning_tricks.functional.inspect.activation_visualizer import (

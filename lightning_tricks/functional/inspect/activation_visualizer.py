@@ -1,9 +1,9 @@
 """Capture layer outputs with temporary forward hooks, and turn them into images and statistics.
 
-The functional core of :class:`~lightning_tricks.ActivationVisualizer`: the callback picks
-layers with :func:`select_layers`, runs :func:`capture_activations` on a fixed sample and
-summarises each output with :func:`activation_stats`, :func:`activation_histogram`,
-:func:`feature_map_grid` and :func:`histogram_image`.
+The functional core of [`ActivationVisualizer`][lightning_tricks.ActivationVisualizer]: the callback picks
+layers with [`select_layers`][lightning_tricks.functional.select_layers], runs [`capture_activations`][lightning_tricks.functional.capture_activations] on a fixed sample and
+summarises each output with [`activation_stats`][lightning_tricks.functional.activation_stats], [`activation_histogram`][lightning_tricks.functional.activation_histogram],
+[`feature_map_grid`][lightning_tricks.functional.feature_map_grid] and [`histogram_image`][lightning_tricks.functional.histogram_image].
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def select_layers(
 
     By default the ``Conv2d`` layers (the first ``max_layers`` of them); for a model
     without convolutions, its ``Linear`` layers. Otherwise ``layers`` names modules by
-    the library's one naming rule (:mod:`lightning_tricks.functional._modules`):
+    the library's one naming rule (`lightning_tricks.functional._modules`):
     qualified names, segment-wise globs (``"backbone.*.0"``: ``*`` stays within a dotted
     segment, ``**`` spans several), class names (``"Conv2d"``) or classes; a lone
     string is one entry. The result is in model order.
@@ -143,7 +143,7 @@ def call_with_batch(model: nn.Module, batch: Any, arg: str = "batch") -> Any:
     * a list or tuple (``(x, y)``): ``model(batch[0])``, the input first.
 
     For anything else, give the model a method (see ``ActivationVisualizer``) or pass
-    your own ``forward_fn`` to :func:`capture_activations`.
+    your own ``forward_fn`` to [`capture_activations`][lightning_tricks.functional.capture_activations].
 
     Args:
         model: the network.
@@ -227,14 +227,14 @@ def capture_activations(
 
     Args:
         model: the network (or LightningModule).
-        inputs: the input batch: a tensor, or a whole batch (see :func:`call_with_batch`).
-        layers: the modules to capture, by the naming rule of :func:`select_layers`
+        inputs: the input batch: a tensor, or a whole batch (see `call_with_batch`).
+        layers: the modules to capture, by the naming rule of [`select_layers`][lightning_tricks.functional.select_layers]
             (names, globs, class names; a lone string is one name), e.g. from
-            :func:`select_layers`.
+            [`select_layers`][lightning_tricks.functional.select_layers].
         forward_context: optional context manager factory wrapping the forward pass
             (e.g. autocast).
         forward_fn: how to run the model on ``inputs`` (called as ``forward_fn(inputs)``);
-            by default :func:`call_with_batch`.
+            by default `call_with_batch`.
 
     Returns:
         Layer name -> detached output (the first tensor when a layer returns several), for
@@ -354,7 +354,7 @@ def activation_stats(
         activation: a layer output, batch first.
         near_zero: absolute threshold below which a value counts as zero.
         feature_dim: the dimension that indexes units; by default dimension 1 for outputs
-            with 4+ dimensions and the last dimension otherwise (see :func:`feature_dim_of`,
+            with 4+ dimensions and the last dimension otherwise (see `feature_dim_of`,
             which also looks at the module type).
 
     Returns:
@@ -438,7 +438,7 @@ def feature_map_grid(
         activation: a layer output, batch first.
         max_channels: how many channels to show.
         padding: pixels between tiles (at most 64).
-        feature_dim: the dimension that indexes features (see :func:`activation_stats`).
+        feature_dim: the dimension that indexes features (see [`activation_stats`][lightning_tricks.functional.activation_stats]).
 
     Returns:
         A ``(1, H, W)`` float image in ``[0, 1]`` (channels first, as TensorBoard expects).

@@ -1,8 +1,8 @@
 """Find batch tensors that share memory with the dataset
-(the functional core of :class:`~lightning_tricks.AliasingGuard`).
+(the functional core of [`AliasingGuard`][lightning_tricks.AliasingGuard]).
 
-The pair: ``AliasingGuard`` calls :func:`dataset_storages` once per epoch and
-:func:`find_aliased_tensors` on the batches it checks.
+The pair: ``AliasingGuard`` calls [`dataset_storages`][lightning_tricks.functional.dataset_storages] once per epoch and
+[`find_aliased_tensors`][lightning_tricks.functional.find_aliased_tensors] on the batches it checks.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def dataset_storages(dataset: Any, max_depth: int = 2) -> dict[int, str]:
 
 
 def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str, torch.Tensor, str]]:
-    """The tensors of ``batch`` that share storage with the dataset (see :func:`dataset_storages`).
+    """The tensors of ``batch`` that share storage with the dataset (see [`dataset_storages`][lightning_tricks.functional.dataset_storages]).
 
     Args:
         batch: a tensor or nested lists/tuples/dicts of them.

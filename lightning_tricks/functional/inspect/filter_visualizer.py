@@ -1,5 +1,5 @@
 """Activation maximisation: the input image a channel responds to most
-(pair: ``FilterVisualizer`` <-> :func:`visualize_filters`).
+(pair: ``FilterVisualizer`` <-> [`visualize_filters`][lightning_tricks.functional.visualize_filters]).
 
 An image is optimised from noise with Adam to maximise the mean activation of one
 channel of one layer, the way "how to visualise convolutional features" describes it:

@@ -1,4 +1,4 @@
-"""Grad-CAM: where in the image a classifier looked (pair: ``ClassActivationMaps`` <-> :func:`grad_cam`).
+"""Grad-CAM: where in the image a classifier looked (pair: ``ClassActivationMaps`` <-> [`grad_cam`][lightning_tricks.functional.grad_cam]).
 
 Convention (Selvaraju et al., 2017): for the score ``y`` (the logit of the target class,
 by default the predicted one) and the feature maps ``A`` of shape ``(B, K, h, w)`` of the
@@ -256,7 +256,7 @@ def overlay_heatmaps(images: torch.Tensor, cams: torch.Tensor, alpha: float = 0.
 
     Args:
         images: ``(B, C, H, W)``, any range (each is min-max scaled for display).
-        cams: ``(B, H, W)`` maps in ``[0, 1]`` (as :func:`grad_cam` returns them).
+        cams: ``(B, H, W)`` maps in ``[0, 1]`` (as [`grad_cam`][lightning_tricks.functional.grad_cam] returns them).
         alpha: weight of the heat colour in the blend.
 
     Example:

@@ -1,9 +1,9 @@
 """Per-layer gradient norms (batched, one host transfer), non-finite gradient tracking and
 intermediate gradients of module outputs.
 
-The functional core of :class:`~lightning_tricks.GradientMonitor`: on sampled steps the
-callback calls :func:`layer_grad_norms` (and keeps output gradients with
-:class:`IntermediateGrads`); on every step it folds :meth:`NonFiniteTracker.update` in.
+The functional core of [`GradientMonitor`][lightning_tricks.GradientMonitor]: on sampled steps the
+callback calls [`layer_grad_norms`][lightning_tricks.functional.layer_grad_norms] (and keeps output gradients with
+[`IntermediateGrads`][lightning_tricks.functional.IntermediateGrads]); on every step it folds [`NonFiniteTracker.update`][lightning_tricks.functional.NonFiniteTracker.update] in.
 """
 
 from __future__ import annotations
@@ -137,17 +137,17 @@ class IntermediateGrads:
     """Keep the gradients of named modules' outputs (the ``retain_grad`` trick) for one backward.
 
     Inside the ``with`` block, a forward hook on each named module registers a tensor
-    hook on its output; during backward the gradient is stored in :attr:`grads`. All
+    hook on its output; during backward the gradient is stored in `grads`. All
     hooks are removed when the block exits. For a module returning a tuple, list, dict
     or HuggingFace ``ModelOutput``, the gradient of its first tensor that requires grad
     is kept (a transformer layer's hidden states, an encoder's ``last_hidden_state``).
     Modules whose output held no such tensor during the last forward are listed in
-    :attr:`without_grad`.
+    `without_grad`.
 
     While attached, code compiled with ``torch.compile`` runs eagerly
     (``torch.compiler.set_stance("force_eager")``): dynamo does not guard on module
     hooks, so a graph compiled while they were absent would run without calling them and
-    :attr:`grads` would keep an older step's gradients. :meth:`attach` also forgets the
+    `grads` would keep an older step's gradients. [`attach`][lightning_tricks.functional.IntermediateGrads.attach] also forgets the
     gradients kept so far, so a module whose hook did not fire has no entry rather than a
     stale one.
 
@@ -182,7 +182,7 @@ class IntermediateGrads:
         return [n for n, _ in self._modules]
 
     def attach(self) -> None:
-        """Register the forward hooks and run compiled code eagerly until :meth:`detach` (idempotent)."""
+        """Register the forward hooks and run compiled code eagerly until [`detach`][lightning_tricks.functional.IntermediateGrads.detach] (idempotent)."""
         if self._handles:
             return
         self.grads = {}
@@ -225,18 +225,18 @@ class IntermediateGrads:
 class NonFiniteTracker:
     """Notice a NaN/Inf gradient on any step, without a host sync per step.
 
-    Call :meth:`update` after each backward (after unscaling, under a loss scaler): it
+    Call [`update`][lightning_tricks.functional.NonFiniteTracker.update] after each backward (after unscaling, under a loss scaler): it
     computes each parameter's max-abs gradient with one fused ``_foreach_norm`` and folds
     "is any non-finite" into tensors on the device: the first such step and every
     parameter's gradient norm at that step. Nothing goes to the host until
-    :meth:`read`, which you call when you log anyway (e.g. every N steps and at the end
+    [`read`][lightning_tricks.functional.NonFiniteTracker.read], which you call when you log anyway (e.g. every N steps and at the end
     of an epoch): one transfer.
 
     The layer **nearest the origin** of a non-finite gradient is the non-finite layer
     that backward reached first. Backward runs from the loss towards the inputs and a
     NaN/Inf spreads from the layer where it arose to every layer before it in the
     forward pass, so that is the non-finite layer that ran *last in the forward pass*.
-    The forward order is recorded once with :meth:`record_forward_order` (forward
+    The forward order is recorded once with [`record_forward_order`][lightning_tricks.functional.NonFiniteTracker.record_forward_order] (forward
     pre-hooks for one forward pass); without it the registration order of the modules
     stands in for the forward order.
 
@@ -334,18 +334,18 @@ class NonFiniteTracker:
 
     @property
     def count(self) -> torch.Tensor | None:
-        """Steps with a non-finite gradient since the last :meth:`reset`, on the device."""
+        """Steps with a non-finite gradient since the last [`reset`][lightning_tricks.functional.NonFiniteTracker.reset], on the device."""
         return self._count
 
     def pending(self) -> list[torch.Tensor]:
-        """The device tensors :meth:`read` needs, to be moved to the host with other numbers."""
+        """The device tensors [`read`][lightning_tricks.functional.NonFiniteTracker.read] needs, to be moved to the host with other numbers."""
         if self._first_step is None or self._first_norms is None or self._count is None:
             return []
         return [self._first_step.reshape(1).float(), self._count.reshape(1).float(), self._first_norms]
 
     def read(self, values: Sequence[float] | None = None) -> tuple[int, str, list[str], str, int] | None:
         """``(first_step, layer_nearest_origin, non_finite_layers, "NaN" or "infinite", num_steps)``,
-        or ``None`` if every gradient was finite since the last :meth:`reset`. ``num_steps``
+        or ``None`` if every gradient was finite since the last [`reset`][lightning_tricks.functional.NonFiniteTracker.reset]. ``num_steps``
         counts the steps with a non-finite gradient.
 
         Args:

@@ -1,7 +1,7 @@
 """Find attributes that keep an autograd graph alive between training steps
-(the functional core of :class:`~lightning_tricks.RetainedGraphGuard`).
+(the functional core of [`RetainedGraphGuard`][lightning_tricks.RetainedGraphGuard]).
 
-The pair: ``RetainedGraphGuard`` calls :func:`find_retained_graphs` between steps.
+The pair: ``RetainedGraphGuard`` calls [`find_retained_graphs`][lightning_tricks.functional.find_retained_graphs] between steps.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def find_retained_graphs(
         prefix: how the root is named in the paths.
 
     Returns:
-        One :class:`RetainedGraph` per top-level attribute holding a graph.
+        One [`RetainedGraph`][lightning_tricks.functional.RetainedGraph] per top-level attribute holding a graph.
 
     Raises:
         TypeError: ``module`` is not a module, or an argument of the wrong type.

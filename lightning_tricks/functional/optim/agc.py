@@ -6,8 +6,8 @@ whole tensor for biases and gains) has its gradient rescaled so that
 ``||G_i|| <= clip_factor * max(||W_i||, eps)``. The formula is that of the NFNet reference
 and of timm's ``adaptive_clip_grad``.
 
-Pair: the callback :class:`~lightning_tricks.AdaptiveGradientClipping` runs
-:func:`adaptive_clip_grad_` on every parameter that :func:`adaptive_clip_exclusions`
+Pair: the callback [`AdaptiveGradientClipping`][lightning_tricks.AdaptiveGradientClipping] runs
+[`adaptive_clip_grad_`][lightning_tricks.functional.adaptive_clip_grad_] on every parameter that [`adaptive_clip_exclusions`][lightning_tricks.functional.adaptive_clip_exclusions]
 does not leave out.
 """
 
@@ -66,7 +66,7 @@ def adaptive_clip_exclusions(
     """Names of the parameters that AGC leaves out, in ``named_parameters()`` order.
 
     NFNets leave the final classifier out of AGC. The classifier is the layer that
-    :func:`~lightning_tricks.functional.find_head` finds (the module returned by a
+    [`find_head`][lightning_tricks.functional.find_head] finds (the module returned by a
     timm-style ``get_classifier()``, else the last ``nn.Linear`` that is not an attention
     projection); a model without one has nothing left out for it. ``exclude`` names more
     parameters or modules by the package's naming rule (qualified names, segment-wise
@@ -129,7 +129,7 @@ def adaptive_clip_grad_(
         norm_type: order of the unit-wise norms.
 
     Returns:
-        A :class:`ClipResult`: the total gradient norm before and after (computed from
+        A [`ClipResult`][lightning_tricks.functional.ClipResult]: the total gradient norm before and after (computed from
         the unit norms) and whether any unit was clipped.
 
     Raises:

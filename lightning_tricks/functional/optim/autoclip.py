@@ -2,8 +2,8 @@
 Separation Networks" (https://arxiv.org/abs/2007.14469): clip the total gradient norm to a
 percentile of the norms seen so far in training.
 
-Pair: the callback :class:`~lightning_tricks.AutoClip` calls :func:`auto_clip_` with the
-:class:`AutoClipper` it keeps (and checkpoints); the clipper holds the norm history.
+Pair: the callback [`AutoClip`][lightning_tricks.AutoClip] calls [`auto_clip_`][lightning_tricks.functional.auto_clip_] with the
+[`AutoClipper`][lightning_tricks.functional.AutoClipper] it keeps (and checkpoints); the clipper holds the norm history.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ _MAX_HISTORY = 2**31 - 1  # a float32 ring buffer of this many norms is 8 GiB
 class AutoClipper:
     """The state of AutoClip: the history of gradient norms and the percentile to clip to.
 
-    :func:`auto_clip_` (or :meth:`clip_`, the same call) records the total gradient norm
+    [`auto_clip_`][lightning_tricks.functional.auto_clip_] (or [`clip_`][lightning_tricks.functional.AutoClipper.clip_], the same call) records the total gradient norm
     (before clipping), then, if the norm exceeds the percentile of all recorded norms
     (the current one included, as in the paper), scales the gradients down to that norm (``threshold / (norm + 1e-6)``, like
     ``torch.nn.utils.clip_grad_norm_``).
     Non-finite norms (a step that ``GradScaler`` will skip) are neither recorded nor
     clipped, so they cannot poison the history. Everything stays on the gradients'
-    device: no call synchronises with the host. The history is in :meth:`state_dict`.
+    device: no call synchronises with the host. The history is in [`state_dict`][lightning_tricks.functional.AutoClipper.state_dict].
 
     Args:
         percentile: the percentile (0-100) of past norms to clip to; the paper's best
@@ -111,7 +111,7 @@ class AutoClipper:
             parameters: tensors (or one tensor) whose ``.grad`` is clipped.
 
         Returns:
-            A :class:`ClipResult`; ``norm_after`` is the norm the gradients were clipped to.
+            A [`ClipResult`][lightning_tricks.functional.ClipResult]; ``norm_after`` is the norm the gradients were clipped to.
 
         Example:
             >>> import torch
@@ -184,7 +184,7 @@ class AutoClipper:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the history saved by :meth:`state_dict` (an empty dict resets it).
+        """Restore the history saved by [`state_dict`][lightning_tricks.functional.AutoClipper.state_dict] (an empty dict resets it).
 
         Everything is checked before anything changes.
 
@@ -243,14 +243,14 @@ def auto_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipper: AutoC
     Args:
         parameters: tensors (or one tensor) whose ``.grad`` is clipped; those without a
             gradient are ignored.
-        clipper: the :class:`AutoClipper` that holds the history (save its
+        clipper: the [`AutoClipper`][lightning_tricks.functional.AutoClipper] that holds the history (save its
             ``state_dict()`` with your checkpoints).
 
     Returns:
-        A :class:`ClipResult`; ``norm_after`` is the norm the gradients were clipped to.
+        A [`ClipResult`][lightning_tricks.functional.ClipResult]; ``norm_after`` is the norm the gradients were clipped to.
 
     Raises:
-        TypeError: ``clipper`` is not an :class:`AutoClipper`, or ``parameters`` not a
+        TypeError: ``clipper`` is not an [`AutoClipper`][lightning_tricks.functional.AutoClipper], or ``parameters`` not a
             tensor or an iterable of tensors.
 
     Example:

@@ -8,9 +8,9 @@ PyTorch Lightning cheat sheet's ``add_weight_decay``, timm's
 Groups come in timm's order everywhere, no-decay first:
 ``[{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]``.
 
-Pair: the mixin :class:`~lightning_tricks.NoBiasDecay` calls
-:func:`split_by_weight_decay` on every group of the user's optimizer (its
-``parameter_groups()`` is :func:`no_bias_decay_groups`).
+Pair: the mixin [`NoBiasDecay`][lightning_tricks.NoBiasDecay] calls
+[`split_by_weight_decay`][lightning_tricks.functional.split_by_weight_decay] on every group of the user's optimizer (its
+``parameter_groups()`` is [`no_bias_decay_groups`][lightning_tricks.functional.no_bias_decay_groups]).
 """
 
 from __future__ import annotations
@@ -126,14 +126,14 @@ def no_bias_decay_groups(
 
     The same order and content as the cheat sheet's ``add_weight_decay`` and timm's
     ``param_groups_weight_decay`` where their rules coincide; see
-    :func:`no_weight_decay_names` for the rule.
+    [`no_weight_decay_names`][lightning_tricks.functional.no_weight_decay_names] for the rule.
 
     Args:
         model: the model.
         weight_decay: weight decay of the decayed group.
         embeddings: also exclude embedding weights from decay.
         extra: further parameters or modules to exclude from decay (see
-            :func:`no_weight_decay_names`).
+            [`no_weight_decay_names`][lightning_tricks.functional.no_weight_decay_names]).
         trainable_only: skip parameters with ``requires_grad=False``.
 
     Returns:
@@ -182,10 +182,10 @@ def split_by_weight_decay(
     Args:
         group: a parameter group (dict with ``"params"``).
         model: the model the parameters belong to (to apply the rule of
-            :func:`no_weight_decay_names`).
+            [`no_weight_decay_names`][lightning_tricks.functional.no_weight_decay_names]).
         embeddings: also exclude embedding weights from decay.
         extra: further parameters or modules to exclude from decay (see
-            :func:`no_weight_decay_names`).
+            [`no_weight_decay_names`][lightning_tricks.functional.no_weight_decay_names]).
         trainable_only: drop parameters with ``requires_grad=False`` from both parts.
 
     Returns:

@@ -4,11 +4,11 @@ optimizer step.
 With ``k`` accumulation steps, Lightning (like most loops) divides every batch's loss by
 ``k`` before ``backward``, also in the last window of an epoch, which may hold fewer than
 ``k`` batches. The loss it hands to callbacks is therefore ``loss / k``, and a naive sum
-over the last window under-reports it. :class:`WindowMean` keeps the mean of the
+over the last window under-reports it. [`WindowMean`][lightning_tricks.functional.WindowMean] keeps the mean of the
 *undivided* losses of the batches that really went into one optimizer step.
 
-Pair: the callback :class:`~lightning_tricks.TargetBatchSize` sets the accumulation from
-:func:`accumulation_steps` and logs the step's loss from a :class:`WindowMean`.
+Pair: the callback [`TargetBatchSize`][lightning_tricks.TargetBatchSize] sets the accumulation from
+[`accumulation_steps`][lightning_tricks.functional.accumulation_steps] and logs the step's loss from a [`WindowMean`][lightning_tricks.functional.WindowMean].
 """
 
 from __future__ import annotations

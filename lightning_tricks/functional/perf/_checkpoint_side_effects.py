@@ -1,13 +1,13 @@
-"""The side effects of a recomputed forward, for :mod:`.gradient_checkpointing`.
+"""The side effects of a recomputed forward, for `gradient_checkpointing`.
 
 A checkpointed block runs its forward twice: once in the forward pass and once in
 backward. Two things must not differ from the plain model:
 
 * norm layers with running statistics (``BatchNorm``, tracked ``InstanceNorm``) must
-  update them once per step: :class:`FrozenRunningStats` gives the recomputation scratch
+  update them once per step: `FrozenRunningStats` gives the recomputation scratch
   copies of the buffers;
 * random draws (dropout) must be the same in both runs, which costs an RNG-state
-  save/replay: :func:`random_sources` tells which blocks can draw, :func:`rng_state`
+  save/replay: `random_sources` tells which blocks can draw, `rng_state`
   lets the first call of a block that looks deterministic check that it drew nothing.
 """
 

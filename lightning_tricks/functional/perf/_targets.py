@@ -3,7 +3,7 @@
 Shared by gradient checkpointing and compilation: both replace the ``forward`` of chosen
 submodules with a small picklable object, so that the module keeps its identity and its
 ``state_dict`` keys (checkpoints, resume and DDP see the plain model). Which submodules
-is decided by the one naming rule of :mod:`lightning_tricks.functional._modules`.
+is decided by the one naming rule of `lightning_tricks.functional._modules`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TargetSpec = ModuleSpec
 def select_modules(model: nn.Module, targets: TargetSpec) -> list[tuple[str, nn.Module]]:
     """The outermost submodules of ``model`` chosen by ``targets``, in model order.
 
-    ``targets`` follows the one naming rule (:func:`~lightning_tricks.functional._modules.resolve_modules`):
+    ``targets`` follows the one naming rule (`resolve_modules`):
     qualified names, segment-wise globs (``"backbone.blocks.*"``), class names
     (``"ResidualBlock"``) or classes; a lone string is one entry. A submodule inside a
     selected one is not returned again, so that nothing is wrapped twice.

@@ -1,7 +1,7 @@
 """Channels-last (NHWC) memory format for a model and for the 4-D tensors of a batch.
 
-The functional core of :class:`~lightning_tricks.ChannelsLast` (a documented pair:
-``ChannelsLast`` <-> :func:`model_to_channels_last`, with :func:`batch_to_channels_last`
+The functional core of [`ChannelsLast`][lightning_tricks.ChannelsLast] (a documented pair:
+``ChannelsLast`` <-> [`model_to_channels_last`][lightning_tricks.functional.model_to_channels_last], with [`batch_to_channels_last`][lightning_tricks.functional.batch_to_channels_last]
 for the batches); the callback converts the model in ``setup`` and each batch after its
 transfer to the device.
 """

@@ -3,12 +3,12 @@
 ``torch.compile(module)`` returns a wrapper whose ``state_dict`` keys gain an ``_orig_mod.``
 prefix, and ``nn.Module.compile()`` silently compiles nothing for modules defined in
 ``torch.nn`` (``nn.Sequential``, ``nn.Linear``: their frames are skipped by dynamo).
-:func:`compile_modules` instead replaces each target's ``forward`` by a picklable
+[`compile_modules`][lightning_tricks.functional.compile_modules] instead replaces each target's ``forward`` by a picklable
 object that compiles the original forward on first use: checkpoints, resume, DDP and
 ``pickle`` all see the plain module.
 
-The functional core of :class:`~lightning_tricks.Compile` (a documented pair:
-``Compile`` <-> :func:`compile_modules`, undone by :func:`uncompile_modules`); the
+The functional core of [`Compile`][lightning_tricks.Compile] (a documented pair:
+``Compile`` <-> [`compile_modules`][lightning_tricks.functional.compile_modules], undone by [`uncompile_modules`][lightning_tricks.functional.uncompile_modules]); the
 callback compiles in ``setup`` and adds the compile-time report and the recompilation
 warning.
 """
@@ -87,7 +87,7 @@ def compile_modules(
     Args:
         model: the model to modify in place.
         targets: module classes, class names or globs over qualified submodule names
-            (as in :func:`apply_gradient_checkpointing`); ``None`` compiles ``model``'s own
+            (as in [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing]); ``None`` compiles ``model``'s own
             forward.
         mode: ``torch.compile`` mode: ``None``/``"default"``, ``"reduce-overhead"`` (CUDA
             graphs), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
@@ -151,10 +151,10 @@ def check_backend(backend: Any) -> str:
 
 
 def uncompile_modules(model: nn.Module) -> list[str]:
-    """Undo :func:`compile_modules` on every submodule of ``model`` (and ``model`` itself).
+    """Undo [`compile_modules`][lightning_tricks.functional.compile_modules] on every submodule of ``model`` (and ``model`` itself).
 
     Args:
-        model: a model modified by :func:`compile_modules`.
+        model: a model modified by [`compile_modules`][lightning_tricks.functional.compile_modules].
 
     Returns:
         The qualified names of the modules restored.

@@ -1,9 +1,9 @@
 """How much of each training step is spent waiting for data, and what to change about it.
 
-The functional core of :class:`~lightning_tricks.DataStallMonitor`: a
-:class:`DataStallTimer` measures, with ``time.perf_counter()`` only, the wait from the end
+The functional core of [`DataStallMonitor`][lightning_tricks.DataStallMonitor]: a
+[`DataStallTimer`][lightning_tricks.functional.DataStallTimer] measures, with ``time.perf_counter()`` only, the wait from the end
 of one step to the start of the next (loading, collating and moving the batch) and the
-step itself, over a window of recent steps; :func:`data_stall_advice` turns a waiting
+step itself, over a window of recent steps; [`data_stall_advice`][lightning_tricks.functional.data_stall_advice] turns a waiting
 fraction and the loader's settings into the concrete fixes. Usable from any loop::
 
     timer = DataStallTimer(window=20)
@@ -31,10 +31,10 @@ __all__ = ["DataStallTimer", "data_stall_advice"]
 class DataStallTimer:
     """The fraction of recent training steps spent waiting for the next batch.
 
-    A step's wait is the time from :meth:`batch_end` of the previous step to
-    :meth:`batch_start` of this one; the step is that wait plus the time from
-    :meth:`batch_start` to :meth:`batch_end`. The first step, and the first step after
-    :meth:`pause` (e.g. after validation or at an epoch start), has no measured wait and
+    A step's wait is the time from [`batch_end`][lightning_tricks.functional.DataStallTimer.batch_end] of the previous step to
+    [`batch_start`][lightning_tricks.functional.DataStallTimer.batch_start] of this one; the step is that wait plus the time from
+    [`batch_start`][lightning_tricks.functional.DataStallTimer.batch_start] to [`batch_end`][lightning_tricks.functional.DataStallTimer.batch_end]. The first step, and the first step after
+    [`pause`][lightning_tricks.functional.DataStallTimer.pause] (e.g. after validation or at an epoch start), has no measured wait and
     is not counted. Only the clock is read: nothing is synchronised.
 
     Args:
@@ -67,11 +67,11 @@ class DataStallTimer:
         self.measured = 0
 
     def pause(self) -> None:
-        """Do not count the time until the next :meth:`batch_start` as waiting for data."""
+        """Do not count the time until the next [`batch_start`][lightning_tricks.functional.DataStallTimer.batch_start] as waiting for data."""
         self._last_end = None
 
     def batch_start(self) -> None:
-        """The batch is ready: the wait that began at the last :meth:`batch_end` ends."""
+        """The batch is ready: the wait that began at the last [`batch_end`][lightning_tricks.functional.DataStallTimer.batch_end] ends."""
         self._start = time.perf_counter()
         self._wait = None if self._last_end is None else self._start - self._last_end
 
@@ -93,7 +93,7 @@ class DataStallTimer:
         return measured
 
     def restart_wait(self) -> None:
-        """Start the wait for the next batch now: work done since :meth:`batch_end` (such as
+        """Start the wait for the next batch now: work done since [`batch_end`][lightning_tricks.functional.DataStallTimer.batch_end] (such as
         logging) is not counted as waiting for data."""
         self._last_end = time.perf_counter()
 
@@ -161,7 +161,7 @@ def data_stall_advice(
     moving decoding/augmentation off the critical path.
 
     Args:
-        fraction: the waiting fraction, e.g. :meth:`DataStallTimer.fraction`.
+        fraction: the waiting fraction, e.g. [`DataStallTimer.fraction`][lightning_tricks.functional.DataStallTimer.fraction].
         loaders: a ``DataLoader`` or a (nested) list/tuple/dict of them; ``None`` for
             general advice.
         cuda: whether training runs on CUDA (then pinned memory is advised).

@@ -1,7 +1,7 @@
 """Gradient (activation) checkpointing of chosen submodules, in place and reversibly.
 
 Each target's ``forward`` is replaced by a picklable wrapper that runs the original
-forward under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, so its
+forward under non-reentrant `torch.utils.checkpoint.checkpoint`, so its
 activations are recomputed in backward instead of stored. The module keeps its identity
 and ``state_dict`` keys, so this works before DDP wraps the model, with frozen layers,
 and with checkpoints saved by the plain model.
@@ -10,20 +10,20 @@ Two modes:
 
 * ``"full"``: keep only the block's inputs; recompute the whole block in backward.
 * ``"selective"``: also keep the outputs of the expensive ops (matrix multiplies,
-  convolutions, fused attention; :data:`SAVED_OPS`) and recompute only the cheap ones
+  convolutions, fused attention; [`SAVED_OPS`][lightning_tricks.functional.perf.gradient_checkpointing.SAVED_OPS]) and recompute only the cheap ones
   (activations, norms, dropout, elementwise ops), through PyTorch's selective-checkpoint
-  policies (:func:`torch.utils.checkpoint.create_selective_checkpoint_contexts`).
+  policies (`torch.utils.checkpoint.create_selective_checkpoint_contexts`).
 
 Side effects of the recomputation are undone: running statistics of norm layers
 (``BatchNorm``, tracked ``InstanceNorm``) are updated once per step, by the original
 forward only, and the RNG state is replayed only for blocks that can draw random numbers
 (the helpers live in the private ``_checkpoint_side_effects`` module).
 
-Entry points of :class:`lightning_tricks.GradientCheckpointing` (``perf/gradient_checkpointing.py``):
-:func:`apply_gradient_checkpointing` in its ``setup``, the removal of
-:func:`remove_gradient_checkpointing` (limited to the wrappers it installed) in its ``teardown``.
+Entry points of [`lightning_tricks.GradientCheckpointing`][lightning_tricks.GradientCheckpointing] (``perf/gradient_checkpointing.py``):
+[`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing] in its ``setup``, the removal of
+[`remove_gradient_checkpointing`][lightning_tricks.functional.remove_gradient_checkpointing] (limited to the wrappers it installed) in its ``teardown``.
 Which submodules ``targets`` selects is the one naming rule
-(:func:`lightning_tricks.functional._modules.resolve_modules`, outermost matches only).
+(`lightning_tricks.functional._modules.resolve_modules`, outermost matches only).
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ class CheckpointedForward(ForwardWrapper):
 
     Args:
         module: the block to checkpoint.
-        mode: ``"full"`` or ``"selective"`` (see :func:`apply_gradient_checkpointing`).
+        mode: ``"full"`` or ``"selective"`` (see [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing]).
         preserve_rng_state: replay the RNG state in the recomputation; ``None`` decides
-            per block (see :func:`apply_gradient_checkpointing`).
+            per block (see [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing]).
 
     Example:
         >>> from torch import nn
@@ -214,7 +214,7 @@ def apply_gradient_checkpointing(
 
     ``mode="full"`` keeps only each block's inputs and re-runs the whole block in
     backward: the least memory, one extra forward of the block. ``mode="selective"``
-    also keeps the outputs of :data:`SAVED_OPS` (matmuls, convolutions, fused attention)
+    also keeps the outputs of [`SAVED_OPS`][lightning_tricks.functional.perf.gradient_checkpointing.SAVED_OPS] (matmuls, convolutions, fused attention)
     and recomputes only the cheap ops between them (activations, norms, dropout).
 
     ``preserve_rng_state=None`` (default) replays the RNG state in the recomputation only
@@ -274,10 +274,10 @@ def apply_gradient_checkpointing(
 
 
 def remove_gradient_checkpointing(model: nn.Module) -> list[str]:
-    """Undo :func:`apply_gradient_checkpointing` on every submodule of ``model``.
+    """Undo [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing] on every submodule of ``model``.
 
     Args:
-        model: a model modified by :func:`apply_gradient_checkpointing`.
+        model: a model modified by [`apply_gradient_checkpointing`][lightning_tricks.functional.apply_gradient_checkpointing].
 
     Returns:
         The qualified names of the submodules restored.

@@ -1,12 +1,12 @@
 """Memory snapshots: CUDA allocator history (``torch.cuda.memory``) or a CPU memory profile.
 
-On CUDA, :func:`start_memory_recording` turns on the caching allocator's history and
-:func:`dump_memory_snapshot` writes it as a pickle (drag it onto
+On CUDA, [`start_memory_recording`][lightning_tricks.functional.start_memory_recording] turns on the caching allocator's history and
+[`dump_memory_snapshot`][lightning_tricks.functional.dump_memory_snapshot] writes it as a pickle (drag it onto
 https://pytorch.org/memory_viz) and as an HTML page with the snapshot embedded. On CPU,
-:func:`start_cpu_memory_profile` / :func:`dump_cpu_memory_profile` record the same
-window with the PyTorch profiler. :class:`MemoryWindow` decides which steps are recorded.
+[`start_cpu_memory_profile`][lightning_tricks.functional.start_cpu_memory_profile] / [`dump_cpu_memory_profile`][lightning_tricks.functional.dump_cpu_memory_profile] record the same
+window with the PyTorch profiler. [`MemoryWindow`][lightning_tricks.functional.MemoryWindow] decides which steps are recorded.
 
-The functional core of :class:`~lightning_tricks.MemorySnapshot`, which opens and closes
+The functional core of [`MemorySnapshot`][lightning_tricks.MemorySnapshot], which opens and closes
 the windows during training and writes the files.
 """
 
@@ -204,7 +204,7 @@ def dump_cpu_memory_profile(
     at https://pytorch.org/memory_viz) and the same as an HTML timeline (``.html``).
 
     Args:
-        prof: a profiler from :func:`start_cpu_memory_profile`, stopped.
+        prof: a profiler from [`start_cpu_memory_profile`][lightning_tricks.functional.start_cpu_memory_profile], stopped.
         path: file path without a suffix, e.g. ``out/memory_profile_rank0_step3``.
         html: also write the HTML timeline.
         row_limit: rows of the table.

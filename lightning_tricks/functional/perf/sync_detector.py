@@ -1,8 +1,8 @@
 """Find host-device synchronisations and CPU-built tensors in a block of training code.
 
-A :class:`~torch.overrides.TorchFunctionMode` sees the Python-level calls (``.item()``,
+A `torch.overrides.TorchFunctionMode` sees the Python-level calls (``.item()``,
 ``bool(t)``, ``.tolist()``, ``.numpy()``, ``.cpu()``, ``torch.zeros(n).to(device)``) and
-a :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees the ATen ops whose output
+a `torch.utils._python_dispatch.TorchDispatchMode` sees the ATen ops whose output
 size depends on the data (``nonzero``, boolean-mask indexing, ``unique``, ...) and
 device-to-host copies. Each finding is attributed to the first stack frame of user code
 (outside torch, Lightning and lightning_tricks) and aggregated per call site.
@@ -10,8 +10,8 @@ device-to-host copies. Each finding is attributed to the first stack frame of us
 Works on CPU: the ops that would synchronise on an accelerator are recognised by what
 they are, not by timing, so a CPU CI run catches them before a GPU run.
 
-The functional core of :class:`~lightning_tricks.SyncDetector`, which runs sampled
-training steps under :func:`detect_syncs`.
+The functional core of [`SyncDetector`][lightning_tricks.SyncDetector], which runs sampled
+training steps under [`detect_syncs`][lightning_tricks.functional.detect_syncs].
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ _BOOL_INDEX = "indexing with a boolean mask has a data-dependent size: a sync (u
 
 
 class SyncDetectedError(RuntimeError):
-    """Raised by :func:`detect_syncs` with ``on_error="raise"`` at the first finding.
+    """Raised by [`detect_syncs`][lightning_tricks.functional.detect_syncs] with ``on_error="raise"`` at the first finding.
 
     Example:
         >>> isinstance(SyncDetectedError("x.py:3: `.item()`"), RuntimeError)
@@ -102,7 +102,7 @@ class _Finding:
 
 
 class SyncReport:
-    """Findings aggregated per call site, across any number of :func:`detect_syncs` blocks.
+    """Findings aggregated per call site, across any number of [`detect_syncs`][lightning_tricks.functional.detect_syncs] blocks.
 
     Example:
         >>> report = SyncReport()
@@ -335,11 +335,11 @@ def detect_syncs(
     after), so syncs inside kernels we do not know are reported by PyTorch itself.
 
     Args:
-        report: where findings accumulate; a new :class:`SyncReport` if ``None``.
+        report: where findings accumulate; a new [`SyncReport`][lightning_tricks.functional.SyncReport] if ``None``.
         device: the model's device; on a CPU run, ``.to(device)`` of a CPU-built tensor is
             then recognised although it moves nothing.
         on_error: ``"warn"``: one warning listing the block's call sites when the block
-            ends; ``"raise"``: raise :class:`SyncDetectedError` at the first finding;
+            ends; ``"raise"``: raise [`SyncDetectedError`][lightning_tricks.functional.SyncDetectedError] at the first finding;
             ``"ignore"``: only record in ``report``.
         cuda_sync_debug: on CUDA, also turn on PyTorch's sync debug mode in the block.
         ignore: call sites to skip: substrings of ``"path/to/file.py:line"``.

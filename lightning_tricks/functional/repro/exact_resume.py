@@ -1,11 +1,11 @@
 """Capture and restore every random number generator a training loop draws from.
 
-The functional pair of :class:`~lightning_tricks.ExactResume`:
-:func:`capture_rng_state` / :func:`restore_rng_state`, and :func:`gather_rng_states` for
+The functional pair of [`ExactResume`][lightning_tricks.ExactResume]:
+[`capture_rng_state`][lightning_tricks.functional.capture_rng_state] / [`restore_rng_state`][lightning_tricks.functional.restore_rng_state], and [`gather_rng_states`][lightning_tricks.functional.gather_rng_states] for
 the states of every rank of a ``torch.distributed`` world.
 
 A state holds the generators of torch (CPU, and every visible CUDA device), numpy's
-global generator and Python's :mod:`random`, as tensors, ints, floats and lists only, so
+global generator and Python's `random`, as tensors, ints, floats and lists only, so
 that a checkpoint holding it loads with ``torch.load(..., weights_only=True)``: no numpy
 object is pickled.
 """
@@ -75,13 +75,13 @@ def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Set every generator to a state from :func:`capture_rng_state`.
+    """Set every generator to a state from [`capture_rng_state`][lightning_tricks.functional.capture_rng_state].
 
     Generators missing from ``state`` (numpy when it was not installed, CUDA devices
     that are not visible now) are left as they are.
 
     Args:
-        state: a state from :func:`capture_rng_state`.
+        state: a state from [`capture_rng_state`][lightning_tricks.functional.capture_rng_state].
 
     Raises:
         TypeError: ``state`` is not a dict with a ``"torch"`` tensor.
@@ -141,13 +141,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def gather_rng_states(cuda: bool = True) -> list[dict[str, Any]]:
-    """Every rank's :func:`capture_rng_state`, in rank order (a collective call).
+    """Every rank's [`capture_rng_state`][lightning_tricks.functional.capture_rng_state], in rank order (a collective call).
 
     Without an initialized ``torch.distributed`` process group, the one-element list of
     this process's state.
 
     Args:
-        cuda: include CUDA generators (see :func:`capture_rng_state`).
+        cuda: include CUDA generators (see [`capture_rng_state`][lightning_tricks.functional.capture_rng_state]).
 
     Returns:
         ``[state of rank 0, state of rank 1, ...]`` on every rank.

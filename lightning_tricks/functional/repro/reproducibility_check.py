@@ -1,8 +1,8 @@
 """Per-tensor checksums of a model's weights, and where two runs' checksums first diverge.
 
-The functional pair of :class:`~lightning_tricks.ReproducibilityCheck`: it records with
-:func:`tensor_checksums` and :func:`save_checksums` after every epoch and compares with
-:func:`first_divergence`.
+The functional pair of [`ReproducibilityCheck`][lightning_tricks.ReproducibilityCheck]: it records with
+[`tensor_checksums`][lightning_tricks.functional.tensor_checksums] and [`save_checksums`][lightning_tricks.functional.save_checksums] after every epoch and compares with
+[`first_divergence`][lightning_tricks.functional.first_divergence].
 
 A checksum holds two position-weighted hashes of the tensor's raw bytes, plus the
 float64 sum and L2 norm (for comparisons with a tolerance). All tensors are reduced on
@@ -294,13 +294,13 @@ def first_divergence(
     norm agree within ``atol + rtol * |reference|``.
 
     Args:
-        run: epoch -> name -> checksum (from :func:`tensor_checksums`).
+        run: epoch -> name -> checksum (from [`tensor_checksums`][lightning_tricks.functional.tensor_checksums]).
         reference: the same for the reference run.
         rtol: relative tolerance, ``>= 0``.
         atol: absolute tolerance, ``>= 0``.
 
     Returns:
-        The first :class:`Divergence`, or ``None`` if the common epochs agree.
+        The first [`Divergence`][lightning_tricks.functional.Divergence], or ``None`` if the common epochs agree.
 
     Raises:
         TypeError: ``run`` or ``reference`` is not epoch -> name -> checksum.
@@ -334,7 +334,7 @@ def first_divergence(
 
 
 def save_checksums(path: str | os.PathLike[str], records: Mapping[int, Mapping[str, Any]]) -> None:
-    """Atomically write epoch -> checksums as JSON (readable by :func:`load_checksums`).
+    """Atomically write epoch -> checksums as JSON (readable by [`load_checksums`][lightning_tricks.functional.load_checksums]).
 
     Args:
         path: the file to (over)write.
@@ -369,7 +369,7 @@ def save_checksums(path: str | os.PathLike[str], records: Mapping[int, Mapping[s
 
 
 def load_checksums(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
-    """Read a file written by :func:`save_checksums`: epoch -> name -> checksum.
+    """Read a file written by [`save_checksums`][lightning_tricks.functional.save_checksums]: epoch -> name -> checksum.
 
     Args:
         path: the checksum file.

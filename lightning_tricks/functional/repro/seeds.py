@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class SeedRecord:
-    """What :func:`freeze_seeds` set, with the values it replaced.
+    """What [`freeze_seeds`][lightning_tricks.functional.freeze_seeds] set, with the values it replaced.
 
     Attributes:
         seed: the seed given to every generator.
@@ -52,7 +52,7 @@ class SeedRecord:
     _rng_states: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def restore(self) -> None:
-        """Put back every flag, environment variable and generator state :func:`freeze_seeds` changed.
+        """Put back every flag, environment variable and generator state [`freeze_seeds`][lightning_tricks.functional.freeze_seeds] changed.
 
         Example:
             >>> import torch
@@ -120,7 +120,7 @@ def freeze_seeds(
             implementation warns instead of raising.
 
     Returns:
-        A :class:`SeedRecord` of everything set and the previous values; call its
+        A [`SeedRecord`][lightning_tricks.functional.SeedRecord] of everything set and the previous values; call its
         ``restore()`` to undo the call.
 
     Raises:
