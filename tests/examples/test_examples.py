@@ -73,28 +73,17 @@ def test_flagship(tmp_path):
     )
 
 
-def test_transfer_learning(tmp_path):
+def test_transfer_learning_pretraining_beats_scratch(tmp_path):
     from examples.transfer import transfer_learning
 
-    s = transfer_learning.main(
-        [
-            "--pretrain-epochs",
-            "1",
-            "--epochs",
-            "2",
-            "--unfreeze-at",
-            "1",
-            "--limit-batches",
-            "4",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    # shorter than the defaults (15 + 30 epochs); on 3 seeds this gave 214-292 errors
+    # fine-tuned against 315-406 from scratch, out of 846
+    s = transfer_learning.main(["--pretrain-epochs", "6", "--epochs", "15", "--out", str(tmp_path)])
     assert Path(s["weights"]).is_file()
     tuned, scratch = s["finetune"], s["scratch"]
     assert tuned["loaded_tensors"] == len(load_file(s["weights"]))
-    assert tuned["initialised"] == ["head.bias", "head.weight"]  # only the new head
-    assert 0.0 <= tuned["test_acc"] <= 1.0 and 0.0 <= scratch["test_acc"] <= 1.0
+    assert tuned["test_images"] == scratch["test_images"] == 896 - 2 * 5 * 5  # 5-9, less train and val
+    assert tuned["test_errors"] < scratch["test_errors"]  # what the example is for: pretraining helps
     assert "freeze_backbone/params_trainable" in scalars(tmp_path / "finetune" / "version_0")
     assert "test_acc" in scalars(tmp_path / "scratch" / "version_0")
 
