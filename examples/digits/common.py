@@ -132,18 +132,19 @@ class DigitsNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-class DigitsClassifier(NoBiasDecay, TTAPredict, L.LightningModule):
-    """The digits CNN as a LightningModule, with no weight decay on biases/norms and TTA.
+class DigitsModule(TTAPredict, L.LightningModule):
+    """The digits CNN as a LightningModule with TTA, weight decay on every parameter.
 
-    ``NoBiasDecay`` splits the AdamW group into decay / no-decay parts; ``TTAPredict``
-    makes ``trainer.predict`` (and ``tta_forward``, and ``trainer.test`` once
-    ``tta_on_test`` is set) average the softmax over the one-pixel shifts below.
+    ``TTAPredict`` makes ``trainer.predict`` (and ``tta_forward``, and ``trainer.test`` once
+    ``tta_on_test`` is set) average the softmax over the one-pixel shifts below. The
+    examples use :class:`DigitsClassifier`, which adds ``NoBiasDecay``; this class is the
+    comparison without it (``benchmarks/quality.py``).
 
     Args:
         num_classes: number of outputs.
         width: channels of the first stage (the others have 2x and 4x).
         lr: AdamW learning rate (one-cycle schedule over the run).
-        weight_decay: AdamW weight decay of the weights (none on biases and BatchNorm).
+        weight_decay: AdamW weight decay.
         shift: training augmentation: random shifts of up to this many pixels.
     """
 
@@ -193,6 +194,14 @@ class DigitsClassifier(NoBiasDecay, TTAPredict, L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(1, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class DigitsClassifier(NoBiasDecay, DigitsModule):
+    """The digits CNN as a LightningModule, with no weight decay on biases/norms and TTA.
+
+    ``NoBiasDecay`` splits the AdamW group of :class:`DigitsModule` into decay / no-decay
+    parts: ``weight_decay`` applies to the weights only, not to biases and BatchNorm.
+    """
 
 
 # ---------------------------------------------------------------------------- command line
