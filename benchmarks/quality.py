@@ -4,16 +4,17 @@ Two settings, both the examples' own (``examples/digits``, ``examples/transfer``
 
 * **digits**: the flagship model and recipe (the small ResNet on scikit-learn's digits,
   stratified 50/20/30 split, AdamW at 3e-3 with a one-cycle schedule, weight decay 0.05,
-  random shifts of up to 2 pixels, 15 epochs, batch 64; ``NoBiasDecay`` and
-  ``WeightInit("kaiming_normal", zero_init_last_bn=True)``), trained once per seed as is and
-  once per seed with one thing changed: no ``NoBiasDecay`` (decay on biases and BatchNorm
-  too), ``AdaptiveGradientClipping`` or ``AutoClip`` added, another initialisation. TTA
+  random shifts of up to 2 pixels, 15 epochs, batch 64; PyTorch's default
+  initialisation, ``NoBiasDecay`` and ``AdaptiveGradientClipping``), trained once per seed
+  as is and once per seed with one thing changed: no ``NoBiasDecay`` (decay on biases and
+  BatchNorm too), no clipping, ``AutoClip`` instead of AGC, a ``WeightInit`` scheme. TTA
   (the eight one-pixel shifts) is measured on the flagship's own models, always applied
   and applied only when it makes fewer errors on the validation set (the flagship's rule).
 * **transfer**: the transfer example: pretrain on the digits 0-4 (15 epochs), then 30
-  epochs on 5 labelled images per class of 5-9, with ``FreezeBackbone`` unfreezing all at
+  epochs on 2 labelled images per class of 5-9, with ``FreezeBackbone`` unfreezing all at
   once after 2 epochs (the example's recipe), gradually (one block per epoch), never, or
-  without freezing; and from scratch.
+  without freezing; and from scratch. The same with 5 labelled images per class, from
+  scratch and with the example's recipe.
 
 The training is the examples' (a real ``Trainer``, the real callbacks) without their
 monitoring callbacks, logger and per-epoch validation. Each seed seeds the split, the
@@ -53,60 +54,62 @@ from lightning_tricks import AdaptiveGradientClipping, AutoClip, FreezeBackbone,
 from lightning_tricks.functional import replace_head
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DIGITS_REFERENCE = "flagship"
-TRANSFER_REFERENCE = "transfer_freeze_all"
+FLAGSHIP = "flagship"
 
-# key -> (description, model class, extra callbacks(seed), WeightInit(seed) or None)
-DIGITS: dict[str, tuple[str, type[DigitsModule], Callable[[], list[L.Callback]], Callable[[int], Any]]] = {
-    "flagship": (
-        "flagship recipe: NoBiasDecay, WeightInit kaiming_normal + zero-init last BN",
+# key -> (description, model class, callbacks(seed))
+DIGITS: dict[str, tuple[str, type[DigitsModule], Callable[[int], list[L.Callback]]]] = {
+    FLAGSHIP: (
+        "flagship recipe: NoBiasDecay, AdaptiveGradientClipping, PyTorch's default init",
         DigitsClassifier,
-        list,
-        lambda seed: WeightInit("kaiming_normal", zero_init_last_bn=True, seed=seed),
+        lambda seed: [AdaptiveGradientClipping()],
     ),
     "decay_on_all": (
         "without NoBiasDecay (weight decay on biases and BatchNorm too)",
         DigitsModule,
-        list,
-        lambda seed: WeightInit("kaiming_normal", zero_init_last_bn=True, seed=seed),
+        lambda seed: [AdaptiveGradientClipping()],
     ),
-    "agc": (
-        "+ AdaptiveGradientClipping (clip_factor 0.01, the default)",
+    "no_clipping": ("without AdaptiveGradientClipping (no clipping)", DigitsClassifier, lambda seed: []),
+    "autoclip": ("AutoClip (percentile 10) instead of AGC", DigitsClassifier, lambda seed: [AutoClip()]),
+    "init_kaiming_zero_bn": (
+        "+ WeightInit kaiming_normal, last BatchNorm of each block zeroed",
         DigitsClassifier,
-        lambda: [AdaptiveGradientClipping()],
-        lambda seed: WeightInit("kaiming_normal", zero_init_last_bn=True, seed=seed),
+        lambda seed: [AdaptiveGradientClipping(), WeightInit(zero_init_last_bn=True, seed=seed)],
     ),
-    "autoclip": (
-        "+ AutoClip (percentile 10, the default)",
+    "init_kaiming": (
+        "+ WeightInit kaiming_normal",
         DigitsClassifier,
-        lambda: [AutoClip()],
-        lambda seed: WeightInit("kaiming_normal", zero_init_last_bn=True, seed=seed),
-    ),
-    "init_default": ("WeightInit off: PyTorch's default init", DigitsClassifier, list, lambda seed: None),
-    "init_no_zero_bn": (
-        "WeightInit kaiming_normal, last BN of each block not zeroed",
-        DigitsClassifier,
-        list,
-        lambda seed: WeightInit("kaiming_normal", zero_init_last_bn=False, seed=seed),
+        lambda seed: [AdaptiveGradientClipping(), WeightInit(seed=seed)],
     ),
     "init_xavier": (
-        "WeightInit xavier_uniform + zero-init last BN",
+        "+ WeightInit xavier_uniform",
         DigitsClassifier,
-        list,
-        lambda seed: WeightInit("xavier_uniform", zero_init_last_bn=True, seed=seed),
+        lambda seed: [AdaptiveGradientClipping(), WeightInit("xavier_uniform", seed=seed)],
     ),
 }
 TTA_ROWS = {
     "tta_always": "flagship + TTA (8 one-pixel shifts), always",
     "tta_chosen": "flagship + TTA only if fewer validation errors (the flagship's rule)",
 }
-TRANSFER = {
-    "transfer_scratch": "from scratch (flagship recipe)",
-    "transfer_no_freeze": "pretrained, nothing frozen",
-    "transfer_freeze_all": "pretrained, FreezeBackbone: head alone 2 epochs, then all at once (the example)",
-    "transfer_gradual": "pretrained, FreezeBackbone: head alone 2 epochs, then gradual (a block per epoch)",
-    "transfer_frozen": "pretrained, FreezeBackbone never unfrozen (head only)",
+# key -> (description, labelled images per class, (unfreeze_at_epoch, unfreeze_mode) or "scratch"
+# or None for no FreezeBackbone)
+TRANSFER: dict[str, tuple[str, int, Any]] = {
+    "transfer_scratch": ("from scratch (flagship recipe)", 2, "scratch"),
+    "transfer_no_freeze": ("pretrained, nothing frozen", 2, None),
+    "transfer_freeze_all": (
+        "pretrained, FreezeBackbone: head alone 2 epochs, then all at once (the example)",
+        2,
+        (2, "all"),
+    ),
+    "transfer_gradual": (
+        "pretrained, FreezeBackbone: head alone 2 epochs, then gradual (a block per epoch)",
+        2,
+        (2, "gradual"),
+    ),
+    "transfer_frozen": ("pretrained, FreezeBackbone never unfrozen (head only)", 2, (None, "all")),
+    "transfer5_scratch": ("from scratch (flagship recipe)", 5, "scratch"),
+    "transfer5_freeze_all": ("pretrained, FreezeBackbone as in the example", 5, (2, "all")),
 }
+REFERENCES = {"digits": FLAGSHIP, 2: "transfer_freeze_all", 5: "transfer5_freeze_all"}
 
 
 def trainer(epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
@@ -144,17 +147,16 @@ def run_digits(seed: int, epochs: int, keys: list[str], bar: tqdm) -> dict[str, 
     dataset = DigitsDataset()
     out: dict[str, tuple[int, int]] = {}
     for key in keys:
-        _, cls, extra, init = DIGITS[key]
+        _, cls, callbacks = DIGITS[key]
         L.seed_everything(seed, verbose=False)
         data = SplitDataModule(
             dataset, val=0.2, test=0.3, labels="targets", seed=seed, batch_size=64, num_workers=0
         )
         model = cls()
-        callbacks = [c for c in [init(seed)] if c is not None] + extra()
-        trainer(epochs, callbacks).fit(model, datamodule=data)
+        trainer(epochs, callbacks(seed)).fit(model, datamodule=data)
         val, test = tensors(data.val_set), tensors(data.test_set)
         out[key] = (count_errors(model, test), len(data.test_set))
-        if key == DIGITS_REFERENCE:
+        if key == FLAGSHIP:
             with_tta = count_errors(model, test, tta=True)
             out["tta_always"] = (with_tta, len(data.test_set))
             chosen = count_errors(model, val, tta=True) < count_errors(model, val)
@@ -164,7 +166,7 @@ def run_digits(seed: int, epochs: int, keys: list[str], bar: tqdm) -> dict[str, 
 
 
 def run_transfer(
-    seed: int, pretrain_epochs: int, epochs: int, shots: int, keys: list[str], bar: tqdm
+    seed: int, pretrain_epochs: int, epochs: int, keys: list[str], bar: tqdm
 ) -> dict[str, tuple[int, int]]:
     """Test errors on 5-9 (and the number of test images) of every transfer variant for one seed."""
     L.seed_everything(seed, verbose=False)
@@ -172,13 +174,12 @@ def run_transfer(
         DigitsDataset(classes=range(5)), val=0.1, labels="targets", seed=seed, batch_size=64, num_workers=0
     )
     pretrained = DigitsClassifier(num_classes=5)
-    trainer(pretrain_epochs, [WeightInit(zero_init_last_bn=True, seed=seed)]).fit(
-        pretrained, datamodule=pre_data
-    )
+    trainer(pretrain_epochs, [AdaptiveGradientClipping()]).fit(pretrained, datamodule=pre_data)
     bar.update()
     target = DigitsDataset(classes=range(5, 10))
     out: dict[str, tuple[int, int]] = {}
     for key in keys:
+        _, shots, freeze = TRANSFER[key]
         L.seed_everything(seed, verbose=False)
         data = SplitDataModule(  # as examples/transfer: shots per class to train, as many to validate
             target,
@@ -190,24 +191,19 @@ def run_transfer(
             batch_size=16,
             num_workers=0,
         )
-        callbacks: list[L.Callback] = []
-        if key == "transfer_scratch":
+        callbacks: list[L.Callback] = [AdaptiveGradientClipping()]
+        if freeze == "scratch":
             model = DigitsClassifier(num_classes=5)
-            callbacks.append(WeightInit(zero_init_last_bn=True, seed=seed))
         else:
             model = copy.deepcopy(pretrained)
             replace_head(model, 5, attr="head")  # a fresh nn.Linear (PyTorch's default init)
-            unfreeze = {
-                "transfer_freeze_all": (2, "all"),
-                "transfer_gradual": (2, "gradual"),
-                "transfer_frozen": (None, "all"),
-            }.get(key)
-            if unfreeze is not None:
+            if freeze is not None:
+                at, mode = freeze
                 callbacks.append(
                     FreezeBackbone(
                         "backbone",
-                        unfreeze_at_epoch=unfreeze[0],
-                        unfreeze_mode=unfreeze[1],
+                        unfreeze_at_epoch=at,
+                        unfreeze_mode=mode,
                         backbone_lr_factor=1.0,
                         log_counts=False,
                     )
@@ -278,7 +274,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=15, help="digits training epochs (the flagship's 15)")
     parser.add_argument("--pretrain-epochs", type=int, default=15, help="transfer: pretraining epochs on 0-4")
     parser.add_argument("--finetune-epochs", type=int, default=30, help="transfer: epochs on 5-9")
-    parser.add_argument("--shots", type=int, default=5, help="transfer: labelled images per class of 5-9")
     parser.add_argument("--only", choices=["digits", "transfer"], default=None)
     parser.add_argument("--out", default=str(RESULTS / "quality"), help="writes <out>.md and <out>.json")
     args = parser.parse_args(argv)
@@ -304,16 +299,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 digits.append(run_digits(seed, args.epochs, digits_keys, bar))
             if transfer_keys:
                 transfer.append(
-                    run_transfer(
-                        seed, args.pretrain_epochs, args.finetune_epochs, args.shots, transfer_keys, bar
-                    )
+                    run_transfer(seed, args.pretrain_epochs, args.finetune_epochs, transfer_keys, bar)
                 )
     seconds = time.perf_counter() - started
-    rows = [summarise(k, DIGITS[k][0], "digits", DIGITS_REFERENCE, digits) for k in digits_keys]
+    rows = [summarise(k, DIGITS[k][0], "digits", FLAGSHIP, digits) for k in digits_keys]
     if digits_keys:
-        rows += [summarise(k, d, "digits", DIGITS_REFERENCE, digits) for k, d in TTA_ROWS.items()]
-    rows += [summarise(k, d, "transfer 0-4 -> 5-9", TRANSFER_REFERENCE, transfer) for k, d in TRANSFER.items()
-             if k in transfer_keys]  # fmt: skip
+        rows += [summarise(k, d, "digits", FLAGSHIP, digits) for k, d in TTA_ROWS.items()]
+    for k in transfer_keys:
+        description, shots, _ = TRANSFER[k]
+        rows.append(summarise(k, description, f"transfer, {shots} shots", REFERENCES[shots], transfer))
     lines = [
         "# Model quality: test errors with and without each trick",
         "",
@@ -322,10 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         f"digits: the flagship recipe, {args.epochs} epochs on 899 images, errors on 539 test images. "
         f"transfer: pretrained {args.pretrain_epochs} epochs on the digits 0-4, then {args.finetune_epochs} "
-        f"epochs on {args.shots} labelled images per class of 5-9, errors on the other 5-9 images. "
+        "epochs on 2 (or 5) labelled images per class of 5-9, errors on the other 5-9 images. "
         f"Seeds {', '.join(map(str, seeds))} (split, initialisation and training); std is the sample "
         'standard deviation over seeds; "vs reference" is the per-seed difference to the setting\'s '
-        "reference row (the flagship recipe; the transfer example's recipe), negative: fewer errors.",
+        "reference row (the flagship recipe; the transfer example's recipe with as many labels), "
+        "negative: fewer errors.",
         "",
         *table(rows, seeds),
     ]
@@ -344,7 +339,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": args.epochs,
             "pretrain_epochs": args.pretrain_epochs,
             "finetune_epochs": args.finetune_epochs,
-            "shots": args.shots,
         },
         "rows": rows,
     }

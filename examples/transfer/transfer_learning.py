@@ -1,14 +1,14 @@
 """Transfer learning: pretrain on the digits 0-4, fine-tune on a few labelled 5-9s, compare with scratch.
 
-1. Pretrain the digits CNN on 0-4 (90% of their images) and export its weights
-   (``ExportWeights``).
+1. Pretrain the digits CNN on 0-4 (90% of their images) with the flagship's recipe
+   (``NoBiasDecay``, ``AdaptiveGradientClipping``) and export its weights (``ExportWeights``).
 2. Fine-tune on 5-9 with only ``--shots`` labelled images per class: a fresh model gets
    the pretrained weights with ``load_weights`` and a new 5-way head with ``replace_head``;
    ``FreezeBackbone`` trains the head alone for ``--unfreeze-at`` epochs, so that its
    random start does not disturb the pretrained features, then the whole network (the
    backbone's new parameter groups split by ``NoBiasDecay``).
 3. Train the same model from scratch on the same few images for the same number of
-   epochs, with the flagship's recipe.
+   epochs, with the same recipe and learning rate.
 
 Both are tested on every other 5-9 image; the summary gives their test errors. Run from
 the repository root::
@@ -41,7 +41,7 @@ from examples.digits.common import (
     trainer_kwargs,
     write_summary,
 )
-from lightning_tricks import ExportWeights, FreezeBackbone, SplitDataModule, WeightInit
+from lightning_tricks import AdaptiveGradientClipping, ExportWeights, FreezeBackbone, SplitDataModule
 from lightning_tricks.functional import count_parameters, load_weights, replace_head
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, epochs=30, out="runs/transfer")
     parser.add_argument("--pretrain-epochs", type=int, default=15)
-    parser.add_argument("--shots", type=int, default=5, help="labelled training images per class of 5-9")
+    parser.add_argument("--shots", type=int, default=2, help="labelled training images per class of 5-9")
     parser.add_argument(
         "--unfreeze-at", type=int, default=2, help="fine-tuning epoch at which the backbone unfreezes"
     )
@@ -85,8 +85,7 @@ def pretrain(args: argparse.Namespace, out: Path) -> tuple[str, int, int]:
     )
     model = DigitsClassifier(num_classes=5)
     export = ExportWeights(dirpath=str(out / "weights"), filename="pretrained_0-4.safetensors")
-    init = WeightInit(zero_init_last_bn=True, seed=args.seed)
-    trainer = _trainer(args, out, "pretrain", args.pretrain_epochs, [init, export])
+    trainer = _trainer(args, out, "pretrain", args.pretrain_epochs, [AdaptiveGradientClipping(), export])
     trainer.fit(model, datamodule=data)
     n_val = len(data.val_set)
     return export.last_path, errors(trainer.callback_metrics["val_acc"], n_val), n_val
@@ -120,7 +119,7 @@ def finetune(args: argparse.Namespace, out: Path, weights: str) -> dict[str, Any
     freeze = FreezeBackbone(
         "backbone", unfreeze_at_epoch=args.unfreeze_at, backbone_lr_factor=args.backbone_lr_factor
     )
-    trainer = _trainer(args, out, "finetune", args.epochs, [freeze])
+    trainer = _trainer(args, out, "finetune", args.epochs, [freeze, AdaptiveGradientClipping()])
     data = finetune_data(args)
     trainer.fit(model, datamodule=data)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
@@ -137,8 +136,7 @@ def finetune(args: argparse.Namespace, out: Path, weights: str) -> dict[str, Any
 def scratch(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
     model = DigitsClassifier(num_classes=5, lr=args.lr)
-    init = WeightInit(zero_init_last_bn=True, seed=args.seed)
-    trainer = _trainer(args, out, "scratch", args.epochs, [init])
+    trainer = _trainer(args, out, "scratch", args.epochs, [AdaptiveGradientClipping()])
     data = finetune_data(args)
     trainer.fit(model, datamodule=data)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
