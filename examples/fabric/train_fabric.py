@@ -39,7 +39,6 @@ from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
 
 from examples.digits.common import (
-    ONE_PIXEL_SHIFTS,
     DigitsDataset,
     DigitsNet,
     add_common_args,
@@ -62,7 +61,7 @@ from lightning_tricks.functional import (
     unfreeze_into_optimizer,
 )
 
-TTA_VIEWS = list(ONE_PIXEL_SHIFTS)  # like the training augmentation (random shifts of up to 2 pixels)
+TTA_VIEWS = ["five_crop:14"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -152,12 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x_train, y_train = stack(train_set, fabric.device)
     with torch.inference_mode(), fabric.autocast():
         plain = (net(x_test).argmax(-1) == y_test).float().mean().item()
-        tta = (
-            (tta_predict(net, x_test, TTA_VIEWS, "mean_softmax", chunk_size=1024).argmax(-1) == y_test)
-            .float()
-            .mean()
-            .item()
-        )
+        tta = (tta_predict(net, x_test, TTA_VIEWS, "mean_softmax").argmax(-1) == y_test).float().mean().item()
         f_train = F.normalize(extract_features(net, x_train, ["backbone"])["backbone"].float(), dim=1)
         f_test = F.normalize(extract_features(net, x_test, ["backbone"])["backbone"].float(), dim=1)
     centroids = torch.stack([f_train[y_train == c].mean(0) for c in range(5)])
