@@ -260,7 +260,7 @@ def summary_text(s: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
             "so the test set ran without it"
         )
     lines = [
-        f"=== digits flagship: {s['epochs']} epochs on {s['train_images']} images in {s['seconds']} s",
+        f"=== digits flagship: {s['epochs']} epochs on {s['train_images']} images",
         f"test errors           {s['test_errors']} / {s['test_images']}"
         + (" (with TTA, chosen on the validation set)" if s["tta_applied"] else " (without TTA)"),
         f"TTA                   {views} one-pixel shifts, softmax-averaged, on {s['val_images']} validation "

@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_summary(out, summary)
         n = tuned["test_images"]
         print(
-            f"=== transfer learning: digits 0-4 -> 5-9 with {args.shots} labelled images per class "
-            f"({summary['seconds']} s)\n"
+            f"=== transfer learning: digits 0-4 -> 5-9 with {args.shots} labelled images per class\n"
             f"pretrained on 0-4     {args.pretrain_epochs} epochs, validation errors {pre_errors} / {pre_images}, "
             f"weights {weights}\n"
             f"test errors on 5-9    fine-tuned {tuned['test_errors']} / {n}, from scratch "

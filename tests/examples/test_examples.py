@@ -81,7 +81,7 @@ def test_flagship(tmp_path, capsys):
 
 
 def test_flagship_summary_quotes_the_quality_benchmark():
-    from examples.digits.flagship import summary_text
+    from examples.digits.flagship import quality_results, summary_text
 
     s = {
         "epochs": 15,
@@ -106,26 +106,27 @@ def test_flagship_summary_quotes_the_quality_benchmark():
         "activation_layers": ["a"],
         "tensorboard_dir": "runs/tb/version_0",
     }
-    rows = {
-        "flagship": {"errors": [10, 12, 14], "mean": 12.0, "std": 2.0},
-        "tta_chosen": {"errors": [8, 9, 10], "mean": 9.0, "std": 1.0},
-        "decay_on_all": {"errors": [11, 12, 13], "mean": 12.0, "std": 1.0},
-    }
-    lines = summary_text(s, rows).splitlines()
+    lines = summary_text(s, {}).splitlines()  # without benchmarks/results/quality.json
     tta = next(line for line in lines if line.startswith("TTA "))
-    assert "validation errors 3 -> 4: no gain, so the test set ran without it" in tta
-    assert tta.endswith(
-        "over 3 seeds (benchmarks/quality.py): 9.0 +- 1.0 test errors, 12.0 +- 2.0 without TTA"
-    )
-    assert next(line for line in lines if line.startswith("NoBiasDecay")).endswith(
-        "1.0 with decay on them too"
-    )
-    assert next(line for line in lines if line.startswith("WeightInit")).endswith("default init")  # no row
+    assert tta.endswith("validation errors 3 -> 4: no gain, so the test set ran without it")
+    assert next(line for line in lines if line.startswith("WeightInit")).endswith("default init")
     assert "AdaptiveGradientClipping(clip_factor=0.01)" in next(
         line for line in lines if line.startswith("AGC")
     )
     assert not any(line.startswith("memory profile") for line in lines)  # nothing recorded, no line
     assert all(line.strip() for line in lines)
+    # with the results of benchmarks/quality.py, every trick's line quotes its row
+    rows = quality_results()
+    quoted = {line.split()[0]: line for line in summary_text(s, rows).splitlines()}
+    for trick, key, other in [
+        ("TTA", "tta_chosen", "flagship"),
+        ("AGC", "flagship", "no_clipping"),
+        ("NoBiasDecay", "flagship", "decay_on_all"),
+        ("WeightInit", "flagship", "init_kaiming_zero_bn"),
+    ]:
+        n = len(rows[key]["errors"])
+        assert f"over {n} seeds (benchmarks/quality.py): {rows[key]['mean']:.1f} +- " in quoted[trick]
+        assert f"errors, {rows[other]['mean']:.1f} +- {rows[other]['std']:.1f} " in quoted[trick]
 
 
 def test_transfer_learning_pretraining_beats_scratch(tmp_path):
