@@ -256,8 +256,8 @@ def summary_text(s: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
         )
     else:
         decision = (
-            f"validation errors {s['val_errors_plain']} -> {s['val_errors_tta']}: no gain, "
-            "so the test set ran without it"
+            f"no fewer validation errors than without ({s['val_errors_plain']}), so the test set ran "
+            "without it"
         )
     lines = [
         f"=== digits flagship: {s['epochs']} epochs on {s['train_images']} images",
