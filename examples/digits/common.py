@@ -2,8 +2,8 @@
 
 The digits (1,797 grey 8x8 images of the digits 0-9, 180 per class) ship inside
 scikit-learn, so nothing is downloaded. ``DigitsDataset`` scales them to 12x12 and pads
-them to 16x16, which leaves room for small shifts (the training augmentation and the
-test-time-augmentation crops).
+them to 16x16, which leaves room for small shifts (the training augmentation, and the
+test-time augmentation that matches it).
 """
 
 from __future__ import annotations
@@ -24,6 +24,19 @@ from torch.utils.data import Dataset
 from lightning_tricks import NoBiasDecay, TTAPredict
 
 IMAGE_SIZE = 16
+
+#: test-time augmentation matching the training augmentation (random shifts of up to 2
+#: pixels, zero fill): the eight shifts of one pixel (with the identity, a 3x3 grid)
+ONE_PIXEL_SHIFTS = (
+    "hshift:1",
+    "hshift:-1",
+    "vshift:1",
+    "vshift:-1",
+    "hshift:1+vshift:1",
+    "hshift:1+vshift:-1",
+    "hshift:-1+vshift:1",
+    "hshift:-1+vshift:-1",
+)
 
 
 class DigitsDataset(Dataset):
@@ -119,22 +132,27 @@ class DigitsNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-class DigitsClassifier(NoBiasDecay, TTAPredict, L.LightningModule):
-    """The digits CNN as a LightningModule, with no weight decay on biases/norms and TTA.
+class DigitsModule(TTAPredict, L.LightningModule):
+    """The digits CNN as a LightningModule with TTA, weight decay on every parameter.
 
-    ``NoBiasDecay`` splits the AdamW group into decay / no-decay parts; ``TTAPredict``
-    makes ``trainer.predict`` (and ``tta_forward``) average the crops below.
+    ``TTAPredict`` makes ``trainer.predict`` (and ``tta_forward``, and ``trainer.test`` once
+    ``tta_on_test`` is set) average the softmax over the one-pixel shifts below. The
+    examples use :class:`DigitsClassifier`, which adds ``NoBiasDecay``; this class is the
+    comparison without it (``benchmarks/quality.py``).
 
     Args:
         num_classes: number of outputs.
         width: channels of the first stage (the others have 2x and 4x).
         lr: AdamW learning rate (one-cycle schedule over the run).
-        weight_decay: AdamW weight decay of the weights (none on biases and BatchNorm).
+        weight_decay: AdamW weight decay.
         shift: training augmentation: random shifts of up to this many pixels.
     """
 
-    tta_views = ("five_crop:14",)  # the four corner crops and the centre crop: shifts of <= 2 px
+    tta_views = ONE_PIXEL_SHIFTS  # like the training augmentation: shifted, same size, zero fill
     tta_merge = "mean_softmax"
+    # a fixed number of images per forward pass: planning it ("auto") would time several
+    # passes over all the views, more than TTA itself costs this small model
+    tta_chunk_size = 1024
 
     def __init__(
         self,
@@ -178,6 +196,14 @@ class DigitsClassifier(NoBiasDecay, TTAPredict, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class DigitsClassifier(NoBiasDecay, DigitsModule):
+    """The digits CNN as a LightningModule, with no weight decay on biases/norms and TTA.
+
+    ``NoBiasDecay`` splits the AdamW group of :class:`DigitsModule` into decay / no-decay
+    parts: ``weight_decay`` applies to the weights only, not to biases and BatchNorm.
+    """
+
+
 # ---------------------------------------------------------------------------- command line
 def add_common_args(parser: argparse.ArgumentParser, epochs: int, out: str) -> None:
     """The options every example shares: device, length of the run, output folder, seed."""
@@ -204,7 +230,7 @@ def configure_cpu(args: argparse.Namespace) -> None:
 
     The models here are so small that a second thread gains nothing, while on a busy
     machine an intra-op thread that waits for a core stalls every operation (measured:
-    the same run took 12 s on an idle 2-core machine and minutes next to another job).
+    a run of seconds on an idle 2-core machine took minutes next to another job).
     """
     if not args.gpu:
         torch.set_num_threads(max(1, args.threads))

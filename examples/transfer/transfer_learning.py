@@ -1,14 +1,17 @@
 """Transfer learning: pretrain on the digits 0-4, fine-tune on a few labelled 5-9s, compare with scratch.
 
-1. Pretrain the digits CNN on 0-4 and export its weights (``ExportWeights``).
+1. Pretrain the digits CNN on 0-4 (90% of their images) with the flagship's recipe
+   (``NoBiasDecay``, ``AdaptiveGradientClipping``) and export its weights (``ExportWeights``).
 2. Fine-tune on 5-9 with only ``--shots`` labelled images per class: a fresh model gets
-   the pretrained weights with ``load_weights``, a new 5-way head with ``replace_head``
-   (``WeightInit`` then initialises only the head: loaded tensors are left alone), and
-   ``FreezeBackbone`` trains the head alone first, then unfreezes the backbone at a
-   tenth of the head's learning rate (weight decay split by ``NoBiasDecay``).
-3. Train the same model from scratch on the same few images, for the same steps.
+   the pretrained weights with ``load_weights`` and a new 5-way head with ``replace_head``;
+   ``FreezeBackbone`` trains the head alone for ``--unfreeze-at`` epochs, so that its
+   random start does not disturb the pretrained features, then the whole network (the
+   backbone's new parameter groups split by ``NoBiasDecay``).
+3. Train the same model from scratch on the same few images for the same number of
+   epochs, with the same recipe and learning rate.
 
-Both are tested on all the other 5-9 images. Run from the repository root::
+Both are tested on every other 5-9 image; the summary gives their test errors. Run from
+the repository root::
 
     python examples/transfer/transfer_learning.py                     # CPU
     python examples/transfer/transfer_learning.py --gpu --devices 2   # DDP, 16-mixed
@@ -38,18 +41,27 @@ from examples.digits.common import (
     trainer_kwargs,
     write_summary,
 )
-from lightning_tricks import ExportWeights, FreezeBackbone, SplitDataModule, WeightInit
+from lightning_tricks import AdaptiveGradientClipping, ExportWeights, FreezeBackbone, SplitDataModule
 from lightning_tricks.functional import count_parameters, load_weights, replace_head
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, epochs=24, out="runs/transfer")
-    parser.add_argument("--pretrain-epochs", type=int, default=5)
-    parser.add_argument("--shots", type=int, default=10, help="labelled training images per class of 5-9")
-    parser.add_argument("--unfreeze-at", type=int, default=8, help="epoch at which the backbone unfreezes")
-    parser.add_argument("--finetune-lr", type=float, default=3e-2, help="peak learning rate of the new head")
-    parser.add_argument("--scratch-lr", type=float, default=3e-3, help="peak learning rate from scratch")
+    add_common_args(parser, epochs=30, out="runs/transfer")
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--shots", type=int, default=2, help="labelled training images per class of 5-9")
+    parser.add_argument(
+        "--unfreeze-at", type=int, default=2, help="fine-tuning epoch at which the backbone unfreezes"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=3e-3, help="peak learning rate, the same for fine-tuning and from scratch"
+    )
+    parser.add_argument(
+        "--backbone-lr-factor",
+        type=float,
+        default=1.0,
+        help="learning rate of the unfrozen backbone, as a fraction of the head's",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,12 +71,13 @@ def _trainer(args: argparse.Namespace, out: Path, name: str, epochs: int, callba
     return L.Trainer(**kwargs, logger=logger, callbacks=callbacks, enable_checkpointing=False)
 
 
-def pretrain(args: argparse.Namespace, out: Path) -> tuple[str, float]:
-    """Train on 0-4 (stratified 80/20 split); return the exported weights file and val accuracy."""
+def pretrain(args: argparse.Namespace, out: Path) -> tuple[str, int, int]:
+    """Train on 0-4 (stratified 90/10 split); return the exported weights file and the
+    validation errors and images."""
     L.seed_everything(args.seed, verbose=False)
     data = SplitDataModule(
         DigitsDataset(classes=range(5)),
-        val=0.2,
+        val=0.1,
         labels="targets",
         seed=args.seed,
         batch_size=64,
@@ -72,11 +85,15 @@ def pretrain(args: argparse.Namespace, out: Path) -> tuple[str, float]:
     )
     model = DigitsClassifier(num_classes=5)
     export = ExportWeights(dirpath=str(out / "weights"), filename="pretrained_0-4.safetensors")
-    trainer = _trainer(
-        args, out, "pretrain", args.pretrain_epochs, [WeightInit(zero_init_last_bn=True), export]
-    )
+    trainer = _trainer(args, out, "pretrain", args.pretrain_epochs, [AdaptiveGradientClipping(), export])
     trainer.fit(model, datamodule=data)
-    return export.last_path, float(trainer.callback_metrics["val_acc"])
+    n_val = len(data.val_set)
+    return export.last_path, errors(trainer.callback_metrics["val_acc"], n_val), n_val
+
+
+def errors(accuracy: Any, n: int) -> int:
+    """The number of wrong answers among ``n`` images, from an accuracy."""
+    return round((1.0 - float(accuracy)) * n)
 
 
 def finetune_data(args: argparse.Namespace) -> SplitDataModule:
@@ -96,34 +113,39 @@ def finetune_data(args: argparse.Namespace) -> SplitDataModule:
 
 def finetune(args: argparse.Namespace, out: Path, weights: str) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
-    model = DigitsClassifier(num_classes=5, lr=args.finetune_lr)
+    model = DigitsClassifier(num_classes=5, lr=args.lr)
     report = load_weights(model, weights, strict=True)  # everything, including the 0-4 head...
-    replace_head(model, 5, attr="head")  # ...which is replaced by a fresh one for 5-9
-    freeze = FreezeBackbone("backbone", unfreeze_at_epoch=args.unfreeze_at, backbone_lr_factor=0.1)
-    # Initialises only the new head: the tensors load_weights loaded are skipped
-    # (skip_pretrained=True), and replace_head's fresh layer is not among them.
-    init = WeightInit("trunc_normal", std=0.02, seed=args.seed)
-    trainer = _trainer(args, out, "finetune", args.epochs, [init, freeze])
+    replace_head(model, 5, attr="head")  # ...which is replaced by a fresh nn.Linear for 5-9
+    freeze = FreezeBackbone(
+        "backbone", unfreeze_at_epoch=args.unfreeze_at, backbone_lr_factor=args.backbone_lr_factor
+    )
+    trainer = _trainer(args, out, "finetune", args.epochs, [freeze, AdaptiveGradientClipping()])
     data = finetune_data(args)
     trainer.fit(model, datamodule=data)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
+    n_test = len(data.test_set)
     return {
         "test_acc": test["test_acc"],
+        "test_errors": errors(test["test_acc"], n_test),
+        "test_images": n_test,
         "loaded_tensors": len(report.loaded),
-        "initialised": sorted(init.report.initialized) if init.report else [],
         "params": count_parameters(model),
     }
 
 
 def scratch(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
-    model = DigitsClassifier(num_classes=5, lr=args.scratch_lr)
-    trainer = _trainer(
-        args, out, "scratch", args.epochs, [WeightInit(zero_init_last_bn=True, seed=args.seed)]
-    )
+    model = DigitsClassifier(num_classes=5, lr=args.lr)
+    trainer = _trainer(args, out, "scratch", args.epochs, [AdaptiveGradientClipping()])
     data = finetune_data(args)
     trainer.fit(model, datamodule=data)
-    return {"test_acc": trainer.test(model, datamodule=data, verbose=False)[0]["test_acc"]}
+    test = trainer.test(model, datamodule=data, verbose=False)[0]
+    n_test = len(data.test_set)
+    return {
+        "test_acc": test["test_acc"],
+        "test_errors": errors(test["test_acc"], n_test),
+        "test_images": n_test,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -134,11 +156,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-        weights, pre_acc = pretrain(args, out)
+        weights, pre_errors, pre_images = pretrain(args, out)
         tuned = finetune(args, out, weights)
         fresh = scratch(args, out)
     summary = {
-        "pretrain_val_acc": pre_acc,
+        "pretrain_val_errors": pre_errors,
+        "pretrain_val_images": pre_images,
         "weights": weights,
         "finetune": tuned,
         "scratch": fresh,
@@ -148,15 +171,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if rank_zero_only.rank == 0:
         write_summary(out, summary)
+        n = tuned["test_images"]
         print(
-            f"""
-=== transfer learning: digits 0-4 -> 5-9 with {args.shots} labelled images per class ({summary["seconds"]} s)
-pretrained on 0-4     val accuracy {pre_acc:.4f}, weights {weights}
-fine-tuned on 5-9     test accuracy {tuned["test_acc"]:.4f}  (loaded {tuned["loaded_tensors"]} tensors, new head \
-initialised: {", ".join(tuned["initialised"])}; backbone frozen for {args.unfreeze_at} epochs, then lr x0.1)
-from scratch on 5-9   test accuracy {fresh["test_acc"]:.4f}  (same images, same {args.epochs} epochs)
-TensorBoard logs      {out}/pretrain, {out}/finetune, {out}/scratch
-"""
+            f"=== transfer learning: digits 0-4 -> 5-9 with {args.shots} labelled images per class\n"
+            f"pretrained on 0-4     {args.pretrain_epochs} epochs, validation errors {pre_errors} / {pre_images}, "
+            f"weights {weights}\n"
+            f"test errors on 5-9    fine-tuned {tuned['test_errors']} / {n}, from scratch "
+            f"{fresh['test_errors']} / {n} (same {5 * args.shots} images, same {args.epochs} epochs)\n"
+            f"fine-tuning           loaded {tuned['loaded_tensors']} tensors, new head; head alone for "
+            f"{args.unfreeze_at} epochs (FreezeBackbone), then the backbone at x{args.backbone_lr_factor:g} "
+            "the head's learning rate\n"
+            f"TensorBoard logs      {out}/pretrain, {out}/finetune, {out}/scratch"
         )
     return summary
 

@@ -33,6 +33,11 @@ def test_views_do_what_their_names_say():
     assert crops.flatten().tolist() == [0, 2, 6, 8, 4]  # corners then centre
     ten = parse_view("ten_crop:2x1").apply(torch.arange(9.0).reshape(1, 1, 3, 3))
     assert ten.shape == (10, 1, 2, 1)
+    grid = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert parse_view("hshift:1").apply(grid).flatten().tolist() == [0, 1, 2, 0, 4, 5, 0, 7, 8]  # right
+    assert parse_view("hshift:-2").apply(grid).flatten().tolist() == [3, 0, 0, 6, 0, 0, 9, 0, 0]  # left
+    assert parse_view("vshift:1").apply(grid).flatten().tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6]  # down
+    assert parse_view("vshift:-1+hshift:1").apply(grid).flatten().tolist() == [0, 4, 5, 0, 7, 8, 0, 0, 0]
 
 
 @pytest.mark.parametrize(
@@ -42,6 +47,8 @@ def test_views_do_what_their_names_say():
         ("scale:-1", "factor > 0"),
         ("five_crop", "needs a crop size"),
         ("rot90:2", "no argument"),
+        ("hshift:0", "non-zero whole number of pixels"),
+        ("vshift:1.5", r"positive: down, negative: up\); got '1.5'"),
     ],
 )
 def test_bad_view_strings_are_explained(bad, match):
@@ -114,9 +121,15 @@ def test_rescale_is_inverted_by_resizing_back():
         torch.testing.assert_close(v, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_crops_on_dense_outputs_raise_clearly():
+@pytest.mark.parametrize("view", ["five_crop:6", "hshift:1"])
+def test_crops_and_shifts_on_dense_outputs_raise_clearly(view):
     with pytest.raises(ValueError, match="not invertible"):
-        tta_predict(nn.Conv2d(3, 2, 1), torch.randn(1, 3, 8, 8), ["five_crop:6"])
+        tta_predict(nn.Conv2d(3, 2, 1), torch.randn(1, 3, 8, 8), [view])
+
+
+def test_shift_larger_than_the_image_is_refused():
+    with pytest.raises(ValueError, match="a shift of 3 pixels leaves nothing of a size-3 side"):
+        tta_predict(nn.Flatten(), torch.randn(1, 1, 3, 3), ["vshift:-3"])
 
 
 def test_crops_for_classification_and_precropped_input():

@@ -1,14 +1,14 @@
 """Test-time augmentation views: flips, rotations, rescales and crops, composable.
 
 A view maps a batch ``(B, C, H, W)`` to ``n * B`` augmented images, stacked view-major
-(``n`` is 1 for flips, rotations and rescales, 5 or 10 for crops). For dense outputs
+(``n`` is 1 for flips, rotations, shifts and rescales, 5 or 10 for crops). For dense outputs
 (segmentation masks of the input's spatial size) a view can be *inverted*: the inverse
 maps the model's output on the augmented images back to the original geometry.
 
 Views are written as strings (for YAML / the CLI) or built as objects::
 
     "identity", "hflip", "vflip", "rot90", "rot180", "rot270",
-    "scale:0.9", "five_crop:6", "ten_crop:6x5", "hflip+rot90"
+    "hshift:2", "vshift:-1", "scale:0.9", "five_crop:6", "ten_crop:6x5", "hflip+rot90"
 
 ``a+b`` applies ``a`` first, then ``b``; its inverse undoes ``b`` first, then ``a``.
 """
@@ -24,7 +24,19 @@ from lightning_tricks.functional._checks import check_str, check_tensor, describ
 
 __all__ = ["View", "parse_view", "parse_views"]
 
-VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "scale", "five_crop", "ten_crop")
+VIEW_NAMES = (
+    "identity",
+    "hflip",
+    "vflip",
+    "rot90",
+    "rot180",
+    "rot270",
+    "hshift",
+    "vshift",
+    "scale",
+    "five_crop",
+    "ten_crop",
+)
 
 
 class View:
@@ -145,6 +157,29 @@ class _Rot(View):
         return torch.rot90(_maps(y, size, self)[0], -self.k, dims=(-2, -1))
 
 
+class _Shift(View):
+    """Shift the image by ``pixels`` along its width (``hshift``, positive: right) or height
+    (``vshift``, positive: down), filling the uncovered border with zeros: the usual
+    random-translation training augmentation (pad, then crop back to size), at one offset."""
+
+    invertible = False  # the pixels shifted out are gone
+
+    def __init__(self, name: str, dim: int, pixels: int) -> None:
+        super().__init__(f"{name}:{pixels}")
+        self.dim, self.pixels = dim, pixels
+
+    def apply(self, x):
+        n, size = self.pixels, x.shape[self.dim]
+        if abs(n) >= size:
+            raise ValueError(
+                f"view {self.name!r}: a shift of {abs(n)} pixels leaves nothing of a size-{size} side"
+            )
+        fill = x.new_zeros(x.shape).narrow(self.dim, 0, abs(n))
+        if n > 0:
+            return torch.cat([fill, x.narrow(self.dim, 0, size - n)], dim=self.dim)
+        return torch.cat([x.narrow(self.dim, -n, size + n), fill], dim=self.dim)
+
+
 class _Scale(View):
     """Bilinear rescale by ``factor``; the inverse resizes dense outputs back (bilinear)."""
 
@@ -258,6 +293,18 @@ def _parse_one(part: str, where: str) -> View:
         return _Flip("vflip", -2)
     if name in ("rot90", "rot180", "rot270"):
         return _Rot(int(name[3:]) // 90)
+    if name in ("hshift", "vshift"):
+        try:
+            pixels = int(arg)
+        except ValueError:
+            pixels = 0
+        if pixels == 0:
+            raise ValueError(
+                f"view {spec!r}: '{name}:<pixels>' needs a non-zero whole number of pixels "
+                f"(positive: {'right' if name == 'hshift' else 'down'}, negative: "
+                f"{'left' if name == 'hshift' else 'up'}); got {arg!r}"
+            )
+        return _Shift(name, -1 if name == "hshift" else -2, pixels)
     if name == "scale":
         try:
             factor = float(arg)
@@ -277,8 +324,10 @@ def parse_view(spec: str | View) -> View:
     """Build a [`View`][lightning_tricks.functional.View] from its string form (``View`` objects pass through).
 
     Args:
-        spec: e.g. ``"hflip"``, ``"rot270"``, ``"scale:1.25"``, ``"ten_crop:6"``,
-            ``"five_crop:6x5"`` or a composition such as ``"vflip+rot90"``.
+        spec: e.g. ``"hflip"``, ``"rot270"``, ``"hshift:2"`` (2 pixels right, zero fill),
+            ``"vshift:-1"`` (1 pixel up), ``"scale:1.25"``, ``"ten_crop:6"``,
+            ``"five_crop:6x5"`` or a composition such as ``"vflip+rot90"`` or
+            ``"hshift:1+vshift:1"``.
 
     Returns:
         The view.
