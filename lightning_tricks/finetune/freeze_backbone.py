@@ -149,12 +149,12 @@ class FreezeBackbone(Callback):
     def params_frozen_at_setup(self, pl_module: pl.LightningModule) -> list[nn.Parameter]:
         """The parameters of ``pl_module`` this callback freezes when a fit sets up.
 
-        Components that leave frozen parameters alone (:class:`~lightning_tricks.WeightInit`)
+        Components that leave frozen parameters alone ([`WeightInit`][lightning_tricks.WeightInit])
         ask every callback for them, so they see the same frozen set whether they are listed
         before or after this one.
 
         Example:
-            >>> from tests.helpers import ClassifierModule
+            >>> from lightning_tricks.demos import ClassifierModule
             >>> model = ClassifierModule(arch="mlp")
             >>> len(FreezeBackbone("backbone").params_frozen_at_setup(model))
             4

@@ -72,7 +72,7 @@ class WeightInit(Callback):
         skip_pretrained: leave tensors loaded with ``load_weights`` alone.
         include_frozen: also initialise parameters that are frozen (``requires_grad=False``)
             at ``setup``, or that another callback freezes in its ``setup`` (such as
-            :class:`~lightning_tricks.FreezeBackbone`, listed before or after this one); by
+            [`FreezeBackbone`][lightning_tricks.FreezeBackbone], listed before or after this one); by
             default they keep their weights.
         seed: seed of the initialisation; ``None`` to derive one on rank 0 from the global
             torch RNG state (without consuming it) and broadcast it.

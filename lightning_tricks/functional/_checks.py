@@ -104,7 +104,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
 def check_optional_int(
     name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
 ) -> int | None:
-    """Like [`check_int`][lightning_tricks.functional.check_int] but also accepts ``None``."""
+    """Like `check_int` but also accepts ``None``."""
     return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
 
 
@@ -190,7 +190,7 @@ def check_names(
 
 def check_str_sequence(name: str, value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
     """Accept one string or a sequence of non-empty strings; return a tuple of strings
-    (:func:`check_names` without classes).
+    (`check_names` without classes).
 
     Example:
         >>> check_str_sequence("views", "hflip")
@@ -388,7 +388,7 @@ def check_param_group(name: str, value: Any, *, allow_empty_params: bool = True)
 
 
 def check_param_groups(name: str, value: Any, *, allow_empty_params: bool = True) -> list[dict[str, Any]]:
-    """Validate a sequence of parameter groups (:func:`check_param_group` each); return
+    """Validate a sequence of parameter groups (`check_param_group` each); return
     copies, with ``params`` as lists. A parameter may not appear in two groups.
 
     Example:

@@ -4,7 +4,7 @@
 ``visualize_filters`` run the caller's model on the caller's input. When torch refuses
 that input inside the forward (``"Expected 3D (unbatched) or 4D (batched) input to
 conv2d"``, ``"Input type (long int) and bias type (float) should be the same"``), the error
-names no argument; :func:`model_errors` adds which model and which input it was.
+names no argument; `model_errors` adds which model and which input it was.
 """
 
 from __future__ import annotations

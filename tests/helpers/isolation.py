@@ -9,6 +9,7 @@ are importable too (the repository root is on ``sys.path``). Inside
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -22,8 +23,20 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder + os.sep)
 
 
+@functools.cache
+def _installed_places() -> tuple[str, ...]:
+    """Where installed libraries live: a virtualenv inside the checkout (``.venv``) is not
+    the checkout's own code."""
+    import site
+    import sysconfig
+
+    places = {sys.prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
+    return tuple(os.path.realpath(p) for p in places if p)
+
+
 def _from_checkout(module: ModuleType | None, root: str, package: str) -> bool:
-    """Whether a loaded module is one of the checkout's files other than the package's."""
+    """Whether a loaded module is one of the checkout's files other than the package's
+    (installed libraries excluded, even from a virtualenv inside the checkout)."""
     if module is None:
         return False
     try:
@@ -31,7 +44,11 @@ def _from_checkout(module: ModuleType | None, root: str, package: str) -> bool:
     except Exception:  # exotic modules (torch.ops) may raise on attribute access
         return False
     places = [p if os.path.isabs(p) else os.path.abspath(p) for p in places if isinstance(p, str) and p]
-    return any(_under(p, root) and not _under(p, package) for p in places)
+    installed = _installed_places()
+    return any(
+        _under(p, root) and not _under(p, package) and not any(_under(os.path.realpath(p), i) for i in installed)
+        for p in places
+    )
 
 
 @contextlib.contextmanager

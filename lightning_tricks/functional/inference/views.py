@@ -42,8 +42,8 @@ VIEW_NAMES = (
 class View:
     """One test-time view (or a composition of several).
 
-    A view of your own subclasses ``View`` and implements :meth:`apply` (and
-    :meth:`invert` if dense outputs can be mapped back through it).
+    A view of your own subclasses ``View`` and implements `apply` (and
+    `invert` if dense outputs can be mapped back through it).
 
     Args:
         name: the canonical string of this view, e.g. ``"rot90"`` or ``"scale:0.9"``.
@@ -92,7 +92,7 @@ class View:
 
 
 def _images(x: object, view: View) -> torch.Tensor:
-    """``x`` checked to be images ``(B, C, H, W)`` (what :meth:`View.apply` takes)."""
+    """``x`` checked to be images ``(B, C, H, W)`` (what `View.apply` takes)."""
     x = check_tensor("x", x)
     if x.ndim != 4:
         raise ValueError(f"`x` must be images (B, C, H, W) for view {view.name!r}; got {describe(x)}")

@@ -244,7 +244,7 @@ def capture_activations(
         TypeError: ``model`` is not a module, ``layers`` not names, ``forward_context`` or
             ``forward_fn`` not callable, or ``inputs`` holds no tensor to feed.
         ValueError: an entry of ``layers`` selects no submodule, a selected layer did not
-            run in the forward pass or returned no tensor (as :class:`FeatureExtractor`), or
+            run in the forward pass or returned no tensor (as [`FeatureExtractor`][lightning_tricks.functional.FeatureExtractor]), or
             the model raised a ``RuntimeError`` on ``inputs`` (chained as the cause).
 
     Example:

@@ -61,7 +61,7 @@ def find_aliased_tensors(batch: Any, storages: dict[int, str]) -> list[tuple[str
 
     Args:
         batch: a tensor or nested lists/tuples/dicts of them.
-        storages: what :func:`dataset_storages` returned.
+        storages: what [`dataset_storages`][lightning_tricks.functional.dataset_storages] returned.
 
     Returns:
         ``(batch_path, tensor, dataset_name)`` for each aliased tensor.

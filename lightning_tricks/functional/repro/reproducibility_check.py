@@ -248,7 +248,7 @@ def _compare(name: str, run: Mapping[str, Any], ref: Mapping[str, Any], rtol: fl
 
 
 def _check_records(name: str, records: Any) -> dict[int, dict[str, Mapping[str, Any]]]:
-    """``records`` as epoch -> name -> checksum (from :func:`tensor_checksums`), checked
+    """``records`` as epoch -> name -> checksum (from [`tensor_checksums`][lightning_tricks.functional.tensor_checksums]), checked
     through; a ``TypeError``/``ValueError`` naming ``name`` and the faulty entry otherwise."""
     if not isinstance(records, Mapping):
         raise TypeError(f"`{name}` must be a mapping epoch -> name -> checksum; got {describe(records)}")
