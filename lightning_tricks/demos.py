@@ -238,7 +238,7 @@ class ClassifierModule(L.LightningModule):
             net = MODELS[arch](num_classes=num_classes)
         self.backbone = net.backbone
         self.head = net.head
-        self.dropout = nn.Dropout(dropout) if dropout and arch != "blocks" else None
+        self.dropout: nn.Module | None = nn.Dropout(dropout) if dropout and arch != "blocks" else None
         self.example_input_array = torch.zeros(2, *IMAGE_SHAPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

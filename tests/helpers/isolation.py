@@ -46,7 +46,9 @@ def _from_checkout(module: ModuleType | None, root: str, package: str) -> bool:
     places = [p if os.path.isabs(p) else os.path.abspath(p) for p in places if isinstance(p, str) and p]
     installed = _installed_places()
     return any(
-        _under(p, root) and not _under(p, package) and not any(_under(os.path.realpath(p), i) for i in installed)
+        _under(p, root)
+        and not _under(p, package)
+        and not any(_under(os.path.realpath(p), i) for i in installed)
         for p in places
     )
 

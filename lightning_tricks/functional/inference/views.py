@@ -300,7 +300,7 @@ def _parse_one(part: str, where: str) -> View:
             pixels = 0
         if pixels == 0:
             raise ValueError(
-                f"view {spec!r}: '{name}:<pixels>' needs a non-zero whole number of pixels "
+                f"{where}: '{name}:<pixels>' needs a non-zero whole number of pixels "
                 f"(positive: {'right' if name == 'hshift' else 'down'}, negative: "
                 f"{'left' if name == 'hshift' else 'up'}); got {arg!r}"
             )

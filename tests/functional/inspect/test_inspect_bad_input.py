@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lightning_tricks._logging import _to_uint8_image as to_uint8_image
 from lightning_tricks.functional import (
     IntermediateGrads,
     NonFiniteTracker,
@@ -32,7 +33,6 @@ from lightning_tricks.functional import (
     select_layers,
     visualize_filters,
 )
-from lightning_tricks._logging import _to_uint8_image as to_uint8_image
 
 
 def _chain(n: int = 13) -> nn.Sequential:
