@@ -233,7 +233,7 @@ class ClassifierModule(L.LightningModule):
         _check_choice("scheduler", scheduler, ("none", "step", "onecycle", "plateau", "lambda"))
         self.save_hyperparameters()
         if arch == "blocks" and dropout:
-            net: nn.Module = BlockNet(num_classes=num_classes, dropout=dropout)
+            net: Any = BlockNet(num_classes=num_classes, dropout=dropout)
         else:
             net = MODELS[arch](num_classes=num_classes)
         self.backbone = net.backbone
