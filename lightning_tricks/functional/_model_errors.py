@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
-
 __all__ = ["model_errors"]
 
 
@@ -21,16 +19,18 @@ __all__ = ["model_errors"]
 def model_errors(what: str) -> Iterator[None]:
     """Re-raise what the model raises inside the block with ``what`` in front.
 
-    A ``RuntimeError`` (the shape, dtype and device mismatches torch finds in a forward)
-    becomes a ``ValueError``, a ``TypeError`` stays a ``TypeError``; the original is chained
-    as ``__cause__``. Out-of-memory errors, errors whose message already names an argument
-    (in backticks, as the library's own checks do) and every other exception pass through
-    unchanged.
+    A plain ``RuntimeError`` (the shape, dtype and device mismatches torch finds in a
+    forward) becomes a ``ValueError``, a plain ``TypeError`` stays a ``TypeError``; the
+    original is chained as ``__cause__``. Subclasses (the model's own exception classes,
+    out-of-memory and accelerator errors, ``NotImplementedError``), errors whose message
+    already names an argument (in backticks, as the library's own checks do) and every
+    other exception pass through unchanged, so a caller can still catch what its model raises.
 
     Args:
         what: the call, naming the arguments, e.g. ``"running `model` on `x` of shape (2, 3)"``.
 
     Example:
+        >>> import torch
         >>> with model_errors("running `model` on `x`"):
         ...     torch.nn.Linear(2, 2)(torch.zeros(3))
         Traceback (most recent call last):
@@ -39,11 +39,9 @@ def model_errors(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except torch.OutOfMemoryError:
-        raise
     except (RuntimeError, TypeError) as err:
         message = str(err)
-        if "`" in message:
+        if type(err) not in (RuntimeError, TypeError) or "`" in message:
             raise
         first = message.strip().splitlines()[0] if message.strip() else ""
         new = TypeError if isinstance(err, TypeError) else ValueError

@@ -247,3 +247,17 @@ def test_save_rank_predictions_checks_batches_before_writing(tmp_path):
         save_rank_predictions("a\x00b.pt", [])
     assert not path.exists()
     assert parse_views("hflip")[0].name == "hflip"
+
+
+def test_the_models_own_exceptions_pass_through_unchanged():
+    class ModelBug(RuntimeError):
+        pass
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise ModelBug("a bug in the user's model")
+
+    with pytest.raises(ModelBug, match="a bug in the user's model"):
+        tta_predict(Broken(), torch.zeros(2, 3, 8, 8), ["hflip"], chunk_size=None)
+    with pytest.raises(ValueError, match=r"running `model` on views of `x`.*RuntimeError"):
+        tta_predict(nn.Linear(3, 2), torch.zeros(2, 3, 8, 8), ["hflip"], chunk_size=None)  # torch's own
