@@ -63,6 +63,15 @@ def test_plan_is_made_once_per_key_and_reused(fake_clock):
     assert tta_plans(model) == {}
 
 
+def test_planning_a_large_call_times_chunks_of_at_most_256_images_or_one_view(fake_clock):
+    seen = fake_clock(lambda c: 1.0 / c)
+    model = Counting().eval()
+    tta_predict(model, torch.randn(128, 3, 8, 8), ["hflip", "vflip", "rot90"])  # 512 images
+    assert seen[-1][-1] == 256 and 128 in seen[-1]  # not 512: planning costs a few small passes
+    tta_predict(model, torch.randn(300, 3, 8, 8), ["hflip"])  # one view is larger than the cap
+    assert seen[-1][-1] == 300 and max(c for c in seen[-1] if c != 300) == 256
+
+
 def test_planned_chunk_is_used_and_the_per_view_chunk_wins_ties(fake_clock):
     model = Counting().eval()
     x = torch.randn(4, 3, 8, 8)

@@ -27,6 +27,8 @@ _ROUNDS = 3
 _MARGIN = 0.9
 #: images each candidate is timed on (at least one chunk)
 _SAMPLE = 64
+#: the largest chunk timed, unless one view of the batch is larger
+_MAX_CHUNK = 256
 
 
 @dataclass
@@ -72,13 +74,20 @@ def _sync(device: torch.device) -> None:
 
 
 def _candidates(total: int, per_view: int) -> list[int]:
-    """Powers of two, one view of the batch and everything at once; none below min(per_view, 4)."""
-    cands = {total, per_view}
+    """Powers of two up to ``_MAX_CHUNK`` images, one view of the batch, and everything at
+    once when that is no more; none below min(per_view, 4).
+
+    Capping the candidates keeps planning a large call to a few passes over at most
+    ``_MAX_CHUNK`` images each (timing chunks of thousands of images cost more than the
+    call itself), while one view of the batch, what a per-view loop runs, is always timed.
+    """
+    top = min(total, max(_MAX_CHUNK, per_view))
+    cands = {top, per_view}
     c = 1
-    while c < total:
+    while c < top:
         cands.add(c)
         c *= 2
-    return sorted(c for c in cands if min(per_view, 4) <= c <= total)
+    return sorted(c for c in cands if min(per_view, 4) <= c <= top)
 
 
 def _time(
