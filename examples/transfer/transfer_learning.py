@@ -120,14 +120,8 @@ def finetune(args: argparse.Namespace, out: Path, weights: str) -> dict[str, Any
         "backbone", unfreeze_at_epoch=args.unfreeze_at, backbone_lr_factor=args.backbone_lr_factor
     )
     trainer = _trainer(args, out, "finetune", args.epochs, [freeze, AdaptiveGradientClipping()])
-    data = finetune_data(args)
-    trainer.fit(model, datamodule=data)
-    test = trainer.test(model, datamodule=data, verbose=False)[0]
-    n_test = len(data.test_set)
     return {
-        "test_acc": test["test_acc"],
-        "test_errors": errors(test["test_acc"], n_test),
-        "test_images": n_test,
+        **_fit_and_test(trainer, model, finetune_data(args)),
         "loaded_tensors": len(report.loaded),
         "params": count_parameters(model),
     }
@@ -137,7 +131,11 @@ def scratch(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
     model = DigitsClassifier(num_classes=5, lr=args.lr)
     trainer = _trainer(args, out, "scratch", args.epochs, [AdaptiveGradientClipping()])
-    data = finetune_data(args)
+    return _fit_and_test(trainer, model, finetune_data(args))
+
+
+def _fit_and_test(trainer: L.Trainer, model: L.LightningModule, data: Any) -> dict[str, Any]:
+    """Fit, test, and report the test accuracy and error count."""
     trainer.fit(model, datamodule=data)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     n_test = len(data.test_set)
