@@ -612,7 +612,13 @@ CASES: dict[str, Case] = {
     # inspect
     "IntermediateGrads": Case(lambda t: B(F.IntermediateGrads, {"model": tiny_net(), "names": ["backbone"]})),
     "IntermediateGrads.attach": Case(
-        lambda t: _then(ig := F.IntermediateGrads(tiny_net(), "backbone"), B(ig.attach, {}, [ig])), fuzz=False
+        # attach() then hand the object back, so that cleanup can detach it: left attached, it
+        # would keep torch.compile in its eager stance for the rest of the test process
+        lambda t: _then(
+            ig := F.IntermediateGrads(tiny_net(), "backbone"), B(lambda: (ig.attach(), ig)[1], {}, [ig])
+        ),
+        cleanup=lambda ig: ig.detach(),
+        fuzz=False
     ),
     "NonFiniteTracker": Case(lambda t: B(F.NonFiniteTracker, {"model": tiny_net()})),
     "NonFiniteTracker.update": Case(lambda t: _then(tr := _tracker(), B(tr.update, {"step": 1}, [tr]))),
