@@ -618,7 +618,7 @@ CASES: dict[str, Case] = {
             ig := F.IntermediateGrads(tiny_net(), "backbone"), B(lambda: (ig.attach(), ig)[1], {}, [ig])
         ),
         cleanup=lambda ig: ig.detach(),
-        fuzz=False
+        fuzz=False,
     ),
     "NonFiniteTracker": Case(lambda t: B(F.NonFiniteTracker, {"model": tiny_net()})),
     "NonFiniteTracker.update": Case(lambda t: _then(tr := _tracker(), B(tr.update, {"step": 1}, [tr]))),
