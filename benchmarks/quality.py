@@ -52,6 +52,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.digits.common import DigitsClassifier, DigitsDataset, DigitsModule
 from lightning_tricks import AdaptiveGradientClipping, AutoClip, FreezeBackbone, SplitDataModule, WeightInit
+from lightning_tricks.demos import cpu_trainer
 from lightning_tricks.functional import replace_head
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,19 +137,8 @@ REFERENCES = {"digits": FLAGSHIP, 2: "transfer_freeze_all", 5: "transfer5_freeze
 
 
 def trainer(epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,  # errors are counted after training
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    # errors are counted after training: no validation loop
+    return cpu_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=callbacks)
 
 
 def tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
