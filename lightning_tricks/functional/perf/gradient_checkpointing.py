@@ -35,6 +35,8 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
@@ -98,6 +100,84 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+# --------------------------------------------------------------------------- selective, eager
+#
+# In eager mode selective checkpointing runs two lean dispatch modes instead of PyTorch's
+# `create_selective_checkpoint_contexts`, whose per-op bookkeeping (policy context objects,
+# compile checks, a storage entry for every op) costs about as much as the recomputation
+# it saves on blocks of a few milliseconds. Ours look at one thing per op: is it in
+# `SAVED_OPS`. The forward keeps those outputs (detached, sharing the version counter);
+# the recomputation hands each back once, in call order per op, and frees it. An output
+# that was modified in place since the forward, or one missing (a second backward with
+# `retain_graph=True`, a recomputation that takes another path), is computed again
+# instead of raising: the result is the plain model's either way.
+
+_SAVED_IDS = frozenset(id(op) for op in SAVED_OPS)
+_NO_VIEW_TRACKING_GUARD = getattr(torch._C, "_SetExcludeDispatchKeyGuard", None)
+
+
+def _keep(out: Any) -> tuple[Any, Any]:
+    """``(detached out, versions)``: tensors detached below autograd sharing the version counter."""
+    with _NO_VIEW_TRACKING_GUARD(torch._C.DispatchKey.ADInplaceOrView, False):  # type: ignore[misc]
+        if isinstance(out, torch.Tensor):
+            return out.detach(), out._version
+        leaves, spec = tree_flatten(out)
+        kept = [t.detach() if isinstance(t, torch.Tensor) else t for t in leaves]
+    return tree_unflatten(kept, spec), [t._version if isinstance(t, torch.Tensor) else None for t in leaves]
+
+
+def _unchanged(kept: Any, versions: Any) -> bool:
+    if isinstance(kept, torch.Tensor):
+        return bool(kept._version == versions)
+    leaves = tree_flatten(kept)[0]
+    return all(v is None or t._version == v for t, v in zip(leaves, versions))
+
+
+class _KeepSavedOps(TorchDispatchMode):
+    """Forward of a selectively checkpointed block: keeps the outputs of `SAVED_OPS`."""
+
+    def __init__(self, store: dict[Any, list[Any]]) -> None:
+        super().__init__()
+        self.store = store
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if id(func) in _SAVED_IDS:
+            self.store.setdefault(func, []).append(_keep(out))
+        return out
+
+
+class _ReuseSavedOps(TorchDispatchMode):
+    """Recomputation of a selectively checkpointed block: `SAVED_OPS` return what the
+    forward kept (once each); every other op runs."""
+
+    def __init__(self, store: dict[Any, list[Any]]) -> None:
+        super().__init__()
+        self.store = store
+        self.calls: dict[Any, int] = {}
+
+    def __enter__(self) -> Any:
+        self.calls.clear()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if id(func) in _SAVED_IDS:
+            i = self.calls.get(func, 0)
+            self.calls[func] = i + 1
+            kept = self.store.get(func, ())
+            if i < len(kept) and kept[i] is not None:
+                out, versions = kept[i]
+                kept[i] = None  # handed back once: the recomputed graph holds it from here
+                if _unchanged(out, versions):
+                    return out
+        return func(*args, **(kwargs or {}))
+
+
+def _selective_contexts() -> tuple[Any, Any]:
+    store: dict[Any, list[Any]] = {}
+    return _KeepSavedOps(store), _ReuseSavedOps(store)
+
+
 # under torch.compile the recomputation is part of the compiled backward graph, where buffer
 # mutations are functionalized (applied once, by the forward): only the policy is needed
 _SELECTIVE_CONTEXT_FN = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
@@ -146,7 +226,7 @@ class CheckpointedForward(ForwardWrapper):
     def _contexts(self) -> tuple[Any, Any]:
         if self.mode == "full":
             return contextlib.nullcontext(), self._stats
-        caching, cached = create_selective_checkpoint_contexts(_selective_policy)
+        caching, cached = _selective_contexts() if _NO_VIEW_TRACKING_GUARD else _SELECTIVE_CONTEXT_FN()
         return caching, cached if self._stats is None else Both(self._stats, cached)
 
     def _may_draw(self) -> bool:
