@@ -164,7 +164,7 @@ class _ReuseSavedOps(TorchDispatchMode):
         if id(func) in _SAVED_IDS:
             i = self.calls.get(func, 0)
             self.calls[func] = i + 1
-            kept = self.store.get(func, ())
+            kept = self.store.get(func, [])
             if i < len(kept) and kept[i] is not None:
                 out, versions = kept[i]
                 kept[i] = None  # handed back once: the recomputed graph holds it from here
