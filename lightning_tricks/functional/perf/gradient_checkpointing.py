@@ -11,7 +11,8 @@ Two modes:
 * ``"full"``: keep only the block's inputs; recompute the whole block in backward.
 * ``"selective"``: also keep the outputs of the expensive ops (matrix multiplies,
   convolutions, fused attention; [`SAVED_OPS`][lightning_tricks.functional.perf.gradient_checkpointing.SAVED_OPS]) and recompute only the cheap ones
-  (activations, norms, dropout, elementwise ops), through PyTorch's selective-checkpoint
+  (activations, norms, dropout, elementwise ops): in eager mode through two lean dispatch
+  modes of this module, under ``torch.compile`` through PyTorch's selective-checkpoint
   policies (`torch.utils.checkpoint.create_selective_checkpoint_contexts`).
 
 Side effects of the recomputation are undone: running statistics of norm layers
