@@ -11,6 +11,7 @@ The floors in ``pyproject.toml`` are the oldest versions these calls were checke
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ __all__ = [
     "forget_step_values",
     "foreach_norm",
     "norm_base_class",
+    "op_overload_type",
+    "version_sharing_detach_guard",
     "memory_viz_html",
     "record_cuda_memory_history",
     "recreate_train_iterator",
@@ -59,6 +62,26 @@ def norm_base_class() -> type[torch.nn.Module]:
     from torch.nn.modules.batchnorm import _NormBase
 
     return _NormBase
+
+
+def op_overload_type() -> Any:
+    """The class of ``torch.ops.aten.<op>.<overload>`` objects (``torch._ops.OpOverload``);
+    an instance's ``_op`` is the C++ op its ``__call__`` forwards to."""
+    from torch._ops import OpOverload
+
+    return OpOverload
+
+
+def version_sharing_detach_guard() -> Callable[[], Any] | None:
+    """A context factory under which ``Tensor.detach()`` called inside a dispatch mode (below
+    autograd) shares the version counter of its source, as it does above autograd
+    (``torch._C._SetExcludeDispatchKeyGuard(DispatchKey.ADInplaceOrView, False)``, what
+    ``torch.utils.checkpoint``'s selective mode uses); ``None`` where this torch lacks it."""
+    guard = getattr(torch._C, "_SetExcludeDispatchKeyGuard", None)
+    key = getattr(getattr(torch._C, "DispatchKey", None), "ADInplaceOrView", None)
+    if guard is None or key is None:  # pragma: no cover - older or newer torch
+        return None
+    return functools.partial(guard, key, False)
 
 
 def dynamo_backends() -> list[str]:
@@ -235,6 +258,8 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "foreach_mul_": ("torch", "_foreach_mul_"),
     "norm_base_class": ("torch.nn.modules.batchnorm", "_NormBase"),
     "dynamo_backends": ("torch._dynamo", "list_backends"),
+    "op_overload_type": ("torch._ops", "OpOverload"),
+    "version_sharing_detach_guard": ("torch._C", "_SetExcludeDispatchKeyGuard"),
     "compile_event_handler": ("torch._dynamo.callback", "callback_handler.register_start_callback"),
     "record_cuda_memory_history": ("torch.cuda.memory", "_record_memory_history"),
     "cuda_memory_snapshot": ("torch.cuda.memory", "_snapshot"),

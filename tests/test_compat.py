@@ -83,3 +83,28 @@ def test_lightning_helpers_on_a_real_fit():
     )
     assert optimizers == [opt] and schedulers == [sched]
     assert isinstance(trainer, L.Trainer)
+
+
+def test_dispatch_mode_helpers_behave_as_selective_checkpointing_expects():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    kept = []
+    guard = _compat.version_sharing_detach_guard()
+    assert guard is not None
+
+    class Keep(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert type(func) is _compat.op_overload_type()
+            out = func._op(*args, **(kwargs or {}))  # what OpOverload.__call__ forwards to
+            if func is torch.ops.aten.mm.default:
+                with guard():
+                    kept.append(out.detach())
+            return out
+
+    a = torch.eye(2)
+    with Keep():
+        y = a @ a
+    assert torch.equal(y, torch.eye(2))
+    version = kept[0]._version
+    y.mul_(2)  # the kept tensor sees the in-place change through the shared version counter
+    assert kept[0]._version == version + 1

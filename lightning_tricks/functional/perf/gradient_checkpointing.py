@@ -36,7 +36,6 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
-from torch._ops import OpOverload
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import (
@@ -46,6 +45,7 @@ from torch.utils.checkpoint import (
     noop_context_fn,
 )
 
+from lightning_tricks._compat import op_overload_type, version_sharing_detach_guard
 from lightning_tricks.functional._checks import check_bool, check_choice, check_module
 from lightning_tricks.functional.perf._checkpoint_side_effects import (
     Both,
@@ -115,12 +115,13 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
 # instead of raising: the result is the plain model's either way.
 
 _SAVED_IDS = frozenset(id(op) for op in SAVED_OPS)
-_NO_VIEW_TRACKING_GUARD = getattr(torch._C, "_SetExcludeDispatchKeyGuard", None)
+_VERSION_SHARING = version_sharing_detach_guard()
+_OP_OVERLOAD = op_overload_type()
 
 
 def _keep(out: Any) -> tuple[Any, Any]:
     """``(detached out, versions)``: tensors detached below autograd sharing the version counter."""
-    with _NO_VIEW_TRACKING_GUARD(torch._C.DispatchKey.ADInplaceOrView, False):  # type: ignore[misc]
+    with _VERSION_SHARING():  # type: ignore[misc]
         if isinstance(out, torch.Tensor):
             return out.detach(), out._version
         leaves, spec = tree_flatten(out)
@@ -138,7 +139,7 @@ def _unchanged(kept: Any, versions: Any) -> bool:
 def _run(func: Any, args: Any, kwargs: Any) -> Any:
     # a plain OpOverload's __call__ only forwards to its `_op`: calling that directly
     # halves the Python cost the mode adds to each op
-    if type(func) is OpOverload:
+    if type(func) is _OP_OVERLOAD:
         return func._op(*args, **(kwargs or {}))
     return func(*args, **(kwargs or {}))
 
@@ -236,7 +237,7 @@ class CheckpointedForward(ForwardWrapper):
     def _contexts(self) -> tuple[Any, Any]:
         if self.mode == "full":
             return contextlib.nullcontext(), self._stats
-        caching, cached = _selective_contexts() if _NO_VIEW_TRACKING_GUARD else _SELECTIVE_CONTEXT_FN()
+        caching, cached = _selective_contexts() if _VERSION_SHARING else _SELECTIVE_CONTEXT_FN()
         return caching, cached if self._stats is None else Both(self._stats, cached)
 
     def _may_draw(self) -> bool:
