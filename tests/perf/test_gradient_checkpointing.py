@@ -24,7 +24,7 @@ from tests.helpers import (
     params_equal,
     state_of,
 )
-from tests.helpers.zoo import hf_bert, hf_resnet
+from tests.helpers.zoo import hf_bert, hf_convnext, hf_resnet, hf_segformer, hf_vit, image_size
 from tests.helpers.zoo_ckpt import GeluMLP, held_bytes
 
 MODES = ["full", "selective"]
@@ -261,6 +261,31 @@ def test_batchnorm_statistics_updated_once_per_step(arch, mode):
     assert int(buffers_ckpt[next(k for k in buffers_ckpt if k.endswith("num_batches_tracked"))]) == 3
     assert torch.equal(out_plain, out_ckpt)
     assert not params_equal(dict(plain.named_parameters()), dict(ckpt.named_parameters()))
+
+
+ZOO_BLOCKS = {  # models we did not write: depthwise convolutions, attention through SDPA, Mix-FFN
+    "convnext": (hf_convnext, "convnext.encoder.stages.*"),
+    "vit": (hf_vit, "vit.layers.*"),
+    "segformer": (hf_segformer, "segformer.stages.*.blocks.*"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", list(ZOO_BLOCKS))
+def test_zoo_blocks_gradients_and_buffers_equal_plain(arch, mode):
+    build, targets = ZOO_BLOCKS[arch]
+    torch.manual_seed(0)
+    plain = build().train()
+    ckpt = copy.deepcopy(plain)
+    assert apply_gradient_checkpointing(ckpt, targets, mode=mode)
+    size = image_size(arch)
+    x = torch.randn(2, 3, size, size)
+    for model in (plain, ckpt):
+        torch.manual_seed(1)
+        model(pixel_values=x).logits.square().mean().backward()
+    grads = [{n: p.grad for n, p in m.named_parameters() if p.grad is not None} for m in (plain, ckpt)]
+    assert grads[0] and not params_equal(*grads)
+    assert not params_equal(dict(plain.named_buffers()), dict(ckpt.named_buffers()))
 
 
 # --------------------------------------------------------------------------- RNG state
