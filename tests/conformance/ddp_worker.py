@@ -26,6 +26,7 @@ def main(job_path: str, out_dir: str) -> None:
     from tests.conformance.build import build_run, trainer_kwargs
     from tests.conformance.checks import _safe
     from tests.conformance.settings import spec_ids
+    from tests.helpers.ddp import end_process_group
     from tests.helpers.utils import whole_state
 
     torch.set_num_threads(1)
@@ -51,6 +52,7 @@ def main(job_path: str, out_dir: str) -> None:
             (out / f"{safe}.rank{rank}.err").write_text(traceback.format_exc())
             sys.stdout.flush()
             raise SystemExit(1) from None  # the world may be out of step now: the parent retries alone
+    end_process_group()
 
 
 if __name__ == "__main__":

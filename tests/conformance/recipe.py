@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.conformance.checks import CrashAt, Interrupt
 from tests.helpers import ClassifierModule, ImageDataModule
+from tests.helpers.ddp import end_process_group
 from tests.helpers.utils import whole_state
 
 
@@ -111,6 +112,7 @@ def main(out_dir: str) -> None:
     initial = {f"model/{k}": v.clone() for k, v in ClassifierModule(arch="cnn").state_dict().items()}
     straight, resumed = straight_and_resumed(out, epochs=2, crash=1, ddp=True)
     torch.save({"initial": initial, "straight": straight, "resumed": resumed}, out / f"rank{rank}.pt")
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from lightning_tricks.functional import (
     split_indices,
 )
 from tests.helpers import ClassifierModule, cpu_trainer
+from tests.helpers.ddp import GlooDDP
 from tests.repro_helpers import ImageDataset
 
 # ---------------------------------------------------------------- functional core
@@ -305,7 +306,7 @@ class _RecordSplit(Callback):
 def test_ddp_ranks_share_the_split_and_partition_the_training_set(tmp_path):
     dm = SplitDataModule(ImageDataset(40), val=8, test=0.1, labels="targets", batch_size=4, num_workers=0)
     trainer = cpu_trainer(
-        strategy="ddp_spawn",
+        strategy=GlooDDP(start_method="spawn"),
         devices=2,
         max_epochs=1,
         limit_train_batches=1,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BackboneFinetuning
-from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_tricks import FreezeBackbone
 from tests.helpers import ClassifierModule, ImageDataModule, params_equal, state_of
+from tests.helpers.ddp import GlooDDP
 
 
 class SaveRankWeights(Callback):
@@ -29,9 +27,7 @@ def _fit_ddp(tmp_path, finetune_cb):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(
-            start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=60)
-        ),
+        strategy=GlooDDP(start_method="spawn"),
         max_epochs=2,
         logger=False,
         enable_checkpointing=False,

@@ -23,6 +23,7 @@ from tests.helpers import (
     make_mlp,
     state_of,
 )
+from tests.helpers.ddp import GlooDDP
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -369,7 +370,7 @@ def test_ranks_start_equal_before_ddp_wraps_and_keep_equal_rng_streams(tmp_path)
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=0,
-        strategy="ddp_spawn",
+        strategy=GlooDDP(start_method="spawn"),
         devices=2,
         callbacks=[DesyncRanks(), WeightInit(seed=None), SaveAtSetup(str(tmp_path))],
     )

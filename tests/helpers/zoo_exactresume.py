@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from tests.helpers.data import make_image_dataset
+from tests.helpers.ddp import end_process_group
 from tests.helpers.models import BlockNet, ClassifierModule
 from tests.helpers.utils import whole_state
 
@@ -185,6 +186,7 @@ def main(out_dir: str, safe: bool = False) -> None:
     )
     results = {"straight": straight, "resumed": resumed, "last": last}
     torch.save(results, out / f"rank{rank}.pt")
+    end_process_group()
 
 
 if __name__ == "__main__":

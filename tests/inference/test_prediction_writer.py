@@ -13,6 +13,7 @@ from lightning_tricks.functional import load_predictions as load_predictions_fun
 from lightning_tricks.functional import merge_rank_predictions, save_rank_predictions, tta_predict
 from lightning_tricks.functional.inference.prediction_writer import prediction_to_cpu
 from tests.helpers import ClassifierModule, cpu_trainer, make_image_dataset
+from tests.helpers.ddp import GlooDDP
 
 N = 23  # odd: not divisible by 2 ranks nor by the batch size
 
@@ -50,7 +51,7 @@ def _ddp_trainer(tmp_path, writer, **kw):
     return L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=GlooDDP(start_method="spawn"),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_tricks import TargetBatchSize
 from lightning_tricks.functional import WindowMean, accumulation_steps
 from tests.helpers import ClassifierModule, ImageDataModule, cpu_trainer
+from tests.helpers.ddp import GlooDDP
 from tests.optim.clip_helpers import csv_scalars
 
 # --------------------------------------------------------------------------- functional helpers
@@ -160,7 +161,7 @@ class RankRecordingModule(RecordingModule):
 @pytest.mark.slow
 def test_ddp_world_size_and_rank_mean(tmp_path):
     trainer = cpu_trainer(
-        strategy="ddp_spawn",
+        strategy=GlooDDP(start_method="spawn"),
         devices=2,
         callbacks=[TargetBatchSize(global_batch_size=64)],
         max_epochs=1,
