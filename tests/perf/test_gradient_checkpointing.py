@@ -25,7 +25,7 @@ from tests.helpers import (
     state_of,
 )
 from tests.helpers.zoo import hf_bert, hf_convnext, hf_resnet, hf_segformer, hf_vit, image_size
-from tests.helpers.zoo_ckpt import GeluMLP, held_bytes
+from tests.helpers.zoo_ckpt import GeluMLP, TorchCheckpointed, held_bytes
 
 MODES = ["full", "selective"]
 
@@ -293,15 +293,15 @@ def test_zoo_blocks_gradients_and_buffers_equal_plain(arch, mode):
 
 @pytest.fixture
 def preserve_flags(monkeypatch):
-    """The ``preserve_rng_state`` of every checkpoint call made by the wrappers."""
+    """The ``preserve_rng_state`` of every (eager) checkpoint call made by the wrappers."""
     flags = []
-    real = ckpt_mod.checkpoint
+    real = ckpt_mod.lean_checkpoint
 
     def spy(*args, **kwargs):
         flags.append(kwargs["preserve_rng_state"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt_mod, "checkpoint", spy)
+    monkeypatch.setattr(ckpt_mod, "lean_checkpoint", spy)
     return flags
 
 
@@ -452,11 +452,12 @@ def test_selective_recomputes_a_saved_output_modified_in_place():
     assert not params_equal(_sum_grads(plain, x), _sum_grads(ckpt, x))
 
 
-def test_selective_second_backward_with_retain_graph_matches_plain():
+@pytest.mark.parametrize("mode", MODES)
+def test_second_backward_with_retain_graph_matches_plain(mode):
     torch.manual_seed(0)
     plain = GeluMLP(depth=3, dim=8, hidden=16)
     ckpt = copy.deepcopy(plain)
-    apply_gradient_checkpointing(ckpt, "blocks.*", mode="selective")
+    apply_gradient_checkpointing(ckpt, "blocks.*", mode=mode)
     x = torch.randn(5, 8)
     grads = []
     for model in (plain, ckpt):
@@ -482,3 +483,139 @@ def test_under_torch_compile_batchnorm_statistics_updated_once(mode):
     assert not params_equal(
         {n: p.grad for n, p in plain.named_parameters()}, {n: p.grad for n, p in ckpt.named_parameters()}
     )
+
+
+# --------------------------------------------------------------------------- the eager checkpoint's contract
+#
+# In eager mode the wrappers run the module's own lean checkpoint (`_checkpoint_frame`), not
+# `torch.utils.checkpoint`: these pin the parts of PyTorch's non-reentrant semantics that a
+# block of a real model can reach, against the plain model and against PyTorch.
+
+
+def _pair(mode, depth=3):
+    torch.manual_seed(0)
+    plain = GeluMLP(depth=depth, dim=8, hidden=16)
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "blocks.*", mode=mode)
+    return plain, ckpt
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backward_in_autocast", [False, True])
+@pytest.mark.parametrize("forward_in_autocast", [False, True])
+def test_recomputation_replays_the_forwards_autocast_state(mode, forward_in_autocast, backward_in_autocast):
+    """bf16 autocast as under ``precision="bf16-mixed"`` (forward inside, backward outside),
+    and the mismatched cases: the recomputation must cast as the forward did."""
+    plain, ckpt = _pair(mode)
+    x = torch.randn(6, 8)
+    grads = []
+    for model in (plain, ckpt):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=forward_in_autocast):
+            loss = model(x).float().square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=backward_in_autocast):
+            loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert not params_equal(*grads)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_autograd_grad_and_input_gradients_match_plain(mode):
+    plain, ckpt = _pair(mode)
+    results = []
+    for model in (plain, ckpt):
+        x = torch.randn(5, 8, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        params = list(model.parameters())
+        results.append(torch.autograd.grad(model(x).square().sum(), [x, *params]))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+class _GradInsideForward(nn.Module):
+    """A block that differentiates inside its own forward (a gradient penalty, a PINN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = torch.tanh(self.fc(x))
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return y + g
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_inside_the_forward_matches_plain(mode):
+    torch.manual_seed(0)
+    plain = nn.Sequential(_GradInsideForward(), _GradInsideForward())
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "*", mode=mode)
+    grads = []
+    for model in (plain, ckpt):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        model(x).square().mean().backward()
+        grads.append({"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    assert not params_equal(*grads)
+
+
+def test_nested_inside_and_around_torch_checkpoint_matches_plain():
+    torch.manual_seed(0)
+    plain = GeluMLP(depth=3, dim=8, hidden=16)
+    around = copy.deepcopy(plain)  # ours on the blocks, PyTorch's on the whole stack
+    apply_gradient_checkpointing(around, "blocks.*")
+    inside = copy.deepcopy(plain)  # PyTorch's on each block's layers, ours on the blocks
+    for block in inside.blocks:
+        for i, layer in enumerate(block):
+            block[i] = TorchCheckpointed(layer)
+    apply_gradient_checkpointing(inside, "blocks.*", mode="selective")
+    x = torch.randn(5, 8)
+    reference = _sum_grads(plain, x)
+    around.zero_grad(set_to_none=True)
+    torch.utils.checkpoint.checkpoint(around, x, use_reentrant=False).sum().backward()
+    assert not params_equal(reference, {n: p.grad for n, p in around.named_parameters()})
+    assert not params_equal(reference, {n.replace(".block", ""): g for n, g in _sum_grads(inside, x).items()})
+
+
+def test_input_changed_in_place_after_the_forward_is_refused_like_pytorch():
+    """Its recomputation would read the new values: PyTorch's checkpoint and the plain
+    model (whose Linear saved the input) refuse the backward, and so do we."""
+    errors = []
+    for wrap in ("plain", "torch", "ours"):
+        torch.manual_seed(0)
+        block = nn.Sequential(nn.Linear(4, 4))
+        if wrap == "ours":
+            apply_gradient_checkpointing(block, "Linear")
+        x = torch.randn(3, 4, requires_grad=True)
+        h = x * 1
+        out = (
+            torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False) if wrap == "torch" else block(h)
+        )
+        h.add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
+            out.sum().backward()
+        errors.append(str(info.value))
+    assert "checkpointed block `Linear`" in errors[2]
+
+
+class _ShapeShifter(nn.Module):
+    """Computes something else on its second run (state its first run changed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.tanh(self.fc(x if self.calls == 1 else x[:2]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_recomputation_that_differs_is_refused_like_pytorch(mode):
+    for ours in (False, True):
+        block = nn.Sequential(_ShapeShifter())
+        if ours:
+            apply_gradient_checkpointing(block, "_ShapeShifter", mode=mode)
+            out = block(torch.randn(4, 8))
+        else:
+            out = torch.utils.checkpoint.checkpoint(block, torch.randn(4, 8), use_reentrant=False)
+        with pytest.raises(torch.utils.checkpoint.CheckpointError, match=r"shape|metadata"):
+            out.sum().backward()

@@ -42,11 +42,11 @@ from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
     create_selective_checkpoint_contexts,
-    noop_context_fn,
 )
 
 from lightning_tricks._compat import op_overload_type, version_sharing_detach_guard
 from lightning_tricks.functional._checks import check_bool, check_choice, check_module
+from lightning_tricks.functional.perf._checkpoint_frame import checkpoint as lean_checkpoint
 from lightning_tricks.functional.perf._checkpoint_side_effects import (
     Both,
     FrozenRunningStats,
@@ -233,6 +233,7 @@ class CheckpointedForward(ForwardWrapper):
         # set by the first checkpointed call when nothing above says the block is random:
         # whether that call drew random numbers all the same (a functional dropout, noise)
         self._draws_anyway: bool | None = None
+        self._label = f"block `{type(module).__name__}`"
 
     def _contexts(self) -> tuple[Any, Any]:
         if self.mode == "full":
@@ -258,22 +259,20 @@ class CheckpointedForward(ForwardWrapper):
             return checkpoint(
                 fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=_SELECTIVE_CONTEXT_FN
             )
-        context_fn: Callable[[], tuple[Any, Any]] = (
-            noop_context_fn if self.mode == "full" and self._stats is None else self._contexts
-        )
+        context_fn = None if self.mode == "full" and self._stats is None else self._contexts
         if self.preserve_rng_state is not None:
             preserve = self.preserve_rng_state
         else:
             preserve = self._may_draw()
             if not preserve and self._draws_anyway is None:
                 return self._probe(fn, context_fn, args, kwargs)
-        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=context_fn)
+        return lean_checkpoint(fn, args, preserve_rng_state=preserve, context_fn=context_fn, name=self._label)
 
     def _probe(self, fn: Callable[..., Any], context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
         """First call of a block that looks deterministic: preserve the RNG state anyway and
         look whether the call drew random numbers; decide for all later calls."""
         before = rng_state(first_device_type(args, kwargs))
-        out = checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True, context_fn=context_fn)
+        out = lean_checkpoint(fn, args, preserve_rng_state=True, context_fn=context_fn, name=self._label)
         after = rng_state(first_device_type(args, kwargs))
         self._draws_anyway = (
             before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
