@@ -29,9 +29,11 @@ class GradientCheckpointing(Callback):
     backward. ``mode="selective"``: the outputs of the expensive ops (matmuls,
     convolutions, fused attention) are kept too and only the cheap ops between them
     (activations, norms, dropout) are recomputed: less saving, much less recompute.
-    Wrapping happens in ``setup``, so before DDP/FSDP wraps the model; it uses the
-    non-reentrant ``torch.utils.checkpoint`` (works with frozen layers, inputs that do
-    not require grad, keyword arguments and DDP). Gradients equal those of the plain
+    Wrapping happens in ``setup``, so before DDP/FSDP wraps the model; it uses
+    non-reentrant checkpointing with the semantics of ``torch.utils.checkpoint``
+    (``use_reentrant=False``; a leaner implementation of our own in eager mode, PyTorch's
+    under ``torch.compile``), so it works with frozen layers, inputs that do not require
+    grad, keyword arguments and DDP. Gradients equal those of the plain
     model: blocks that can draw random numbers (dropout) replay the RNG state in the
     recomputation, and BatchNorm updates its running statistics once per step. Only
     training-mode forwards with grad enabled are checkpointed; validation and prediction

@@ -4,6 +4,7 @@ selective mode; BatchNorm statistics updated once per step; RNG replayed only wh
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 
 import pytest
@@ -15,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lightning_tricks.functional.perf.gradient_checkpointing as ckpt_mod
 from lightning_tricks import GradientCheckpointing
 from lightning_tricks.functional import apply_gradient_checkpointing, remove_gradient_checkpointing
+from lightning_tricks.functional.perf._checkpoint_frame import _Frame
 from tests.helpers import (
     BlockNet,
     ClassifierModule,
@@ -619,3 +621,65 @@ def test_a_recomputation_that_differs_is_refused_like_pytorch(mode):
             out = torch.utils.checkpoint.checkpoint(block, torch.randn(4, 8), use_reentrant=False)
         with pytest.raises(torch.utils.checkpoint.CheckpointError, match=r"shape|metadata"):
             out.sum().backward()
+
+
+class _KeywordBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, *, scale):
+        return torch.tanh(self.fc(x)) * scale
+
+
+class _KeywordNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _KeywordBlock(), _KeywordBlock()
+
+    def forward(self, x, scale):
+        return self.b(x=self.a(x=x, scale=scale), scale=scale)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_keyword_only_inputs_are_inputs(mode):
+    """Blocks called with keyword arguments only (as HF layers often are): gradients equal
+    plain, and a keyword input changed in place after the forward is refused too."""
+    torch.manual_seed(0)
+    plain = _KeywordNet()
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "_KeywordBlock", mode=mode)
+    grads = []
+    for model in (plain, ckpt):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        scale = torch.full((8,), 0.5, requires_grad=True)
+        model(x, scale).square().sum().backward()
+        grads.append({"x": x.grad, "scale": scale.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    assert not params_equal(*grads)
+
+    scale = torch.full((8,), 0.5)
+    out = ckpt.a(x=torch.randn(4, 8), scale=scale)
+    scale.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nothing_outlives_the_graph(mode):
+    """Each call's bookkeeping (inputs, recomputed tensors) lives as long as its graph:
+    after backward, or when the graph is dropped without one, none is left."""
+
+    def frames():
+        gc.collect()
+        return sum(type(o) is _Frame for o in gc.get_objects())
+
+    _, ckpt = _pair(mode)
+    x = torch.randn(5, 8)
+    before = frames()
+    loss = ckpt(x).sum()
+    assert frames() == before + 3
+    loss.backward()
+    del loss
+    assert frames() == before
+    ckpt(x).sum()  # graph dropped without backward
+    assert frames() == before

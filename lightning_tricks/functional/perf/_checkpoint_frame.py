@@ -58,6 +58,7 @@ class _Frame:
         "autocast",
         "count",
         "fn",
+        "kwargs",
         "metas",
         "name",
         "recompute_context",
@@ -67,11 +68,17 @@ class _Frame:
     )
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], recompute_context: Any, name: str
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        recompute_context: Any,
+        name: str,
     ) -> None:
         self.fn = fn
         self.args = args
-        self.versions = [(a, a._version) for a in args if isinstance(a, torch.Tensor)]
+        self.kwargs = kwargs
+        self.versions = [(a, a._version) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         self.recompute_context = recompute_context
         self.autocast: tuple[Any, ...] = ()
         self.rng: tuple[Any, ...] | None = None
@@ -143,7 +150,7 @@ class _Frame:
             stack.enter_context(saved_tensors_hooks(self.repack, _identity))
             stack.enter_context(torch.enable_grad())
             with contextlib.suppress(_StopRecomputation):
-                self.fn(*self.args)
+                self.fn(*self.args, **self.kwargs)
 
 
 def _autocast_state(device_type: str) -> tuple[Any, ...]:
@@ -157,38 +164,36 @@ def _autocast_state(device_type: str) -> tuple[Any, ...]:
     )
 
 
-def _first_device_type(args: tuple[Any, ...]) -> str:
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return a.device.type
-    return "cpu"
-
-
 def checkpoint(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     *,
+    device_type: str,
     preserve_rng_state: bool,
     context_fn: Callable[[], tuple[Any, Any]] | None = None,
     name: str = "block",
 ) -> Any:
-    """``fn(*args)`` with its saved tensors recomputed in backward (see the module docstring).
+    """``fn(*args, **kwargs)`` with its saved tensors recomputed in backward (see the
+    module docstring).
 
-    ``context_fn`` returns ``(forward_context, recompute_context)`` as for
-    `torch.utils.checkpoint.checkpoint`; ``name`` names the block in errors.
+    ``device_type``: of the inputs (``"cpu"``, ``"cuda"``, ...): whose autocast and RNG
+    state to replay besides the CPU's. ``context_fn`` returns ``(forward_context,
+    recompute_context)`` as for `torch.utils.checkpoint.checkpoint`; ``name`` names the
+    block in errors. Unlike PyTorch's, tensors passed by keyword count as inputs too (their
+    devices' RNG states are replayed and in-place changes to them refused).
     """
     forward_context, recompute_context = context_fn() if context_fn is not None else (None, None)
-    frame = _Frame(fn, args, recompute_context, name)
-    device_type = _first_device_type(args)
+    frame = _Frame(fn, args, kwargs, recompute_context, name)
     frame.autocast = _autocast_state(device_type)
     if preserve_rng_state:
         devices: list[int] = []
         states: list[torch.Tensor] = []
         if device_type != "cpu" and getattr(getattr(torch, device_type, None), "_initialized", False):
-            devices, states = get_device_states(*args)
+            devices, states = get_device_states(*args, *kwargs.values())
         frame.rng = (device_type, torch.get_rng_state(), devices, states)
     with saved_tensors_hooks(frame.pack, frame.unpack):
         if forward_context is None:
-            return fn(*args)
+            return fn(*args, **kwargs)
         with forward_context:
-            return fn(*args)
+            return fn(*args, **kwargs)

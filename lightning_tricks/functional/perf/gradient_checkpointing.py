@@ -1,8 +1,10 @@
 """Gradient (activation) checkpointing of chosen submodules, in place and reversibly.
 
 Each target's ``forward`` is replaced by a picklable wrapper that runs the original
-forward under non-reentrant `torch.utils.checkpoint.checkpoint`, so its
-activations are recomputed in backward instead of stored. The module keeps its identity
+forward under non-reentrant activation checkpointing, so its activations are recomputed
+in backward instead of stored: in eager mode through the lean checkpoint of the private
+``_checkpoint_frame`` module (PyTorch's non-reentrant semantics at about half its Python
+cost per call), under ``torch.compile`` through `torch.utils.checkpoint.checkpoint`. The module keeps its identity
 and ``state_dict`` keys, so this works before DDP wraps the model, with frozen layers,
 and with checkpoints saved by the plain model.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import torch
@@ -249,8 +251,8 @@ class CheckpointedForward(ForwardWrapper):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not (self.module.training and torch.is_grad_enabled()):
             return self.call_original(*args, **kwargs)
-        fn = functools.partial(self.call_original, **kwargs) if kwargs else self.call_original
         if torch.compiler.is_compiling():
+            fn = functools.partial(self.call_original, **kwargs) if kwargs else self.call_original
             preserve = self.preserve_rng_state
             if preserve is None:
                 preserve = self._draws_anyway is not False or self._may_draw()
@@ -265,15 +267,32 @@ class CheckpointedForward(ForwardWrapper):
         else:
             preserve = self._may_draw()
             if not preserve and self._draws_anyway is None:
-                return self._probe(fn, context_fn, args, kwargs)
-        return lean_checkpoint(fn, args, preserve_rng_state=preserve, context_fn=context_fn, name=self._label)
+                return self._probe(context_fn, args, kwargs)
+        return lean_checkpoint(
+            self.call_original,
+            args,
+            kwargs,
+            device_type=first_device_type(args, kwargs),
+            preserve_rng_state=preserve,
+            context_fn=context_fn,
+            name=self._label,
+        )
 
-    def _probe(self, fn: Callable[..., Any], context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
+    def _probe(self, context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
         """First call of a block that looks deterministic: preserve the RNG state anyway and
         look whether the call drew random numbers; decide for all later calls."""
-        before = rng_state(first_device_type(args, kwargs))
-        out = lean_checkpoint(fn, args, preserve_rng_state=True, context_fn=context_fn, name=self._label)
-        after = rng_state(first_device_type(args, kwargs))
+        device_type = first_device_type(args, kwargs)
+        before = rng_state(device_type)
+        out = lean_checkpoint(
+            self.call_original,
+            args,
+            kwargs,
+            device_type=device_type,
+            preserve_rng_state=True,
+            context_fn=context_fn,
+            name=self._label,
+        )
+        after = rng_state(device_type)
         self._draws_anyway = (
             before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
         )
