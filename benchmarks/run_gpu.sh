@@ -38,5 +38,5 @@ part() {
     part gradient_checkpointing 120 $PY benchmarks/gradient_checkpointing.py --device cuda --rounds 20 \
         --dim-mlp 1024 --batch-mlp 4096 --out "$OUT/gradient_checkpointing.md"
     part gradient_clipping 30 $PY benchmarks/gradient_clipping.py --device cuda --steps 50 --rounds 3
-    part tta_vs_ttach 120 $PY benchmarks/tta_vs_ttach.py --device cuda
+    part tta_vs_ttach 120 $PY benchmarks/tta_vs_ttach.py --device cuda --out "$OUT/tta_vs_ttach.md"
 } 2>&1 | tee "$LOG"

@@ -16,8 +16,9 @@ merge ``mean``. Variants, all under ``torch.inference_mode()`` with the model in
 
 Every round runs each variant ``reps`` times, in a shuffled order, so that the machine's
 noise hits all of them alike; the table gives the median per call over rounds and
-``ttach / variant`` (above 1: faster than ttach). Writes ``benchmarks/results/tta_vs_ttach.md``
-(``tta_vs_ttach_cuda.md`` with ``--device cuda``).
+``ttach / variant`` (above 1: faster than ttach). Prints the tables; ``--out FILE`` also
+writes them to FILE (the recorded runs are in ``benchmarks/results/tta_vs_ttach.md``, which
+a run never overwrites).
 """
 
 from __future__ import annotations
@@ -63,9 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument(
-        "--out", default=None, help="result file (default: benchmarks/results/tta_vs_ttach[_cuda].md)"
-    )
+    parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -153,16 +152,10 @@ def main() -> None:
         "than were timed before):\n\n" + plans + "\n"
     )
     print(text)
-    out = (
-        Path(args.out)
-        if args.out
-        else ROOT
-        / "benchmarks"
-        / "results"
-        / ("tta_vs_ttach.md" if device.type == "cpu" else "tta_vs_ttach_cuda.md")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
 
 
 if __name__ == "__main__":
