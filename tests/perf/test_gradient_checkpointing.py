@@ -683,3 +683,25 @@ def test_nothing_outlives_the_graph(mode):
     assert frames() == before
     ckpt(x).sum()  # graph dropped without backward
     assert frames() == before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_dropout_under_fp16_autocast_matches_plain(mode):
+    """On a GPU: the CUDA RNG state (dropout masks) and CUDA autocast are replayed in the
+    recomputation; gradients equal the plain model's (as under ``precision="16-mixed"``)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(
+        *[nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Dropout(0.2)) for _ in range(3)]
+    ).cuda()
+    ckpt = copy.deepcopy(plain)
+    apply_gradient_checkpointing(ckpt, "*", mode=mode)
+    x = torch.randn(32, 64, device="cuda")
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(5)
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(x).float().square().mean()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert not params_equal(*grads)
