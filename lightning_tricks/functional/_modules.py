@@ -113,8 +113,14 @@ def unknown_module_error(arg: str, value: object, model: nn.Module, limit: int =
             f"`{arg}` names no submodule {value.__name__!r} (no submodule is an instance of it); "
             f"module types in the model: {', '.join(types)}"
         )
-    types = sorted({type(m).__name__ for m in model.modules()})
-    return unknown_name_error(arg, value, every, "submodule", limit=limit, extra=types)
+    # class names of submodules only: suggesting the model's own class would repeat the name
+    types = sorted({type(m).__name__ for n, m in model.named_modules() if n})
+    error = unknown_name_error(arg, value, every, "submodule", limit=limit, extra=types)
+    if value == type(model).__name__:
+        return ValueError(
+            f"{error}; {value!r} is the class of the model itself, and `{arg}` selects its submodules"
+        )
+    return error
 
 
 def unknown_name_error(

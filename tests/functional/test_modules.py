@@ -133,3 +133,14 @@ def test_unknown_entries_share_one_message_form():
         ValueError, match=r"`exclude` names no parameter or submodule 'norm.bais'.*'norm.bias'"
     ):
         resolve_parameters(net, "norm.bais", "exclude")
+
+
+def test_naming_the_models_own_class_says_so_instead_of_suggesting_it():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    error = str(unknown_module_error("targets", "Block", Block()))
+    assert "did you mean 'Block'" not in error
+    assert "'Block' is the class of the model itself, and `targets` selects its submodules" in error
