@@ -4,9 +4,9 @@ Each target's ``forward`` is replaced by a picklable wrapper that runs the origi
 forward under non-reentrant activation checkpointing, so its activations are recomputed
 in backward instead of stored: in eager mode through the lean checkpoint of the private
 ``_checkpoint_frame`` module (PyTorch's non-reentrant semantics at about half its Python
-cost per call), under ``torch.compile`` through `torch.utils.checkpoint.checkpoint`. The module keeps its identity
-and ``state_dict`` keys, so this works before DDP wraps the model, with frozen layers,
-and with checkpoints saved by the plain model.
+cost per call), under ``torch.compile`` through `torch.utils.checkpoint.checkpoint`.
+The module keeps its identity and ``state_dict`` keys, so this works before DDP wraps the
+model, with frozen layers, and with checkpoints saved by the plain model.
 
 Two modes:
 
