@@ -262,40 +262,31 @@ class CheckpointedForward(ForwardWrapper):
                 fn, *args, use_reentrant=False, preserve_rng_state=preserve, context_fn=_SELECTIVE_CONTEXT_FN
             )
         context_fn = None if self.mode == "full" and self._stats is None else self._contexts
+        device_type = first_device_type(args, kwargs)
+        # the first call of a block that looks deterministic preserves the RNG state anyway
+        # and looks whether it drew random numbers: that decides for all later calls
+        probe = False
         if self.preserve_rng_state is not None:
             preserve = self.preserve_rng_state
         else:
             preserve = self._may_draw()
             if not preserve and self._draws_anyway is None:
-                return self._probe(context_fn, args, kwargs)
-        return lean_checkpoint(
-            self.call_original,
-            args,
-            kwargs,
-            device_type=first_device_type(args, kwargs),
-            preserve_rng_state=preserve,
-            context_fn=context_fn,
-            name=self._label,
-        )
-
-    def _probe(self, context_fn: Any, args: tuple[Any, ...], kwargs: dict) -> Any:
-        """First call of a block that looks deterministic: preserve the RNG state anyway and
-        look whether the call drew random numbers; decide for all later calls."""
-        device_type = first_device_type(args, kwargs)
-        before = rng_state(device_type)
+                preserve = probe = True
+        before = rng_state(device_type) if probe else None
         out = lean_checkpoint(
             self.call_original,
             args,
             kwargs,
             device_type=device_type,
-            preserve_rng_state=True,
+            preserve_rng_state=preserve,
             context_fn=context_fn,
             name=self._label,
         )
-        after = rng_state(device_type)
-        self._draws_anyway = (
-            before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
-        )
+        if probe:
+            after = rng_state(device_type)
+            self._draws_anyway = (
+                before is None or after is None or any(not torch.equal(a, b) for a, b in zip(before, after))
+            )
         return out
 
 
